@@ -1,0 +1,665 @@
+//! Configuration: TOML with every option defaulted, `PRESENCED_SECTION__KEY` environment
+//! overrides, secrets from a file or systemd's credentials directory, and validation that runs
+//! before the daemon does any work.
+
+use crate::secret::{Secret, REDACTED};
+use serde::{Deserialize, Serialize, Serializer};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("configuration file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("{origin}: {key}: {message}")]
+    Invalid {
+        origin: String,
+        key: &'static str,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub im: ImConfig,
+    pub watch: WatchConfig,
+    pub sweep: SweepConfig,
+    pub store: StoreConfig,
+    pub sink: SinkConfig,
+    pub kafka: KafkaConfig,
+    pub service: ServiceConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Command {
+    QueryOnlineStatus,
+    Querystate,
+}
+
+impl Command {
+    pub fn path(self) -> &'static str {
+        match self {
+            Command::QueryOnlineStatus => "v4/openim/query_online_status",
+            Command::Querystate => "v4/openim/querystate",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImConfig {
+    pub sdkappid: u64,
+    /// The app administrator account the UserSig is made for.
+    pub identifier: String,
+    #[serde(serialize_with = "redact", skip_serializing_if = "Secret::is_empty")]
+    pub secret_key: Secret,
+    pub secret_key_file: Option<PathBuf>,
+    /// Name of the credential under `$CREDENTIALS_DIRECTORY` (systemd `LoadCredential=`).
+    pub secret_key_credential: String,
+    /// china, singapore, seoul, tokyo, frankfurt, mumbai, silicon-valley, jakarta.
+    pub region: String,
+    pub use_backup_host: bool,
+    /// Overrides `region`: a proxy or the local simulator, e.g. `http://127.0.0.1:8080`.
+    pub base_url: Option<String>,
+    pub command: Command,
+    pub need_detail: bool,
+    pub timeout_secs: f64,
+    pub calls_per_second: f64,
+    pub batch_size: usize,
+    pub max_in_flight: usize,
+    pub max_attempts: u32,
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+    pub usersig_ttl_secs: i64,
+    pub signature_lock_wait_secs: u64,
+}
+
+impl Default for ImConfig {
+    fn default() -> Self {
+        ImConfig {
+            sdkappid: 0,
+            identifier: "administrator".into(),
+            secret_key: Secret::default(),
+            secret_key_file: None,
+            secret_key_credential: "im-secret-key".into(),
+            region: "china".into(),
+            use_backup_host: false,
+            base_url: None,
+            command: Command::QueryOnlineStatus,
+            need_detail: true,
+            timeout_secs: 10.0,
+            calls_per_second: 200.0,
+            batch_size: 500,
+            max_in_flight: 64,
+            max_attempts: 5,
+            backoff_initial_ms: 200,
+            backoff_max_ms: 10_000,
+            usersig_ttl_secs: 86_400,
+            signature_lock_wait_secs: 60,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WatchConfig {
+    /// One account id per line; `#` comments and blank lines ignored. Used together with the
+    /// table managed by `presenced users`.
+    pub file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SweepConfig {
+    pub interval_secs: f64,
+    pub jitter_secs: f64,
+    /// A change in the per-platform list is a transition even when the aggregate is unchanged.
+    pub platform_changes_are_transitions: bool,
+    /// Batches whose results are written in one SQLite transaction.
+    pub batches_per_transaction: usize,
+}
+
+impl Default for SweepConfig {
+    fn default() -> Self {
+        SweepConfig {
+            interval_secs: 30.0,
+            jitter_secs: 1.0,
+            platform_changes_are_transitions: true,
+            batches_per_transaction: 8,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    pub path: PathBuf,
+    pub busy_timeout_ms: u64,
+    /// History older than this is pruned; 0 keeps everything.
+    pub retention_days: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            path: PathBuf::from("/var/lib/presenced/presenced.db"),
+            busy_timeout_ms: 5_000,
+            retention_days: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SinkKind {
+    Kafka,
+    Stdout,
+    /// Record in SQLite only; the outbox keeps growing until a sink is configured.
+    None,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SinkConfig {
+    pub kind: SinkKind,
+}
+
+impl Default for SinkConfig {
+    fn default() -> Self {
+        SinkConfig {
+            kind: SinkKind::Kafka,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    pub topic: String,
+    pub client_id: String,
+    pub compression: String,
+    pub create_topic: bool,
+    pub topic_partitions: i32,
+    /// Outbox rows read and sent per round.
+    pub batch_size: usize,
+    pub linger_ms: u64,
+    pub message_timeout_ms: u64,
+    /// Bound on how long shutdown waits for acknowledgements.
+    pub flush_timeout_secs: f64,
+    /// Free-form librdkafka properties (SASL, TLS, ...). Values of keys that look secret are
+    /// redacted wherever configuration is shown.
+    #[serde(serialize_with = "redact_properties")]
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: "127.0.0.1:9092".into(),
+            topic: "presenced.transitions".into(),
+            client_id: "presenced".into(),
+            compression: "lz4".into(),
+            create_topic: false,
+            topic_partitions: 6,
+            batch_size: 5_000,
+            linger_ms: 5,
+            message_timeout_ms: 300_000,
+            flush_timeout_secs: 10.0,
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceConfig {
+    /// Prometheus `/metrics`, `/healthz`, `/readyz`; empty to disable.
+    pub metrics_listen: String,
+    pub log_format: LogFormat,
+    pub log_filter: String,
+    pub shutdown_timeout_secs: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            metrics_listen: "127.0.0.1:9464".into(),
+            log_format: LogFormat::Human,
+            log_filter: "info".into(),
+            shutdown_timeout_secs: 15.0,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            im: ImConfig::default(),
+            watch: WatchConfig::default(),
+            sweep: SweepConfig::default(),
+            store: StoreConfig::default(),
+            sink: SinkConfig::default(),
+            kafka: KafkaConfig::default(),
+            service: ServiceConfig::default(),
+        }
+    }
+}
+
+fn redact<S: Serializer>(_: &Secret, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(REDACTED)
+}
+
+/// Whether a librdkafka property holds a credential.
+pub fn is_secret_property(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    [
+        "password",
+        "secret",
+        "sasl.jaas",
+        "ssl.key.pem",
+        "ssl_key",
+        "token",
+    ]
+    .iter()
+    .any(|m| k.contains(m))
+}
+
+fn redact_properties<S: Serializer>(p: &BTreeMap<String, String>, s: S) -> Result<S::Ok, S::Error> {
+    let shown: BTreeMap<&str, &str> = p
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str(),
+                if is_secret_property(k) {
+                    REDACTED
+                } else {
+                    v.as_str()
+                },
+            )
+        })
+        .collect();
+    shown.serialize(s)
+}
+
+impl Config {
+    /// Reads, applies environment overrides, resolves the secret key and validates.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        let mut config = Config::from_toml(&text, path, &env)?;
+        config.resolve_secret(
+            path,
+            std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from),
+        )?;
+        config.validate(&path.display().to_string())?;
+        Ok(config)
+    }
+
+    /// Parses TOML text, then applies `PRESENCED_SECTION__KEY=value` overrides from `env`.
+    pub fn from_toml(
+        text: &str,
+        path: &Path,
+        env: &[(String, String)],
+    ) -> Result<Config, ConfigError> {
+        let parse_err = |message: String| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        };
+        // Parse straight into the struct first: its errors carry the line and column.
+        let config: Config = toml::from_str(text).map_err(|e| parse_err(e.to_string()))?;
+        let overrides: Vec<&(String, String)> = env
+            .iter()
+            .filter(|(k, _)| k.starts_with("PRESENCED_") && k.contains("__"))
+            .collect();
+        if overrides.is_empty() {
+            return Ok(config);
+        }
+        let mut doc: toml::Table = toml::from_str(text).map_err(|e| parse_err(e.to_string()))?;
+        for (var, value) in overrides {
+            let rest = var["PRESENCED_".len()..].to_ascii_lowercase();
+            let mut parts = rest.split("__");
+            let (Some(section), Some(key), None) = (parts.next(), parts.next(), parts.next())
+            else {
+                return Err(ConfigError::Env {
+                    var: var.clone(),
+                    message: "expected PRESENCED_SECTION__KEY".into(),
+                });
+            };
+            // A value that reads as a TOML scalar (number, bool, array) is taken as such.
+            let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or_else(|| toml::Value::String(value.clone()));
+            let table = doc
+                .entry(section.to_owned())
+                .or_insert_with(|| toml::Value::Table(Default::default()));
+            match table {
+                toml::Value::Table(t) => {
+                    t.insert(key.to_owned(), parsed);
+                }
+                _ => {
+                    return Err(ConfigError::Env {
+                        var: var.clone(),
+                        message: format!("[{section}] is not a table"),
+                    })
+                }
+            }
+        }
+        toml::Value::Table(doc)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Env {
+                var: "PRESENCED_*".into(),
+                message: e.to_string(),
+            })
+    }
+
+    /// Fills `im.secret_key` from the file or the systemd credential when it is not inline.
+    pub fn resolve_secret(
+        &mut self,
+        origin: &Path,
+        credentials_dir: Option<PathBuf>,
+    ) -> Result<(), ConfigError> {
+        if !self.im.secret_key.is_empty() {
+            return Ok(());
+        }
+        let invalid = |message: String| ConfigError::Invalid {
+            origin: origin.display().to_string(),
+            key: "im.secret_key_file",
+            message,
+        };
+        let file = match (&self.im.secret_key_file, credentials_dir) {
+            (Some(f), _) => f.clone(),
+            (None, Some(dir)) => dir.join(&self.im.secret_key_credential),
+            (None, None) => return Ok(()), // validate() reports the missing key
+        };
+        let text = std::fs::read_to_string(&file).map_err(|e| {
+            invalid(format!(
+                "cannot read the secret key from {}: {e}",
+                file.display()
+            ))
+        })?;
+        warn_if_readable_by_others(&file);
+        let key = text.trim();
+        if key.is_empty() {
+            return Err(invalid(format!("{} is empty", file.display())));
+        }
+        self.im.secret_key = Secret::new(key);
+        Ok(())
+    }
+
+    pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let fail = |key: &'static str, message: String| {
+            Err(ConfigError::Invalid {
+                origin: origin.to_owned(),
+                key,
+                message,
+            })
+        };
+        let im = &self.im;
+        if im.sdkappid == 0 {
+            return fail("im.sdkappid", "is required (the app's SDKAppID)".into());
+        }
+        if im.identifier.trim().is_empty() {
+            return fail(
+                "im.identifier",
+                "must name the app administrator account".into(),
+            );
+        }
+        if im.secret_key.is_empty() {
+            return fail(
+                "im.secret_key",
+                format!(
+                    "no secret key: set im.secret_key_file, or im.secret_key, or pass a systemd credential named {:?}",
+                    im.secret_key_credential
+                ),
+            );
+        }
+        if im.base_url.is_none() && crate::im::region_host(&im.region, im.use_backup_host).is_none()
+        {
+            return fail(
+                "im.region",
+                format!(
+                    "unknown region {:?}; expected one of {}",
+                    im.region,
+                    crate::im::REGIONS.join(", ")
+                ),
+            );
+        }
+        if let Some(url) = &im.base_url {
+            if reqwest::Url::parse(url)
+                .map(|u| !matches!(u.scheme(), "http" | "https"))
+                .unwrap_or(true)
+            {
+                return fail("im.base_url", format!("{url:?} is not an http(s) URL"));
+            }
+        }
+        if !(1..=500).contains(&im.batch_size) {
+            return fail(
+                "im.batch_size",
+                format!("must be between 1 and 500, got {}", im.batch_size),
+            );
+        }
+        if !(im.calls_per_second > 0.0 && im.calls_per_second.is_finite()) {
+            return fail(
+                "im.calls_per_second",
+                format!("must be positive, got {}", im.calls_per_second),
+            );
+        }
+        if im.max_in_flight == 0 {
+            return fail("im.max_in_flight", "must be at least 1".into());
+        }
+        if im.max_attempts == 0 {
+            return fail("im.max_attempts", "must be at least 1".into());
+        }
+        if !(im.timeout_secs > 0.0 && im.timeout_secs.is_finite()) {
+            return fail(
+                "im.timeout_secs",
+                format!("must be positive, got {}", im.timeout_secs),
+            );
+        }
+        if im.usersig_ttl_secs < 60 {
+            return fail(
+                "im.usersig_ttl_secs",
+                format!("must be at least 60, got {}", im.usersig_ttl_secs),
+            );
+        }
+        if !(self.sweep.interval_secs > 0.0 && self.sweep.interval_secs.is_finite()) {
+            return fail(
+                "sweep.interval_secs",
+                format!("must be positive, got {}", self.sweep.interval_secs),
+            );
+        }
+        if !(self.sweep.jitter_secs >= 0.0 && self.sweep.jitter_secs.is_finite()) {
+            return fail(
+                "sweep.jitter_secs",
+                format!("must not be negative, got {}", self.sweep.jitter_secs),
+            );
+        }
+        if self.sweep.batches_per_transaction == 0 {
+            return fail("sweep.batches_per_transaction", "must be at least 1".into());
+        }
+        if self.sink.kind == SinkKind::Kafka {
+            if self.kafka.brokers.trim().is_empty() {
+                return fail(
+                    "kafka.brokers",
+                    "is required when sink.kind = \"kafka\"".into(),
+                );
+            }
+            if self.kafka.topic.trim().is_empty() {
+                return fail(
+                    "kafka.topic",
+                    "is required when sink.kind = \"kafka\"".into(),
+                );
+            }
+            if !["none", "gzip", "snappy", "lz4", "zstd"].contains(&self.kafka.compression.as_str())
+            {
+                return fail(
+                    "kafka.compression",
+                    format!(
+                        "{:?} is not one of none, gzip, snappy, lz4, zstd",
+                        self.kafka.compression
+                    ),
+                );
+            }
+        }
+        if self.kafka.batch_size == 0 {
+            return fail("kafka.batch_size", "must be at least 1".into());
+        }
+        if !self.service.metrics_listen.is_empty()
+            && self
+                .service
+                .metrics_listen
+                .parse::<std::net::SocketAddr>()
+                .is_err()
+        {
+            return fail(
+                "service.metrics_listen",
+                format!(
+                    "{:?} is not an address such as 127.0.0.1:9464",
+                    self.service.metrics_listen
+                ),
+            );
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.service.log_filter).is_err() {
+            return fail(
+                "service.log_filter",
+                format!("{:?} is not a valid filter", self.service.log_filter),
+            );
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML, with every secret replaced by a marker.
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("configuration always serializes")
+    }
+}
+
+#[cfg(unix)]
+fn warn_if_readable_by_others(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path) {
+        if meta.permissions().mode() & 0o044 != 0 {
+            tracing::warn!(
+                file = %path.display(),
+                "the secret key file is readable by other users; chmod 600 it"
+            );
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn warn_if_readable_by_others(_: &Path) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, Path::new("test.toml"), &[])
+    }
+
+    #[test]
+    fn defaults_fill_everything() {
+        let c = parse("[im]\nsdkappid = 1400000000\nsecret_key = \"k\"\n").unwrap();
+        assert_eq!(c.im.batch_size, 500);
+        assert_eq!(c.im.calls_per_second, 200.0);
+        c.validate("test.toml").unwrap();
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let err = parse("[im]\nsdkappid = 1\n\n[sweep]\ninterval = 5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("test.toml"), "{err}");
+        assert!(err.contains("line 5"), "{err}");
+        assert!(err.contains("interval"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_name_the_key() {
+        let c = parse("[im]\nsdkappid = 1\nsecret_key = \"k\"\nbatch_size = 501\n").unwrap();
+        let err = c.validate("test.toml").unwrap_err().to_string();
+        assert!(
+            err.contains("im.batch_size") && err.contains("501"),
+            "{err}"
+        );
+        let c = parse("[im]\nsdkappid = 1\nsecret_key = \"k\"\nregion = \"mars\"\n").unwrap();
+        assert!(c
+            .validate("x")
+            .unwrap_err()
+            .to_string()
+            .contains("im.region"));
+    }
+
+    #[test]
+    fn environment_overrides() {
+        let env = vec![
+            (
+                "PRESENCED_IM__CALLS_PER_SECOND".to_string(),
+                "50".to_string(),
+            ),
+            ("PRESENCED_KAFKA__TOPIC".to_string(), "t2".to_string()),
+        ];
+        let c = Config::from_toml("[im]\nsdkappid = 1\n", Path::new("x"), &env).unwrap();
+        assert_eq!(c.im.calls_per_second, 50.0);
+        assert_eq!(c.kafka.topic, "t2");
+        let bad = vec![("PRESENCED_IM__NOPE".to_string(), "1".to_string())];
+        let err = Config::from_toml("", Path::new("x"), &bad)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn secrets_never_shown() {
+        let mut c = parse(
+            "[im]\nsdkappid = 1\nsecret_key = \"topsecretkey\"\n[kafka.properties]\n\"sasl.password\" = \"pw123456\"\n\"sasl.username\" = \"bob\"\n",
+        )
+        .unwrap();
+        let shown = c.to_redacted_toml();
+        assert!(
+            !shown.contains("topsecretkey") && !shown.contains("pw123456"),
+            "{shown}"
+        );
+        assert!(shown.contains("bob"));
+        assert!(!format!("{c:?}").contains("topsecretkey"));
+        c.im.secret_key = Secret::default();
+        assert!(c
+            .validate("x")
+            .unwrap_err()
+            .to_string()
+            .contains("im.secret_key"));
+    }
+
+    #[test]
+    fn secret_from_credentials_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("im-secret-key"), "abc\n").unwrap();
+        let mut c = parse("[im]\nsdkappid = 1\n").unwrap();
+        c.resolve_secret(Path::new("x"), Some(dir.path().to_owned()))
+            .unwrap();
+        assert_eq!(c.im.secret_key.expose(), "abc");
+    }
+}

@@ -1,0 +1,218 @@
+//! The numbers the daemon exposes on `/metrics`. One shared instance, handed to each subsystem.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabels {
+    pub code: String,
+    pub class: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransitionLabels {
+    pub from: String,
+    pub to: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+type FloatCounter = Counter<f64, AtomicU64>;
+
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub sweeps: Family<ResultLabel, Counter>,
+    pub sweep_duration: Histogram,
+    pub sweep_lag_seconds: FloatGauge,
+    pub last_sweep_success: FloatGauge,
+    pub watched_accounts: Gauge,
+    pub accounts_observed: Counter,
+    pub accounts_failed: Counter,
+    pub accounts_not_found: Gauge,
+    pub transitions: Family<TransitionLabels, Counter>,
+    pub api_calls: Family<ResultLabel, Counter>,
+    pub api_errors: Family<CodeLabels, Counter>,
+    pub api_call_duration: Histogram,
+    pub ratelimit_wait_seconds: FloatCounter,
+    pub ratelimit_rate: FloatGauge,
+    pub configuration_error: Gauge,
+    pub outbox_backlog: Gauge,
+    pub outbox_oldest_age_seconds: FloatGauge,
+    pub events_published: Counter,
+    pub delivery_latency: Histogram,
+    pub delivery_errors: Family<KindLabel, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("presenced");
+        let m = Metrics {
+            sweeps: Family::default(),
+            sweep_duration: Histogram::new(exponential_buckets(0.05, 2.0, 14)),
+            sweep_lag_seconds: FloatGauge::default(),
+            last_sweep_success: FloatGauge::default(),
+            watched_accounts: Gauge::default(),
+            accounts_observed: Counter::default(),
+            accounts_failed: Counter::default(),
+            accounts_not_found: Gauge::default(),
+            transitions: Family::default(),
+            api_calls: Family::default(),
+            api_errors: Family::default(),
+            api_call_duration: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            ratelimit_wait_seconds: FloatCounter::default(),
+            ratelimit_rate: FloatGauge::default(),
+            configuration_error: Gauge::default(),
+            outbox_backlog: Gauge::default(),
+            outbox_oldest_age_seconds: FloatGauge::default(),
+            events_published: Counter::default(),
+            delivery_latency: Histogram::new(exponential_buckets(0.0005, 2.0, 18)),
+            delivery_errors: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register("sweeps", "Sweeps by result", m.sweeps.clone());
+        registry.register(
+            "sweep_duration_seconds",
+            "Duration of a sweep",
+            m.sweep_duration.clone(),
+        );
+        registry.register(
+            "sweep_lag_seconds",
+            "How far the last sweep ran past its interval",
+            m.sweep_lag_seconds.clone(),
+        );
+        registry.register(
+            "last_successful_sweep_timestamp_seconds",
+            "Unix time the last sweep finished",
+            m.last_sweep_success.clone(),
+        );
+        registry.register(
+            "watched_accounts",
+            "Accounts on the watch list",
+            m.watched_accounts.clone(),
+        );
+        registry.register(
+            "accounts_observed",
+            "Account observations that succeeded",
+            m.accounts_observed.clone(),
+        );
+        registry.register(
+            "accounts_failed",
+            "Account observations that failed (never counted as offline)",
+            m.accounts_failed.clone(),
+        );
+        registry.register(
+            "accounts_not_found",
+            "Accounts IM reported as not existing (70107) in the last sweep",
+            m.accounts_not_found.clone(),
+        );
+        registry.register(
+            "transitions",
+            "Transitions recorded, by from and to state",
+            m.transitions.clone(),
+        );
+        registry.register("api_calls", "IM API calls by result", m.api_calls.clone());
+        registry.register(
+            "api_errors",
+            "IM API errors by code and class",
+            m.api_errors.clone(),
+        );
+        registry.register(
+            "api_call_duration_seconds",
+            "IM API call latency",
+            m.api_call_duration.clone(),
+        );
+        registry.register(
+            "ratelimit_wait_seconds",
+            "Time spent waiting for the rate limiter",
+            m.ratelimit_wait_seconds.clone(),
+        );
+        registry.register(
+            "ratelimit_calls_per_second",
+            "Current paced call rate",
+            m.ratelimit_rate.clone(),
+        );
+        registry.register(
+            "configuration_error",
+            "1 while sweeping is stopped by a configuration error",
+            m.configuration_error.clone(),
+        );
+        registry.register(
+            "outbox_backlog",
+            "Events written but not yet acknowledged by the sink",
+            m.outbox_backlog.clone(),
+        );
+        registry.register(
+            "outbox_oldest_age_seconds",
+            "Age of the oldest unsent event",
+            m.outbox_oldest_age_seconds.clone(),
+        );
+        registry.register(
+            "events_published",
+            "Events acknowledged by the sink",
+            m.events_published.clone(),
+        );
+        registry.register(
+            "delivery_latency_seconds",
+            "Time from SQLite commit to sink acknowledgement",
+            m.delivery_latency.clone(),
+        );
+        registry.register(
+            "delivery_errors",
+            "Sink delivery errors by kind",
+            m.delivery_errors.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// Prometheus text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+
+    pub fn api_error(&self, code: &str, class: &str) {
+        self.api_errors
+            .get_or_create(&CodeLabels {
+                code: code.into(),
+                class: class.into(),
+            })
+            .inc();
+    }
+
+    pub fn api_call(&self, result: &str) {
+        self.api_calls
+            .get_or_create(&ResultLabel {
+                result: result.into(),
+            })
+            .inc();
+    }
+
+    pub fn delivery_error(&self, kind: &str) {
+        self.delivery_errors
+            .get_or_create(&KindLabel { kind: kind.into() })
+            .inc();
+    }
+}

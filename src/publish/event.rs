@@ -1,0 +1,62 @@
+//! The Kafka event, version 1: JSON value, account id as key, CloudEvents headers (binary mode).
+
+use crate::model::{format_millis, PlatformStatus};
+use crate::store::TransitionRecord;
+use serde::Serialize;
+
+pub const SCHEMA: &str = "presenced.transition.v1";
+pub const CE_TYPE: &str = "io.presenced.transition.v1";
+
+#[derive(Debug, Serialize)]
+pub struct EventV1<'a> {
+    pub schema: &'static str,
+    pub event_id: String,
+    pub sdkappid: u64,
+    pub user_id: &'a str,
+    pub seq: u64,
+    pub kind: &'static str,
+    pub from: Option<&'static str>,
+    pub to: &'static str,
+    pub from_platforms: Option<&'a [PlatformStatus]>,
+    pub to_platforms: &'a [PlatformStatus],
+    pub observed_at: String,
+    pub previous_observed_at: Option<String>,
+    pub sweep_id: i64,
+}
+
+impl<'a> EventV1<'a> {
+    pub fn new(sdkappid: u64, t: &'a TransitionRecord) -> Self {
+        EventV1 {
+            schema: SCHEMA,
+            event_id: t.event_id.hyphenated().to_string(),
+            sdkappid,
+            user_id: &t.user_id,
+            seq: t.seq,
+            kind: t.kind(),
+            from: t.from.map(|s| s.as_str()),
+            to: t.to.as_str(),
+            from_platforms: t.from_platforms.as_deref(),
+            to_platforms: &t.to_platforms,
+            observed_at: format_millis(t.observed_at),
+            previous_observed_at: t.previous_observed_at.map(format_millis),
+            sweep_id: t.sweep_id,
+        }
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("events always serialize")
+    }
+}
+
+/// CloudEvents binary-mode headers for one event, as (name, value) pairs.
+pub fn cloudevents_headers(sdkappid: u64, t: &TransitionRecord) -> [(&'static str, String); 7] {
+    [
+        ("ce_specversion", "1.0".to_owned()),
+        ("ce_id", t.event_id.hyphenated().to_string()),
+        ("ce_type", CE_TYPE.to_owned()),
+        ("ce_source", format!("/presenced/{sdkappid}")),
+        ("ce_subject", t.user_id.clone()),
+        ("ce_time", format_millis(t.observed_at)),
+        ("content-type", "application/json".to_owned()),
+    ]
+}

@@ -1,0 +1,205 @@
+//! The Kafka sink: an idempotent producer (acks=all), enqueued strictly in outbox order so that
+//! one account's events keep their order on its partition.
+
+use super::event::{cloudevents_headers, EventV1};
+use super::DeliveryError;
+use crate::config::KafkaConfig;
+use crate::store::OutboxEvent;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaSetupError {
+    #[error("Kafka client configuration rejected: {0}")]
+    Client(KafkaError),
+    #[error("Kafka topic {topic:?} does not exist on {brokers}; create it, or set kafka.create_topic = true")]
+    TopicMissing { topic: String, brokers: String },
+    #[error("creating Kafka topic {topic:?} failed: {message}")]
+    CreateTopic { topic: String, message: String },
+}
+
+pub struct KafkaSink {
+    producer: FutureProducer,
+    settings: KafkaConfig,
+    sdkappid: u64,
+}
+
+impl std::fmt::Debug for KafkaSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSink")
+            .field("topic", &self.settings.topic)
+            .finish()
+    }
+}
+
+/// The librdkafka configuration. Free-form properties go last so an operator can override any
+/// default, except the two settings no-loss delivery depends on.
+pub fn client_config(k: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &k.brokers)
+        .set("client.id", &k.client_id)
+        .set("compression.type", &k.compression)
+        .set("linger.ms", k.linger_ms.to_string())
+        .set("message.timeout.ms", k.message_timeout_ms.to_string());
+    for (key, value) in &k.properties {
+        c.set(key, value);
+    }
+    c.set("enable.idempotence", "true").set("acks", "all");
+    c
+}
+
+impl KafkaSink {
+    pub fn new(settings: &KafkaConfig, sdkappid: u64) -> Result<Self, KafkaSetupError> {
+        let producer = client_config(settings)
+            .create()
+            .map_err(KafkaSetupError::Client)?;
+        Ok(KafkaSink {
+            producer,
+            settings: settings.clone(),
+            sdkappid,
+        })
+    }
+
+    /// Checks that the topic exists, creating it when configured to. `Ok(false)` means the
+    /// brokers could not be reached: the caller goes on and the backlog waits for them.
+    pub async fn check_topic(&self) -> Result<bool, KafkaSetupError> {
+        let producer = self.producer.clone();
+        let topic = self.settings.topic.clone();
+        let metadata = tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(Some(&topic), Duration::from_secs(5))
+        })
+        .await
+        .expect("metadata task does not panic");
+        let exists = match metadata {
+            Err(e) => {
+                tracing::warn!(brokers = %self.settings.brokers, error = %e, "Kafka is not reachable; events wait in the outbox");
+                return Ok(false);
+            }
+            Ok(m) => m.topics().iter().any(|t| {
+                t.name() == self.settings.topic && t.error().is_none() && !t.partitions().is_empty()
+            }),
+        };
+        if exists {
+            return Ok(true);
+        }
+        if !self.settings.create_topic {
+            return Err(KafkaSetupError::TopicMissing {
+                topic: self.settings.topic.clone(),
+                brokers: self.settings.brokers.clone(),
+            });
+        }
+        self.create_topic().await?;
+        Ok(true)
+    }
+
+    async fn create_topic(&self) -> Result<(), KafkaSetupError> {
+        let admin: AdminClient<DefaultClientContext> = client_config(&self.settings)
+            .create()
+            .map_err(KafkaSetupError::Client)?;
+        let topic = NewTopic::new(
+            &self.settings.topic,
+            self.settings.topic_partitions,
+            TopicReplication::Fixed(1),
+        );
+        let fail = |message: String| KafkaSetupError::CreateTopic {
+            topic: self.settings.topic.clone(),
+            message,
+        };
+        let results = admin
+            .create_topics(
+                [&topic],
+                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+            )
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        for r in results {
+            match r {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((_, code)) => return Err(fail(code.to_string())),
+            }
+        }
+        tracing::info!(topic = %self.settings.topic, partitions = self.settings.topic_partitions, "created Kafka topic");
+        Ok(())
+    }
+
+    /// Sends a batch; returns one result per event, in order.
+    pub async fn deliver(&mut self, events: &[OutboxEvent]) -> Vec<Result<(), DeliveryError>> {
+        let mut pending = Vec::with_capacity(events.len());
+        for e in events {
+            pending.push(self.enqueue(e).await);
+        }
+        let mut out = Vec::with_capacity(events.len());
+        for p in pending {
+            out.push(match p {
+                Err(e) => Err(e),
+                Ok(fut) => match fut.await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err((e, _))) => Err(DeliveryError::from_kafka(&e)),
+                    Err(_) => Err(DeliveryError::Canceled),
+                },
+            });
+        }
+        if out.iter().any(Result::is_err) {
+            self.recreate_if_fatal();
+        }
+        out
+    }
+
+    /// Enqueues one event in order; QueueFull is back-pressure, so it waits and tries again.
+    async fn enqueue(
+        &self,
+        e: &OutboxEvent,
+    ) -> Result<rdkafka::producer::DeliveryFuture, DeliveryError> {
+        let t = &e.record;
+        let payload = EventV1::new(self.sdkappid, t).to_json();
+        let mut headers = OwnedHeaders::new_with_capacity(7);
+        for (key, value) in cloudevents_headers(self.sdkappid, t) {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value.as_bytes()),
+            });
+        }
+        let mut record = FutureRecord::to(&self.settings.topic)
+            .key(t.user_id.as_bytes())
+            .payload(&payload)
+            .headers(headers);
+        loop {
+            match self.producer.send_result(record) {
+                Ok(fut) => return Ok(fut),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((e, _)) => return Err(DeliveryError::from_kafka(&e)),
+            }
+        }
+    }
+
+    /// After a fatal error (e.g. the idempotent producer lost its sequence) librdkafka refuses
+    /// every message: replace the producer; the outbox re-drives whatever was not acknowledged.
+    fn recreate_if_fatal(&mut self) {
+        if let Some((code, reason)) = self.producer.client().fatal_error() {
+            tracing::error!(?code, %reason, "Kafka producer hit a fatal error; re-creating it");
+            match client_config(&self.settings).create() {
+                Ok(p) => self.producer = p,
+                Err(e) => {
+                    tracing::error!(error = %e, "re-creating the Kafka producer failed; will retry")
+                }
+            }
+        }
+    }
+
+    /// Waits up to `timeout` for everything in flight.
+    pub async fn flush(&self, timeout: Duration) {
+        let producer = self.producer.clone();
+        let _ = tokio::task::spawn_blocking(move || producer.flush(Timeout::After(timeout))).await;
+    }
+}

@@ -1,0 +1,281 @@
+//! Drains the outbox into a sink (Kafka or stdout). An outbox row goes only after its delivery
+//! succeeded, so a sink that is down means a backlog, never a loss.
+
+pub mod event;
+pub mod kafka;
+
+use crate::metrics::Metrics;
+use crate::model::now_millis;
+use crate::store::{OutboxEvent, Store, StoreError};
+use std::collections::HashSet;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeliveryError {
+    #[error("message timed out before the broker acknowledged it")]
+    Timeout,
+    #[error("broker error: {0}")]
+    Broker(String),
+    #[error("delivery was canceled (producer went away)")]
+    Canceled,
+    #[error("write failed: {0}")]
+    Io(String),
+}
+
+impl DeliveryError {
+    fn from_kafka(e: &rdkafka::error::KafkaError) -> Self {
+        use rdkafka::error::RDKafkaErrorCode;
+        match e.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::MessageTimedOut) => DeliveryError::Timeout,
+            _ => DeliveryError::Broker(e.to_string()),
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DeliveryError::Timeout => "timeout",
+            DeliveryError::Broker(_) => "broker",
+            DeliveryError::Canceled => "canceled",
+            DeliveryError::Io(_) => "io",
+        }
+    }
+}
+
+/// How the stdout sink prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StdoutStyle {
+    /// One event v1 JSON document per line, for piping into other tools.
+    JsonLines,
+    /// One short human line per transition, for the demo; `initial` events are counted, not shown.
+    Human,
+}
+
+#[derive(Debug)]
+pub enum Sink {
+    Kafka(kafka::KafkaSink),
+    Stdout { style: StdoutStyle, sdkappid: u64 },
+}
+
+impl Sink {
+    async fn deliver(&mut self, events: &[OutboxEvent]) -> Vec<Result<(), DeliveryError>> {
+        match self {
+            Sink::Kafka(k) => k.deliver(events).await,
+            Sink::Stdout { style, sdkappid } => {
+                let result = write_stdout(*style, *sdkappid, events)
+                    .map_err(|e| DeliveryError::Io(e.to_string()));
+                events.iter().map(|_| result.clone()).collect()
+            }
+        }
+    }
+
+    async fn flush(&self, timeout: Duration) {
+        if let Sink::Kafka(k) = self {
+            k.flush(timeout).await;
+        }
+    }
+}
+
+fn write_stdout(style: StdoutStyle, sdkappid: u64, events: &[OutboxEvent]) -> std::io::Result<()> {
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    for e in events {
+        let t = &e.record;
+        match style {
+            StdoutStyle::JsonLines => {
+                out.write_all(&event::EventV1::new(sdkappid, t).to_json())?;
+                out.write_all(b"\n")?;
+            }
+            StdoutStyle::Human => {
+                let Some(from) = t.from else { continue };
+                let platforms: Vec<String> = t
+                    .to_platforms
+                    .iter()
+                    .map(|p| format!("{}:{}", p.platform, p.status))
+                    .collect();
+                writeln!(
+                    out,
+                    "{}  {:<12} {:>10} -> {:<10} seq {:<4} [{}]",
+                    crate::model::format_millis(t.observed_at),
+                    t.user_id,
+                    from.as_str(),
+                    t.to.as_str(),
+                    t.seq,
+                    platforms.join(" ")
+                )?;
+            }
+        }
+    }
+    out.flush()
+}
+
+/// Of a batch's results, the outbox rows that may go: every success, except those that follow a
+/// failure of the same account in this batch. Re-sending those keeps per-account order (a
+/// consumer may see a duplicate, which the event id and seq let it drop; never a reordering).
+pub fn acknowledged(events: &[OutboxEvent], results: &[Result<(), DeliveryError>]) -> Vec<i64> {
+    let mut blocked: HashSet<&str> = HashSet::new();
+    let mut ok = Vec::new();
+    for (e, r) in events.iter().zip(results) {
+        let user = e.record.user_id.as_str();
+        if r.is_ok() && !blocked.contains(user) {
+            ok.push(e.history_id);
+        } else {
+            blocked.insert(user);
+        }
+    }
+    ok
+}
+
+#[derive(Debug)]
+pub struct Publisher {
+    store: Store,
+    sink: Sink,
+    batch_size: usize,
+    metrics: Arc<Metrics>,
+    /// Poked by the sweeper after each commit so new events go out without waiting for a tick.
+    wake: Arc<Notify>,
+}
+
+impl Publisher {
+    pub fn new(
+        store: Store,
+        sink: Sink,
+        batch_size: usize,
+        metrics: Arc<Metrics>,
+        wake: Arc<Notify>,
+    ) -> Self {
+        Publisher {
+            store,
+            sink,
+            batch_size,
+            metrics,
+            wake,
+        }
+    }
+
+    /// Publishes until `shutdown`, then flushes within `flush_timeout`. Whatever was not
+    /// acknowledged stays in the outbox for the next start.
+    pub async fn run(
+        mut self,
+        shutdown: CancellationToken,
+        flush_timeout: Duration,
+    ) -> Result<(), StoreError> {
+        let mut failures = 0u32;
+        loop {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            match self.drain_once().await? {
+                Drained::Some => failures = 0,
+                Drained::Empty => {
+                    failures = 0;
+                    tokio::select! {
+                        _ = self.wake.notified() => {}
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = shutdown.cancelled() => {}
+                    }
+                }
+                Drained::Failed => {
+                    failures += 1;
+                    let delay = Duration::from_millis(200 * 2u64.pow(failures.min(7)));
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = shutdown.cancelled() => {}
+                    }
+                }
+            }
+        }
+        self.sink.flush(flush_timeout).await;
+        self.refresh_backlog().await?;
+        Ok(())
+    }
+
+    /// One round: read a batch, deliver it, delete what was acknowledged.
+    pub async fn drain_once(&mut self) -> Result<Drained, StoreError> {
+        let limit = self.batch_size;
+        let events = self.store.call(move |db| db.outbox_batch(limit)).await?;
+        if events.is_empty() {
+            self.refresh_backlog().await?;
+            return Ok(Drained::Empty);
+        }
+        let results = self.sink.deliver(&events).await;
+        let now = now_millis();
+        for (e, r) in events.iter().zip(&results) {
+            match r {
+                Ok(()) => self
+                    .metrics
+                    .delivery_latency
+                    .observe((now - e.committed_at).max(0) as f64 / 1000.0),
+                Err(err) => self.metrics.delivery_error(err.kind()),
+            }
+        }
+        let acked = acknowledged(&events, &results);
+        let failed = events.len() - acked.len();
+        if failed > 0 {
+            let first = results.iter().find_map(|r| r.as_ref().err()).cloned();
+            tracing::warn!(failed, sent = acked.len(), error = ?first, "some events were not acknowledged; they stay in the outbox");
+        }
+        self.metrics.events_published.inc_by(acked.len() as u64);
+        let acked_count = acked.len();
+        self.store.call(move |db| db.outbox_delete(&acked)).await?;
+        self.refresh_backlog().await?;
+        Ok(if acked_count == 0 {
+            Drained::Failed
+        } else if failed > 0 {
+            Drained::Failed
+        } else {
+            Drained::Some
+        })
+    }
+
+    async fn refresh_backlog(&self) -> Result<(), StoreError> {
+        let (count, oldest) = self.store.call(|db| db.outbox_backlog()).await?;
+        self.metrics.outbox_backlog.set(count as i64);
+        let age = oldest.map_or(0.0, |t| (now_millis() - t).max(0) as f64 / 1000.0);
+        self.metrics.outbox_oldest_age_seconds.set(age);
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drained {
+    Some,
+    Empty,
+    Failed,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::State;
+    use crate::store::TransitionRecord;
+
+    fn ev(history_id: i64, user: &str) -> OutboxEvent {
+        OutboxEvent {
+            history_id,
+            committed_at: 0,
+            record: TransitionRecord {
+                event_id: uuid::Uuid::now_v7(),
+                user_id: user.into(),
+                seq: history_id as u64,
+                from: None,
+                from_platforms: None,
+                to: State::Online,
+                to_platforms: vec![],
+                observed_at: 0,
+                previous_observed_at: None,
+                sweep_id: 1,
+            },
+        }
+    }
+
+    #[test]
+    fn a_failure_holds_back_later_events_of_the_same_account_only() {
+        let events = vec![ev(1, "a"), ev(2, "b"), ev(3, "a"), ev(4, "b")];
+        let results = vec![Err(DeliveryError::Timeout), Ok(()), Ok(()), Ok(())];
+        assert_eq!(acknowledged(&events, &results), vec![2, 4]);
+    }
+}

@@ -1,0 +1,49 @@
+//! systemd notifications (READY, STATUS, STOPPING, WATCHDOG). All are no-ops outside systemd.
+
+use sd_notify::NotifyState;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+pub fn ready(status: &str) {
+    let _ = sd_notify::notify(false, &[NotifyState::Ready, NotifyState::Status(status)]);
+}
+
+pub fn status(status: &str) {
+    let _ = sd_notify::notify(false, &[NotifyState::Status(status)]);
+}
+
+pub fn stopping() {
+    let _ = sd_notify::notify(
+        false,
+        &[NotifyState::Stopping, NotifyState::Status("stopping")],
+    );
+}
+
+/// When `WatchdogSec=` is set, pings systemd only while `progress` (Unix ms of the last sign of
+/// life from the scheduler or the sweep) is recent, so a hung sweep trips the watchdog.
+pub fn spawn_watchdog(progress: Arc<AtomicI64>, shutdown: CancellationToken) {
+    let mut usec = 0;
+    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
+        return;
+    }
+    let timeout = Duration::from_micros(usec);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(timeout / 3) => {}
+                _ = shutdown.cancelled() => return,
+            }
+            let idle_ms = crate::model::now_millis() - progress.load(Ordering::Relaxed);
+            if idle_ms < timeout.as_millis() as i64 {
+                let _ = sd_notify::notify(false, &[NotifyState::Watchdog]);
+            } else {
+                tracing::error!(
+                    idle_ms,
+                    "no sweep progress; withholding the systemd watchdog ping"
+                );
+            }
+        }
+    });
+}

@@ -1,0 +1,250 @@
+//! The simulated app's accounts and how their presence changes over time.
+
+use crate::model::{PlatformStatus, State};
+use rand::seq::IndexedRandom;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+pub const MOBILE: [&str; 3] = ["iPhone", "Android", "iPad"];
+pub const DESKTOP: [&str; 3] = ["Web", "PC", "Mac"];
+
+fn is_mobile(platform: &str) -> bool {
+    MOBILE.contains(&platform)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Device {
+    platform: String,
+    status: State,
+    /// When a PushOnline device went PushOnline (sim clock, ms).
+    since: i64,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Account {
+    devices: Vec<Device>,
+}
+
+/// One account as the control API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountView {
+    pub user_id: String,
+    pub status: State,
+    pub platforms: Vec<PlatformStatus>,
+}
+
+#[derive(Debug)]
+pub struct Population {
+    ids: Vec<String>,
+    index: HashMap<String, usize>,
+    accounts: Vec<Option<Account>>,
+    /// How long PushOnline lasts before IM reports Offline: 7 days divided by time compression.
+    push_online_ttl_ms: i64,
+}
+
+impl Population {
+    /// `size` accounts named `{prefix}{i}`, a share of them online at the start.
+    pub fn new(
+        prefix: &str,
+        size: usize,
+        online_share: f64,
+        push_online_ttl_ms: i64,
+        rng: &mut impl Rng,
+        now: i64,
+    ) -> Self {
+        let mut p = Population {
+            ids: Vec::with_capacity(size),
+            index: HashMap::with_capacity(size),
+            accounts: Vec::with_capacity(size),
+            push_online_ttl_ms,
+        };
+        for i in 0..size {
+            let mut account = Account::default();
+            if rng.random_bool(online_share.clamp(0.0, 1.0)) {
+                account.devices.push(random_login(rng, now));
+            }
+            p.insert(format!("{prefix}{i}"), account);
+        }
+        p
+    }
+
+    fn insert(&mut self, id: String, account: Account) -> usize {
+        if let Some(&i) = self.index.get(&id) {
+            self.accounts[i] = Some(account);
+            return i;
+        }
+        let i = self.ids.len();
+        self.index.insert(id.clone(), i);
+        self.ids.push(id);
+        self.accounts.push(Some(account));
+        i
+    }
+
+    pub fn len(&self) -> usize {
+        self.accounts.iter().filter(|a| a.is_some()).count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The account's state as IM would answer now, or None if it does not exist.
+    pub fn view(&mut self, id: &str, now: i64) -> Option<AccountView> {
+        let i = *self.index.get(id)?;
+        let ttl = self.push_online_ttl_ms;
+        let account = self.accounts[i].as_mut()?;
+        // PushOnline expires into Offline after the TTL (7 days in the real service).
+        account
+            .devices
+            .retain(|d| !(d.status == State::PushOnline && now - d.since >= ttl));
+        Some(view_of(id, account))
+    }
+
+    pub fn all(&mut self, now: i64) -> Vec<AccountView> {
+        let ids = self.ids.clone();
+        ids.iter().filter_map(|id| self.view(id, now)).collect()
+    }
+
+    /// Sets an account's devices (creating the account). An empty list means Offline.
+    pub fn set(&mut self, id: &str, platforms: &[PlatformStatus], now: i64) {
+        let devices = platforms
+            .iter()
+            .filter(|p| p.status != State::Offline)
+            .map(|p| Device {
+                platform: p.platform.clone(),
+                status: p.status,
+                since: now,
+            })
+            .collect();
+        self.insert(id.to_owned(), Account { devices });
+    }
+
+    /// The account stops existing (IM answers 70107 for it).
+    pub fn delete(&mut self, id: &str) -> bool {
+        match self.index.get(id) {
+            Some(&i) => self.accounts[i].take().is_some(),
+            None => false,
+        }
+    }
+
+    /// Applies `count` random logins, logouts, app kills and resumes.
+    pub fn churn(&mut self, count: usize, rng: &mut impl Rng, now: i64) {
+        if self.ids.is_empty() {
+            return;
+        }
+        for _ in 0..count {
+            let i = rng.random_range(0..self.ids.len());
+            let Some(account) = self.accounts[i].as_mut() else {
+                continue;
+            };
+            step(account, rng, now);
+        }
+    }
+}
+
+fn view_of(id: &str, account: &Account) -> AccountView {
+    let status = if account.devices.iter().any(|d| d.status == State::Online) {
+        State::Online
+    } else if account
+        .devices
+        .iter()
+        .any(|d| d.status == State::PushOnline)
+    {
+        State::PushOnline
+    } else {
+        State::Offline
+    };
+    AccountView {
+        user_id: id.to_owned(),
+        status,
+        platforms: account
+            .devices
+            .iter()
+            .map(|d| PlatformStatus {
+                platform: d.platform.clone(),
+                status: d.status,
+            })
+            .collect(),
+    }
+}
+
+fn random_login(rng: &mut impl Rng, now: i64) -> Device {
+    let platform = if rng.random_bool(0.6) {
+        MOBILE.choose(rng)
+    } else {
+        DESKTOP.choose(rng)
+    };
+    Device {
+        platform: platform.expect("non-empty").to_string(),
+        status: State::Online,
+        since: now,
+    }
+}
+
+fn step(account: &mut Account, rng: &mut impl Rng, now: i64) {
+    if account.devices.is_empty() {
+        account.devices.push(random_login(rng, now));
+        return;
+    }
+    let roll: f64 = rng.random();
+    let pick = rng.random_range(0..account.devices.len());
+    let device = &mut account.devices[pick];
+    match (device.status, roll) {
+        // The app is killed or loses its network: mobile devices keep push delivery.
+        (State::Online, r) if r < 0.35 && is_mobile(&device.platform) => {
+            device.status = State::PushOnline;
+            device.since = now;
+        }
+        (State::Online, r) if r < 0.75 => {
+            account.devices.remove(pick);
+        }
+        (State::PushOnline, r) if r < 0.6 => {
+            device.status = State::Online;
+            device.since = now;
+        }
+        (State::PushOnline, _) => {
+            account.devices.remove(pick);
+        }
+        _ => {
+            let login = random_login(rng, now);
+            if !account.devices.iter().any(|d| d.platform == login.platform) {
+                account.devices.push(login);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn push_online_expires_to_offline() {
+        let mut rng = rand::rng();
+        let mut p = Population::new("u", 0, 0.0, 1_000, &mut rng, 0);
+        p.set(
+            "a",
+            &[PlatformStatus {
+                platform: "iPhone".into(),
+                status: State::PushOnline,
+            }],
+            0,
+        );
+        assert_eq!(p.view("a", 999).unwrap().status, State::PushOnline);
+        assert_eq!(p.view("a", 1_000).unwrap().status, State::Offline);
+    }
+
+    #[test]
+    fn churn_changes_states_and_deleted_accounts_vanish() {
+        let mut rng = rand::rng();
+        let mut p = Population::new("u", 1_000, 0.3, i64::MAX, &mut rng, 0);
+        let before = p.all(0);
+        p.churn(5_000, &mut rng, 1);
+        let after = p.all(1);
+        assert!(before.iter().zip(&after).filter(|(a, b)| a != b).count() > 100);
+        assert!(p.delete("u5"));
+        assert!(p.view("u5", 2).is_none());
+        assert_eq!(p.len(), 999);
+    }
+}

@@ -1,0 +1,646 @@
+//! SQLite: migrations, the watch-list table, current state, history, sweeps and the outbox.
+//!
+//! `Db` is the synchronous API over one connection. `Store` runs a `Db` on a dedicated thread
+//! and takes work over a channel, so rusqlite never blocks the async runtime and every write
+//! goes through one owner.
+
+pub mod migrate;
+
+use crate::model::{platforms_from_json, platforms_to_json, PlatformStatus, State};
+use rusqlite::{params, Connection, OptionalExtension};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("SQLite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("cannot open database {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("migration {name} failed: {source}")]
+    Migration {
+        name: &'static str,
+        source: rusqlite::Error,
+    },
+    #[error("the database was written by a newer presenced (schema version {found}; this build knows up to {supported}); refusing to touch it")]
+    TooNew { found: i64, supported: i64 },
+    #[error("corrupt row for account {user_id:?}: {message}")]
+    Corrupt { user_id: String, message: String },
+    #[error("the store thread has stopped")]
+    Closed,
+}
+
+/// One account's row in `presence_current`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CurrentRow {
+    pub user_id: String,
+    pub state: Option<State>,
+    pub platforms: Vec<PlatformStatus>,
+    pub seq: u64,
+    pub observed_at: Option<i64>,
+    pub not_found_since: Option<i64>,
+}
+
+/// A transition as written: one history row, one outbox row, and the new current state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransitionRecord {
+    pub event_id: uuid::Uuid,
+    pub user_id: String,
+    pub seq: u64,
+    pub from: Option<State>,
+    pub from_platforms: Option<Vec<PlatformStatus>>,
+    pub to: State,
+    pub to_platforms: Vec<PlatformStatus>,
+    pub observed_at: i64,
+    pub previous_observed_at: Option<i64>,
+    pub sweep_id: i64,
+}
+
+impl TransitionRecord {
+    pub fn kind(&self) -> &'static str {
+        if self.from.is_none() {
+            "initial"
+        } else {
+            "changed"
+        }
+    }
+}
+
+/// Everything one transaction writes for a group of batches.
+#[derive(Debug, Default, Clone)]
+pub struct WriteSet {
+    pub transitions: Vec<TransitionRecord>,
+    /// Changes of the not-found mark: (user_id, Some(since)) when IM newly reports the account
+    /// as not existing, (user_id, None) when it exists again.
+    pub not_found: Vec<(String, Option<i64>)>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SweepCounts {
+    pub asked: u64,
+    pub observed: u64,
+    pub failed: u64,
+    pub not_found: u64,
+    pub transitions: u64,
+}
+
+/// A pending event, read back from the outbox for publishing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEvent {
+    pub history_id: i64,
+    pub committed_at: i64,
+    pub record: TransitionRecord,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Stats {
+    /// Accounts in the `watched_accounts` table (a watch-list file is not counted here).
+    pub watched_in_table: u64,
+    pub online: u64,
+    pub push_online: u64,
+    pub offline: u64,
+    pub not_found: u64,
+    pub history_rows: u64,
+    pub outbox_backlog: u64,
+    pub outbox_oldest_ms: Option<i64>,
+    pub last_sweep: Option<SweepRow>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct SweepRow {
+    pub sweep_id: i64,
+    pub started_at: i64,
+    pub finished_at: Option<i64>,
+    pub asked: u64,
+    pub observed: u64,
+    pub failed: u64,
+    pub not_found: u64,
+    pub transitions: u64,
+    pub outcome: String,
+}
+
+pub struct Db {
+    conn: Connection,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db")
+            .field("path", &self.conn.path())
+            .finish()
+    }
+}
+
+fn parse_state(user_id: &str, text: Option<String>) -> Result<Option<State>, StoreError> {
+    text.map(|s| {
+        s.parse()
+            .map_err(|e: crate::model::UnknownState| StoreError::Corrupt {
+                user_id: user_id.to_owned(),
+                message: e.to_string(),
+            })
+    })
+    .transpose()
+}
+
+fn parse_platforms(
+    user_id: &str,
+    text: Option<String>,
+) -> Result<Option<Vec<PlatformStatus>>, StoreError> {
+    text.map(|t| {
+        platforms_from_json(&t).map_err(|e| StoreError::Corrupt {
+            user_id: user_id.to_owned(),
+            message: format!("platforms: {e}"),
+        })
+    })
+    .transpose()
+}
+
+impl Db {
+    /// Opens (creating if needed) and migrates. WAL so analysts read while we write; FULL sync
+    /// so an acknowledged commit survives power loss, not only a process kill.
+    pub fn open(path: &Path, busy_timeout: Duration) -> Result<Db, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let mut conn = Connection::open(path).map_err(|source| StoreError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
+        conn.busy_timeout(busy_timeout)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        migrate::apply(&mut conn)?;
+        conn.set_prepared_statement_cache_capacity(64);
+        Ok(Db { conn })
+    }
+
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    // ---- watch list -------------------------------------------------------------------------
+
+    pub fn watched_ids(&self) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT user_id FROM watched_accounts ORDER BY user_id")?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Adds ids in chunks of one transaction each; returns how many were new. `progress` is told
+    /// how many ids have been handled so far.
+    pub fn add_watched(
+        &mut self,
+        ids: &[String],
+        mut progress: impl FnMut(usize),
+    ) -> Result<usize, StoreError> {
+        let now = crate::model::now_millis();
+        let mut added = 0;
+        for (i, chunk) in ids.chunks(50_000).enumerate() {
+            let tx = self.conn.transaction()?;
+            {
+                let mut stmt = tx.prepare_cached(
+                    "INSERT INTO watched_accounts (user_id, added_at) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+                )?;
+                for id in chunk {
+                    added += stmt.execute(params![id, now])?;
+                }
+            }
+            tx.commit()?;
+            progress((i * 50_000 + chunk.len()).min(ids.len()));
+        }
+        Ok(added)
+    }
+
+    pub fn remove_watched(&mut self, ids: &[String]) -> Result<usize, StoreError> {
+        let tx = self.conn.transaction()?;
+        let mut removed = 0;
+        {
+            let mut stmt = tx.prepare_cached("DELETE FROM watched_accounts WHERE user_id = ?1")?;
+            for id in ids {
+                removed += stmt.execute([id])?;
+            }
+        }
+        tx.commit()?;
+        Ok(removed)
+    }
+
+    // ---- current state ----------------------------------------------------------------------
+
+    pub fn load_current(&self) -> Result<Vec<CurrentRow>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT user_id, state, platforms, seq, observed_at, not_found_since FROM presence_current",
+        )?;
+        let mut rows = stmt.query([])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            let user_id: String = r.get(0)?;
+            let state = parse_state(&user_id, r.get(1)?)?;
+            let platforms = parse_platforms(&user_id, r.get(2)?)?.unwrap_or_default();
+            out.push(CurrentRow {
+                state,
+                platforms,
+                seq: r.get::<_, i64>(3)? as u64,
+                observed_at: r.get(4)?,
+                not_found_since: r.get(5)?,
+                user_id,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The account left the watch list: forget its state (its next observation, if it comes
+    /// back, is `initial` again) but keep its sequence number.
+    pub fn forget(&mut self, ids: &[String]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE presence_current SET state = NULL, platforms = NULL, observed_at = NULL,
+                 not_found_since = NULL WHERE user_id = ?1",
+            )?;
+            for id in ids {
+                stmt.execute([id])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    // ---- sweeps -----------------------------------------------------------------------------
+
+    /// Marks sweeps that were running when the process died.
+    pub fn close_interrupted_sweeps(&self) -> Result<usize, StoreError> {
+        Ok(self.conn.execute(
+            "UPDATE sweeps SET outcome = 'interrupted' WHERE outcome = 'running'",
+            [],
+        )?)
+    }
+
+    pub fn begin_sweep(&self, started_at: i64, asked: u64) -> Result<i64, StoreError> {
+        self.conn.execute(
+            "INSERT INTO sweeps (started_at, asked) VALUES (?1, ?2)",
+            params![started_at, asked as i64],
+        )?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    pub fn finish_sweep(
+        &self,
+        sweep_id: i64,
+        finished_at: i64,
+        c: SweepCounts,
+        outcome: &str,
+    ) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE sweeps SET finished_at = ?2, asked = ?3, observed = ?4, failed = ?5, not_found = ?6,
+             transitions = ?7, outcome = ?8 WHERE sweep_id = ?1",
+            params![
+                sweep_id,
+                finished_at,
+                c.asked as i64,
+                c.observed as i64,
+                c.failed as i64,
+                c.not_found as i64,
+                c.transitions as i64,
+                outcome
+            ],
+        )?;
+        Ok(())
+    }
+
+    // ---- the write path ---------------------------------------------------------------------
+
+    /// Writes current state, history and outbox for a group of batches in one transaction.
+    pub fn apply(&mut self, set: &WriteSet) -> Result<(), StoreError> {
+        let committed_at = crate::model::now_millis();
+        let tx = self.conn.transaction()?;
+        {
+            let mut history = tx.prepare_cached(
+                "INSERT INTO presence_history (event_id, user_id, seq, kind, from_state, to_state,
+                     from_platforms, to_platforms, observed_at, previous_observed_at, sweep_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )?;
+            let mut outbox =
+                tx.prepare_cached("INSERT INTO outbox (history_id, committed_at) VALUES (?1, ?2)")?;
+            let mut current = tx.prepare_cached(
+                "INSERT INTO presence_current (user_id, state, platforms, seq, observed_at, changed_at, not_found_since)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?5, NULL)
+                 ON CONFLICT (user_id) DO UPDATE SET state = excluded.state, platforms = excluded.platforms,
+                     seq = excluded.seq, observed_at = excluded.observed_at, changed_at = excluded.changed_at,
+                     not_found_since = NULL",
+            )?;
+            let mut event_id_text = uuid::Uuid::encode_buffer();
+            for t in &set.transitions {
+                let to_platforms = platforms_to_json(&t.to_platforms);
+                history.execute(params![
+                    &*t.event_id.hyphenated().encode_lower(&mut event_id_text),
+                    t.user_id,
+                    t.seq as i64,
+                    t.kind(),
+                    t.from.map(State::as_str),
+                    t.to.as_str(),
+                    t.from_platforms.as_deref().map(platforms_to_json),
+                    to_platforms,
+                    t.observed_at,
+                    t.previous_observed_at,
+                    t.sweep_id,
+                ])?;
+                outbox.execute(params![tx.last_insert_rowid(), committed_at])?;
+                current.execute(params![
+                    t.user_id,
+                    t.to.as_str(),
+                    to_platforms,
+                    t.seq as i64,
+                    t.observed_at
+                ])?;
+            }
+            let mut not_found = tx.prepare_cached(
+                "INSERT INTO presence_current (user_id, not_found_since) VALUES (?1, ?2)
+                 ON CONFLICT (user_id) DO UPDATE SET not_found_since = excluded.not_found_since",
+            )?;
+            for (user_id, since) in &set.not_found {
+                not_found.execute(params![user_id, since])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    // ---- outbox -----------------------------------------------------------------------------
+
+    /// The oldest pending events, in commit order (which is per-account order).
+    pub fn outbox_batch(&self, limit: usize) -> Result<Vec<OutboxEvent>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT o.history_id, o.committed_at, h.event_id, h.user_id, h.seq, h.from_state, h.to_state,
+                    h.from_platforms, h.to_platforms, h.observed_at, h.previous_observed_at, h.sweep_id
+             FROM outbox o JOIN presence_history h USING (history_id)
+             ORDER BY o.history_id LIMIT ?1",
+        )?;
+        let mut rows = stmt.query([limit as i64])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            out.push(read_event(r)?);
+        }
+        Ok(out)
+    }
+
+    pub fn outbox_delete(&mut self, history_ids: &[i64]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached("DELETE FROM outbox WHERE history_id = ?1")?;
+            for id in history_ids {
+                stmt.execute([id])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// (pending events, commit time of the oldest).
+    pub fn outbox_backlog(&self) -> Result<(u64, Option<i64>), StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT COUNT(*), MIN(committed_at) FROM outbox", [], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get(1)?))
+            })?)
+    }
+
+    // ---- reading for people -----------------------------------------------------------------
+
+    pub fn history(
+        &self,
+        user_id: &str,
+        since: Option<i64>,
+        until: Option<i64>,
+    ) -> Result<Vec<TransitionRecord>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT history_id, 0, event_id, user_id, seq, from_state, to_state, from_platforms, to_platforms,
+                    observed_at, previous_observed_at, sweep_id
+             FROM presence_history
+             WHERE user_id = ?1 AND observed_at >= ?2 AND observed_at < ?3 ORDER BY seq",
+        )?;
+        let mut rows = stmt.query(params![
+            user_id,
+            since.unwrap_or(i64::MIN),
+            until.unwrap_or(i64::MAX)
+        ])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            out.push(read_event(r)?.record);
+        }
+        Ok(out)
+    }
+
+    /// History in commit order between two times, for `replay`.
+    pub fn history_range(
+        &self,
+        since: i64,
+        until: i64,
+        after_id: i64,
+        limit: usize,
+    ) -> Result<Vec<OutboxEvent>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT history_id, 0, event_id, user_id, seq, from_state, to_state, from_platforms, to_platforms,
+                    observed_at, previous_observed_at, sweep_id
+             FROM presence_history
+             WHERE history_id > ?1 AND observed_at >= ?2 AND observed_at < ?3 ORDER BY history_id LIMIT ?4",
+        )?;
+        let mut rows = stmt.query(params![after_id, since, until, limit as i64])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            out.push(read_event(r)?);
+        }
+        Ok(out)
+    }
+
+    pub fn stats(&self) -> Result<Stats, StoreError> {
+        let c = &self.conn;
+        let count = |sql: &str| -> Result<u64, StoreError> {
+            Ok(c.query_row(sql, [], |r| r.get::<_, i64>(0))? as u64)
+        };
+        let (outbox_backlog, outbox_oldest_ms) = self.outbox_backlog()?;
+        let watched_state = |state: &str| {
+            count(&format!(
+                "SELECT COUNT(*) FROM presence_current WHERE state = '{state}' AND not_found_since IS NULL"
+            ))
+        };
+        Ok(Stats {
+            watched_in_table: count("SELECT COUNT(*) FROM watched_accounts")?,
+            online: watched_state("Online")?,
+            push_online: watched_state("PushOnline")?,
+            offline: watched_state("Offline")?,
+            not_found: count(
+                "SELECT COUNT(*) FROM presence_current WHERE not_found_since IS NOT NULL",
+            )?,
+            history_rows: count("SELECT COUNT(*) FROM presence_history")?,
+            outbox_backlog,
+            outbox_oldest_ms,
+            last_sweep: self.last_sweep()?,
+        })
+    }
+
+    pub fn last_sweep(&self) -> Result<Option<SweepRow>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT sweep_id, started_at, finished_at, asked, observed, failed, not_found, transitions, outcome
+                 FROM sweeps ORDER BY sweep_id DESC LIMIT 1",
+                [],
+                |r| {
+                    Ok(SweepRow {
+                        sweep_id: r.get(0)?,
+                        started_at: r.get(1)?,
+                        finished_at: r.get(2)?,
+                        asked: r.get::<_, i64>(3)? as u64,
+                        observed: r.get::<_, i64>(4)? as u64,
+                        failed: r.get::<_, i64>(5)? as u64,
+                        not_found: r.get::<_, i64>(6)? as u64,
+                        transitions: r.get::<_, i64>(7)? as u64,
+                        outcome: r.get(8)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    // ---- retention --------------------------------------------------------------------------
+
+    /// Deletes up to `chunk` history rows observed before `before`, never one still in the
+    /// outbox and never an account's latest row (it anchors the open session). Returns how many
+    /// went; call repeatedly so no single transaction holds the write lock for long.
+    pub fn prune_history(&mut self, before: i64, chunk: usize) -> Result<usize, StoreError> {
+        Ok(self.conn.execute(
+            "DELETE FROM presence_history WHERE history_id IN (
+                 SELECT h.history_id FROM presence_history h
+                 WHERE h.observed_at < ?1
+                   AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.history_id = h.history_id)
+                   AND EXISTS (SELECT 1 FROM presence_history n WHERE n.user_id = h.user_id AND n.seq > h.seq)
+                 ORDER BY h.observed_at LIMIT ?2)",
+            params![before, chunk as i64],
+        )?)
+    }
+}
+
+fn read_event(r: &rusqlite::Row<'_>) -> Result<OutboxEvent, StoreError> {
+    let user_id: String = r.get(3)?;
+    let event_text: String = r.get(2)?;
+    let event_id = uuid::Uuid::parse_str(&event_text).map_err(|e| StoreError::Corrupt {
+        user_id: user_id.clone(),
+        message: format!("event id {event_text:?}: {e}"),
+    })?;
+    let to = parse_state(&user_id, r.get(6)?)?.ok_or_else(|| StoreError::Corrupt {
+        user_id: user_id.clone(),
+        message: "history row without to_state".into(),
+    })?;
+    Ok(OutboxEvent {
+        history_id: r.get(0)?,
+        committed_at: r.get(1)?,
+        record: TransitionRecord {
+            event_id,
+            seq: r.get::<_, i64>(4)? as u64,
+            from: parse_state(&user_id, r.get(5)?)?,
+            to,
+            from_platforms: parse_platforms(&user_id, r.get(7)?)?,
+            to_platforms: parse_platforms(&user_id, r.get(8)?)?.unwrap_or_default(),
+            observed_at: r.get(9)?,
+            previous_observed_at: r.get(10)?,
+            sweep_id: r.get(11)?,
+            user_id,
+        },
+    })
+}
+
+type Job = Box<dyn FnOnce(&mut Db) + Send>;
+
+/// A `Db` owned by one thread; async callers send it closures.
+#[derive(Clone, Debug)]
+pub struct Store {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Store {
+    pub fn spawn(db: Db) -> Store {
+        let (jobs, mut rx) = mpsc::channel::<Job>(64);
+        std::thread::Builder::new()
+            .name("presenced-store".into())
+            .spawn(move || {
+                let mut db = db;
+                while let Some(job) = rx.blocking_recv() {
+                    job(&mut db);
+                }
+                // Dropping the connection here checkpoints and closes the database cleanly.
+                drop(db);
+            })
+            .expect("spawning the store thread");
+        Store { jobs }
+    }
+
+    pub async fn open(path: &Path, busy_timeout: Duration) -> Result<Store, StoreError> {
+        let path = path.to_owned();
+        let db = tokio::task::spawn_blocking(move || Db::open(&path, busy_timeout))
+            .await
+            .map_err(|_| StoreError::Closed)??;
+        Ok(Store::spawn(db))
+    }
+
+    /// Runs `f` on the store thread and returns its result.
+    pub async fn call<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Db) -> Result<R, StoreError> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        self.jobs
+            .send(Box::new(move |db: &mut Db| {
+                let _ = tx.send(f(db));
+            }))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_a_newer_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.db");
+        let db = Db::open(&path, Duration::from_secs(1)).unwrap();
+        db.connection()
+            .execute(
+                "INSERT INTO schema_migrations VALUES (999, 'future.sql', 0)",
+                [],
+            )
+            .unwrap();
+        drop(db);
+        let err = Db::open(&path, Duration::from_secs(1)).unwrap_err();
+        assert!(err.to_string().contains("newer presenced"), "{err}");
+    }
+
+    #[test]
+    fn migrations_are_recorded_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.db");
+        drop(Db::open(&path, Duration::from_secs(1)).unwrap());
+        let db = Db::open(&path, Duration::from_secs(1)).unwrap();
+        let n: i64 = db
+            .connection()
+            .query_row("SELECT COUNT(*) FROM schema_migrations", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, migrate::latest_version());
+        let mode: String = db
+            .connection()
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+    }
+}

@@ -1,0 +1,321 @@
+//! One sweep: the watch list in batches through the IM client, each answer diffed against the
+//! snapshot, and the results written in transactions of a few batches each.
+
+pub mod snapshot;
+
+use crate::im::{AccountOutcome, BatchAnswer, ImClient, QueryError};
+use crate::metrics::{Metrics, TransitionLabels};
+use crate::model::now_millis;
+use crate::store::{Store, StoreError, SweepCounts, WriteSet};
+use futures_util::StreamExt;
+pub use snapshot::{Decision, Snapshot};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SweepError {
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("IM {0}")]
+    Configuration(QueryError),
+}
+
+#[derive(Debug, Clone)]
+pub struct SweepSettings {
+    pub batch_size: usize,
+    pub max_in_flight: usize,
+    pub batches_per_transaction: usize,
+    pub platform_changes_are_transitions: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SweepOutcome {
+    Completed,
+    /// Shutdown was asked for: no new batches went out, what had come back is recorded.
+    Stopped,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct SweepReport {
+    pub sweep_id: i64,
+    pub counts: SweepCounts,
+    pub outcome: SweepOutcome,
+    pub started_at: i64,
+    pub finished_at: i64,
+    pub batches_failed: u64,
+}
+
+/// Owns the snapshot; runs sweeps one at a time.
+#[derive(Debug)]
+pub struct Sweeper {
+    client: Arc<ImClient>,
+    store: Store,
+    snapshot: Snapshot,
+    settings: SweepSettings,
+    metrics: Arc<Metrics>,
+    watch: Arc<Vec<String>>,
+    /// Unix ms of the last answer or commit: the watchdog's sign of life.
+    progress: Arc<AtomicI64>,
+}
+
+impl Sweeper {
+    /// Loads the snapshot from the store and closes sweeps a crash left open.
+    pub async fn new(
+        client: Arc<ImClient>,
+        store: Store,
+        settings: SweepSettings,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, StoreError> {
+        let rows = store
+            .call(|db| {
+                db.close_interrupted_sweeps()?;
+                db.load_current()
+            })
+            .await?;
+        Ok(Sweeper {
+            snapshot: Snapshot::from_rows(rows),
+            client,
+            store,
+            settings,
+            metrics,
+            watch: Arc::new(Vec::new()),
+            progress: Arc::new(AtomicI64::new(now_millis())),
+        })
+    }
+
+    pub fn progress(&self) -> Arc<AtomicI64> {
+        self.progress.clone()
+    }
+
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.snapshot
+    }
+
+    pub fn watch_list(&self) -> &[String] {
+        &self.watch
+    }
+
+    /// Replaces the watch list. Accounts that left it are forgotten (their events stop), in the
+    /// store first and then in memory. Returns how many were removed.
+    pub async fn set_watch_list(&mut self, ids: Vec<String>) -> Result<usize, StoreError> {
+        let removed: Vec<String> = {
+            let set: HashSet<&str> = ids.iter().map(String::as_str).collect();
+            self.snapshot
+                .known_outside(&set)
+                .map(str::to_owned)
+                .collect()
+        };
+        if !removed.is_empty() {
+            let ids_for_store = removed.clone();
+            self.store.call(move |db| db.forget(&ids_for_store)).await?;
+            for id in &removed {
+                self.snapshot.forget(id);
+            }
+        }
+        self.metrics.watched_accounts.set(ids.len() as i64);
+        self.watch = Arc::new(ids);
+        Ok(removed.len())
+    }
+
+    /// Runs one sweep over the current watch list.
+    pub async fn sweep(&mut self, shutdown: &CancellationToken) -> Result<SweepReport, SweepError> {
+        let started_at = now_millis();
+        let asked = self.watch.len() as u64;
+        let sweep_id = self
+            .store
+            .call(move |db| db.begin_sweep(started_at, asked))
+            .await?;
+        let mut counts = SweepCounts {
+            asked,
+            ..Default::default()
+        };
+        let mut batches_failed = 0;
+
+        // Queries run in their own task so that in-flight calls keep going while a group of
+        // answers is being committed.
+        let stop_queries = shutdown.child_token();
+        let (answers_tx, mut answers_rx) = mpsc::channel::<(
+            Vec<String>,
+            Result<BatchAnswer, QueryError>,
+        )>(self.settings.max_in_flight.max(1) * 2);
+        let producer = tokio::spawn(run_queries(
+            self.client.clone(),
+            self.watch.clone(),
+            self.settings.batch_size,
+            self.settings.max_in_flight,
+            stop_queries.clone(),
+            answers_tx,
+        ));
+
+        let mut group = WriteSet::default();
+        let mut group_batches = 0;
+        let mut fatal = None;
+        let mut not_found_now = 0u64;
+        while let Some((ids, result)) = answers_rx.recv().await {
+            self.progress.store(now_millis(), Ordering::Relaxed);
+            match result {
+                Ok(answer) => {
+                    let observed_at = now_millis();
+                    for (user_id, outcome) in &answer.outcomes {
+                        self.note(
+                            user_id,
+                            outcome,
+                            observed_at,
+                            sweep_id,
+                            &mut group,
+                            &mut counts,
+                            &mut not_found_now,
+                        );
+                    }
+                }
+                Err(QueryError::Configuration { code, message }) => {
+                    counts.failed += ids.len() as u64;
+                    stop_queries.cancel();
+                    fatal.get_or_insert(QueryError::Configuration { code, message });
+                }
+                Err(e) => {
+                    batches_failed += 1;
+                    counts.failed += ids.len() as u64;
+                    tracing::debug!(error = %e, accounts = ids.len(), "batch yielded no observations");
+                }
+            }
+            group_batches += 1;
+            if group_batches >= self.settings.batches_per_transaction {
+                counts.transitions += group.transitions.len() as u64;
+                self.commit(std::mem::take(&mut group)).await?;
+                group_batches = 0;
+            }
+        }
+        counts.transitions += group.transitions.len() as u64;
+        self.commit(group).await?;
+        let _ = producer.await;
+
+        self.metrics.accounts_observed.inc_by(counts.observed);
+        self.metrics.accounts_failed.inc_by(counts.failed);
+        self.metrics.accounts_not_found.set(not_found_now as i64);
+        counts.not_found = not_found_now;
+        let outcome = if shutdown.is_cancelled() || fatal.is_some() {
+            SweepOutcome::Stopped
+        } else {
+            SweepOutcome::Completed
+        };
+        let finished_at = now_millis();
+        // Accounts never answered because shutdown stopped the sweep count as failed too.
+        let answered = counts.observed + counts.failed + counts.not_found;
+        if outcome == SweepOutcome::Stopped && answered < asked {
+            counts.failed += asked - answered;
+        }
+        let label = if outcome == SweepOutcome::Completed {
+            "completed"
+        } else {
+            "stopped"
+        };
+        self.store
+            .call(move |db| db.finish_sweep(sweep_id, finished_at, counts, label))
+            .await?;
+        if let Some(e) = fatal {
+            return Err(SweepError::Configuration(e));
+        }
+        Ok(SweepReport {
+            sweep_id,
+            counts,
+            outcome,
+            started_at,
+            finished_at,
+            batches_failed,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn note(
+        &mut self,
+        user_id: &str,
+        outcome: &AccountOutcome,
+        observed_at: i64,
+        sweep_id: i64,
+        group: &mut WriteSet,
+        counts: &mut SweepCounts,
+        not_found_now: &mut u64,
+    ) {
+        match outcome {
+            AccountOutcome::Observed(_) => counts.observed += 1,
+            AccountOutcome::NotFound => *not_found_now += 1,
+            AccountOutcome::Failed(why) => {
+                counts.failed += 1;
+                tracing::debug!(account = user_id, reason = %why, "no observation for account");
+            }
+        }
+        let decision = self.snapshot.decide(
+            user_id,
+            outcome,
+            observed_at,
+            sweep_id,
+            self.settings.platform_changes_are_transitions,
+        );
+        match decision {
+            Decision::Transition(t) => group.transitions.push(t),
+            Decision::NewlyNotFound => group
+                .not_found
+                .push((user_id.to_owned(), Some(observed_at))),
+            Decision::FoundAgain => group.not_found.push((user_id.to_owned(), None)),
+            Decision::Unchanged => self.snapshot.touch(user_id, observed_at),
+            Decision::Nothing => {}
+        }
+    }
+
+    /// Writes a group; only once it is durable does the snapshot move on. If the write fails the
+    /// snapshot keeps the old state, so the next sweep detects the same transitions again.
+    async fn commit(&mut self, group: WriteSet) -> Result<(), StoreError> {
+        if group.transitions.is_empty() && group.not_found.is_empty() {
+            return Ok(());
+        }
+        let group = self
+            .store
+            .call(move |db| db.apply(&group).map(|()| group))
+            .await?;
+        for t in &group.transitions {
+            self.snapshot.commit_transition(t);
+            self.metrics
+                .transitions
+                .get_or_create(&TransitionLabels {
+                    from: t.from.map_or("none", |s| s.as_str()).to_owned(),
+                    to: t.to.as_str().to_owned(),
+                })
+                .inc();
+        }
+        for (user_id, since) in &group.not_found {
+            self.snapshot.set_not_found(user_id, since.is_some());
+        }
+        Ok(())
+    }
+}
+
+async fn run_queries(
+    client: Arc<ImClient>,
+    watch: Arc<Vec<String>>,
+    batch_size: usize,
+    max_in_flight: usize,
+    stop: CancellationToken,
+    answers: mpsc::Sender<(Vec<String>, Result<BatchAnswer, QueryError>)>,
+) {
+    let batches = watch.chunks(batch_size.max(1)).map(<[String]>::to_vec);
+    let stop_for_filter = stop.clone();
+    let mut results = futures_util::stream::iter(batches)
+        .take_while(move |_| std::future::ready(!stop_for_filter.is_cancelled()))
+        .map(|ids| {
+            let client = client.clone();
+            async move {
+                let result = client.query(&ids).await;
+                (ids, result)
+            }
+        })
+        .buffer_unordered(max_in_flight.max(1));
+    while let Some(item) = results.next().await {
+        if answers.send(item).await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! The watch list: account ids from a file and from the `watched_accounts` table, validated and
+//! de-duplicated. Invalid lines are reported with file and line; the valid rest is still used.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+/// The longest account id Tencent IM accepts, in bytes of UTF-8.
+pub const MAX_ID_BYTES: usize = 32;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    #[error("account id is empty")]
+    Empty,
+    #[error("account id is {0} bytes long; at most 32 bytes of UTF-8 are allowed")]
+    TooLong(usize),
+    #[error("account id contains a control character")]
+    ControlCharacter,
+    #[error("account id has leading or trailing whitespace")]
+    SurroundingWhitespace,
+}
+
+pub fn validate_id(id: &str) -> Result<(), IdError> {
+    if id.is_empty() {
+        return Err(IdError::Empty);
+    }
+    if id.len() > MAX_ID_BYTES {
+        return Err(IdError::TooLong(id.len()));
+    }
+    if id.chars().any(char::is_control) {
+        return Err(IdError::ControlCharacter);
+    }
+    if id.trim() != id {
+        return Err(IdError::SurroundingWhitespace);
+    }
+    Ok(())
+}
+
+/// One rejected line of a watch-list file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidLine {
+    pub file: PathBuf,
+    pub line: usize,
+    pub error: IdError,
+}
+
+impl std::fmt::Display for InvalidLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}: {}", self.file.display(), self.line, self.error)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WatchListError {
+    #[error("cannot read watch list {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// The valid ids of a file in first-seen order, duplicates folded, plus every invalid line.
+#[derive(Debug, Default)]
+pub struct ParsedList {
+    pub ids: Vec<String>,
+    pub invalid: Vec<InvalidLine>,
+    pub duplicates: usize,
+}
+
+/// Parses watch-list text: one id per line; `#` starts a comment line; blank lines are ignored.
+/// A line's trailing `\r` is dropped (files written on Windows), nothing else is trimmed, so an id
+/// with stray spaces is reported rather than silently changed.
+pub fn parse(text: &str, file: &Path) -> ParsedList {
+    let mut out = ParsedList::default();
+    let mut seen = HashSet::new();
+    for (index, raw) in text.lines().enumerate() {
+        let line = raw.strip_suffix('\r').unwrap_or(raw);
+        if line.trim().is_empty() || line.trim_start().starts_with('#') {
+            continue;
+        }
+        match validate_id(line) {
+            Ok(()) => {
+                if seen.insert(line) {
+                    out.ids.push(line.to_owned());
+                } else {
+                    out.duplicates += 1;
+                }
+            }
+            Err(error) => out.invalid.push(InvalidLine {
+                file: file.to_owned(),
+                line: index + 1,
+                error,
+            }),
+        }
+    }
+    out
+}
+
+pub fn read_file(path: &Path) -> Result<ParsedList, WatchListError> {
+    let bytes = std::fs::read(path).map_err(|source| WatchListError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    // Invalid UTF-8 is reported per line rather than failing the whole file.
+    let text = String::from_utf8_lossy(&bytes);
+    let mut parsed = parse(&text, path);
+    for (i, line) in text.lines().enumerate() {
+        if line.contains('\u{FFFD}') {
+            if let Some(pos) = parsed.ids.iter().position(|id| id == line) {
+                parsed.ids.remove(pos);
+                parsed.invalid.push(InvalidLine {
+                    file: path.to_owned(),
+                    line: i + 1,
+                    error: IdError::ControlCharacter,
+                });
+            }
+        }
+    }
+    Ok(parsed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_comments_blanks_duplicates_and_reports_bad_lines() {
+        let text = "# header\nalice\n\nbob\r\nalice\n  padded\n\u{7}bell\n0123456789012345678901234567890123\n用户\n";
+        let p = parse(text, Path::new("w.txt"));
+        assert_eq!(p.ids, vec!["alice", "bob", "用户"]);
+        assert_eq!(p.duplicates, 1);
+        let lines: Vec<usize> = p.invalid.iter().map(|e| e.line).collect();
+        assert_eq!(lines, vec![6, 7, 8]);
+        assert_eq!(
+            p.invalid[0].to_string(),
+            "w.txt:6: account id has leading or trailing whitespace"
+        );
+    }
+
+    #[test]
+    fn id_limits() {
+        assert!(validate_id(&"a".repeat(32)).is_ok());
+        assert_eq!(validate_id(&"a".repeat(33)), Err(IdError::TooLong(33)));
+        // 11 three-byte characters are 33 bytes.
+        assert_eq!(validate_id(&"用".repeat(11)), Err(IdError::TooLong(33)));
+        assert_eq!(validate_id(""), Err(IdError::Empty));
+    }
+}
