@@ -48,6 +48,9 @@ pub struct Faults {
     pub html_body: f64,
     /// Per-account ErrorList entries with this code (e.g. 70500), each account with this probability.
     pub account_error: Option<(i64, f64)>,
+    /// Deterministic faults for tests: the next calls are answered with these, one each, in
+    /// order: an IM error code ("70001"), "http_502", "truncated", "html", or "ok".
+    pub script: std::collections::VecDeque<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -265,8 +268,23 @@ async fn query(
             return im_error(code, info);
         }
     };
+    let scripted = state
+        .config
+        .lock()
+        .expect("config")
+        .faults
+        .script
+        .pop_front();
     let faults = &config.faults;
-    let (latency, fault) = {
+    let (latency, fault) = if let Some(step) = scripted {
+        let fault = match step.as_str() {
+            "http_502" => Some(Fault::Http502),
+            "truncated" => Some(Fault::Truncated),
+            "html" => Some(Fault::Html),
+            code => code.parse().ok().map(Fault::Code),
+        };
+        (faults.latency_ms, fault)
+    } else {
         let mut rng = rand::rng();
         let latency = faults.latency_ms + faults.latency_jitter_ms * rng.random::<f64>();
         let mut fault = None;

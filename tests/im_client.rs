@@ -1,0 +1,285 @@
+//! The IM client against the simulator over HTTP: every error class, the wire variants, limits.
+
+mod common;
+
+use common::*;
+use presenced::config::Command;
+use presenced::im::{AccountFailure, AccountOutcome, QueryError};
+use presenced::model::State;
+use presenced::secret::Secret;
+use presenced::sim::{Faults, SimConfig};
+
+#[tokio::test]
+async fn observes_states_details_and_missing_accounts() {
+    let cfg = quiet_sim(10);
+    let sim = start_sim(cfg.clone()).await;
+    let control = Control::new(&sim);
+    control
+        .set(
+            "user1",
+            &[("iPhone", State::PushOnline), ("Web", State::Online)],
+        )
+        .await;
+    control.set("user2", &[]).await;
+    let client = client(&im_config(&sim, &cfg));
+    let asked = vec!["user1".to_string(), "user2".into(), "nobody".into()];
+    let answer = client.query(&asked).await.unwrap();
+    match &answer.outcomes[0].1 {
+        AccountOutcome::Observed(p) => {
+            assert_eq!(p.state, State::Online);
+            assert_eq!(p.platforms.len(), 2);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        matches!(&answer.outcomes[1].1, AccountOutcome::Observed(p) if p.state == State::Offline)
+    );
+    assert_eq!(answer.outcomes[2].1, AccountOutcome::NotFound);
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn legacy_state_field_and_querystate_path() {
+    let cfg = SimConfig {
+        legacy_state_field: true,
+        ..quiet_sim(5)
+    };
+    let sim = start_sim(cfg.clone()).await;
+    Control::new(&sim)
+        .set("user0", &[("Android", State::Online)])
+        .await;
+    let mut im = im_config(&sim, &cfg);
+    im.command = Command::Querystate;
+    let answer = client(&im).query(&["user0".to_string()]).await.unwrap();
+    assert!(
+        matches!(&answer.outcomes[0].1, AccountOutcome::Observed(p) if p.state == State::Online)
+    );
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn transient_faults_are_retried_until_an_answer() {
+    let cfg = quiet_sim(5);
+    let sim = start_sim(cfg.clone()).await;
+    let control = Control::new(&sim);
+    control
+        .script(&["http_502", "truncated", "html", "70500", "60011"])
+        .await;
+    let mut im = im_config(&sim, &cfg);
+    im.max_attempts = 6;
+    let client = client(&im);
+    let answer = client.query(&ids("user", 5)).await.unwrap();
+    assert!(answer
+        .outcomes
+        .iter()
+        .all(|(_, o)| matches!(o, AccountOutcome::Observed(_))));
+    // 60011 lowered the paced rate.
+    assert!(client.limiter().current_rate() < im.calls_per_second);
+    assert_eq!(control.stats().await.calls, 6);
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn a_failed_batch_is_an_error_never_offline() {
+    let cfg = quiet_sim(5);
+    let sim = start_sim(cfg.clone()).await;
+    Control::new(&sim)
+        .faults(&Faults {
+            http_502: 1.0,
+            ..Faults::default()
+        })
+        .await;
+    let mut im = im_config(&sim, &cfg);
+    im.max_attempts = 3;
+    match client(&im).query(&ids("user", 5)).await {
+        Err(QueryError::Exhausted { attempts: 3, .. }) => {}
+        other => panic!("expected an exhausted batch, got {other:?}"),
+    }
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn expired_signature_is_regenerated_and_retried() {
+    let cfg = quiet_sim(3);
+    let sim = start_sim(cfg.clone()).await;
+    let control = Control::new(&sim);
+    control.script(&["70001"]).await;
+    let answer = client(&im_config(&sim, &cfg)).query(&ids("user", 3)).await;
+    assert!(answer.is_ok(), "{answer:?}");
+    assert_eq!(control.stats().await.errors.get("70001"), Some(&1));
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn invalid_signature_twice_is_a_configuration_error() {
+    let cfg = quiet_sim(3);
+    let sim = start_sim(cfg.clone()).await;
+    Control::new(&sim).script(&["70003", "70003"]).await;
+    let err = client(&im_config(&sim, &cfg))
+        .query(&ids("user", 3))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            QueryError::Configuration {
+                code: Some(70003),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn configuration_errors_stop_at_once_with_a_clear_message() {
+    let cfg = quiet_sim(3);
+    let sim = start_sim(cfg.clone()).await;
+    let control = Control::new(&sim);
+
+    let mut wrong_key = im_config(&sim, &cfg);
+    wrong_key.secret_key = Secret::new("not the key");
+    let err = client(&wrong_key).query(&ids("user", 1)).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            QueryError::Configuration {
+                code: Some(70009),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("secret key"), "{err}");
+
+    let mut not_admin = im_config(&sim, &cfg);
+    not_admin.identifier = "someone".into();
+    let err = client(&not_admin).query(&ids("user", 1)).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            QueryError::Configuration {
+                code: Some(90009),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+
+    let mut wrong_app = im_config(&sim, &cfg);
+    wrong_app.sdkappid = 1_400_000_999;
+    let err = client(&wrong_app).query(&ids("user", 1)).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            QueryError::Configuration {
+                code: Some(70020),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+
+    // Each stopped after one call: no retry loop on configuration errors.
+    assert_eq!(control.stats().await.calls, 3);
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn signature_lock_waits_before_retrying() {
+    let cfg = quiet_sim(2);
+    let sim = start_sim(cfg.clone()).await;
+    Control::new(&sim).script(&["70050"]).await;
+    let mut im = im_config(&sim, &cfg);
+    im.signature_lock_wait_secs = 1;
+    let started = std::time::Instant::now();
+    assert!(client(&im).query(&ids("user", 2)).await.is_ok());
+    // The configured wait is a lower bound, not a timing assertion on a noisy machine.
+    assert!(started.elapsed() >= std::time::Duration::from_secs(1));
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_requests_are_client_bugs_not_retried() {
+    let cfg = quiet_sim(600);
+    let sim = start_sim(cfg.clone()).await;
+    let control = Control::new(&sim);
+    let err = client(&im_config(&sim, &cfg))
+        .query(&ids("user", 501))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, QueryError::Rejected(_)), "{err:?}");
+    assert!(err.to_string().contains("90011"), "{err}");
+    assert_eq!(control.stats().await.calls, 1);
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn slow_answers_past_the_timeout_fail_the_batch() {
+    let cfg = quiet_sim(2);
+    let sim = start_sim(cfg.clone()).await;
+    Control::new(&sim)
+        .faults(&Faults {
+            latency_ms: 1_500.0,
+            ..Faults::default()
+        })
+        .await;
+    let mut im = im_config(&sim, &cfg);
+    im.timeout_secs = 0.2;
+    im.max_attempts = 2;
+    let err = client(&im).query(&ids("user", 2)).await.unwrap_err();
+    assert!(err.to_string().contains("timed out"), "{err}");
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn per_account_errors_are_failed_observations() {
+    let cfg = quiet_sim(50);
+    let sim = start_sim(cfg.clone()).await;
+    Control::new(&sim)
+        .faults(&Faults {
+            account_error: Some((70500, 1.0)),
+            ..Faults::default()
+        })
+        .await;
+    let answer = client(&im_config(&sim, &cfg))
+        .query(&ids("user", 50))
+        .await
+        .unwrap();
+    assert!(answer
+        .outcomes
+        .iter()
+        .all(|(_, o)| *o == AccountOutcome::Failed(AccountFailure::Code(70500))));
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn simulator_enforces_the_call_rate() {
+    let cfg = SimConfig {
+        calls_per_second: 20.0,
+        ..quiet_sim(5)
+    };
+    let sim = start_sim(cfg.clone()).await;
+    let control = Control::new(&sim);
+    // An unpaced burst well above 20/s: the simulator must refuse part of it with 60011.
+    let mut im = im_config(&sim, &cfg);
+    im.calls_per_second = 10_000.0;
+    im.max_attempts = 1;
+    let client = std::sync::Arc::new(client(&im));
+    let mut tasks = Vec::new();
+    for _ in 0..60 {
+        let c = client.clone();
+        tasks.push(tokio::spawn(async move { c.query(&ids("user", 1)).await }));
+    }
+    for t in tasks {
+        let _ = t.await.unwrap();
+    }
+    let stats = control.stats().await;
+    assert!(
+        stats.errors.get("60011").copied().unwrap_or(0) > 0,
+        "{stats:?}"
+    );
+    assert!(stats.answered_ok >= 1);
+    sim.stop().await;
+}
