@@ -190,6 +190,7 @@ pub async fn start(config: SimConfig, addr: SocketAddr) -> Result<SimHandle, Sim
         )
         .route("/control/stats", get(get_stats))
         .route("/control/faults", get(get_faults).put(put_faults))
+        .route("/control/churn", axum::routing::put(put_churn))
         .with_state(state.clone());
     let shutdown = CancellationToken::new();
     let churn_stop = shutdown.clone();
@@ -538,4 +539,14 @@ async fn put_faults(
 ) -> Json<Faults> {
     state.config.lock().expect("config").faults = faults.clone();
     Json(faults)
+}
+
+#[derive(Serialize, Deserialize)]
+struct Churn {
+    churn_per_second: f64,
+}
+
+async fn put_churn(State(state): State<Arc<SimState>>, Json(churn): Json<Churn>) -> Json<Churn> {
+    state.config.lock().expect("config").churn_per_second = churn.churn_per_second;
+    Json(churn)
 }

@@ -144,3 +144,155 @@ impl Control {
             .unwrap()
     }
 }
+
+impl Control {
+    pub async fn churn(&self, per_second: f64) {
+        let r = self
+            .http
+            .put(format!("{}control/churn", self.base))
+            .json(&serde_json::json!({ "churn_per_second": per_second }))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+    }
+}
+
+/// A port that was free a moment ago, for processes that must be told their port up front.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The `presenced sim` binary as its own process, ready when its port answers.
+pub struct SimProcess {
+    pub child: std::process::Child,
+    pub port: u16,
+}
+
+impl SimProcess {
+    pub fn start(extra: &[&str]) -> SimProcess {
+        let port = free_port();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_presenced"))
+            .args(["sim", "--listen", &format!("127.0.0.1:{port}")])
+            .args(extra)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("presenced sim starts");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "simulator did not start listening"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        SimProcess { child, port }
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}/", self.port)
+    }
+
+    pub fn control(&self) -> Control {
+        Control {
+            base: self.base_url(),
+            http: reqwest::Client::new(),
+        }
+    }
+}
+
+impl Drop for SimProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Writes a daemon configuration file for the simulator process with the simulator's defaults.
+pub fn write_daemon_config(
+    dir: &std::path::Path,
+    sim_url: &str,
+    extra: &str,
+) -> std::path::PathBuf {
+    let d = SimConfig::default();
+    let text = format!(
+        r#"[im]
+sdkappid = {sdkappid}
+identifier = "{admin}"
+secret_key = "{key}"
+base_url = "{sim_url}"
+backoff_initial_ms = 10
+backoff_max_ms = 100
+
+[store]
+path = "{db}"
+
+[sweep]
+interval_secs = 0.3
+jitter_secs = 0.0
+
+[service]
+metrics_listen = ""
+log_filter = "info"
+{extra}
+"#,
+        sdkappid = d.sdkappid,
+        admin = d.admin,
+        key = d.secret_key.expose(),
+        db = dir.join("presence.db").display(),
+    );
+    let path = dir.join("presenced.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Every invariant the store must keep whatever moment the process died at.
+pub fn check_invariants(db: &presenced::store::Db) {
+    let c = db.connection();
+    let one = |sql: &str| -> i64 { c.query_row(sql, [], |r| r.get(0)).unwrap() };
+    let integrity: String = c
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(integrity, "ok");
+    assert_eq!(
+        one("SELECT COUNT(*) FROM pragma_foreign_key_check"),
+        0,
+        "outbox rows without history"
+    );
+    assert_eq!(
+        one("SELECT COUNT(*) FROM (SELECT user_id FROM presence_history GROUP BY user_id HAVING MIN(seq) != 1 OR MAX(seq) != COUNT(*))"),
+        0,
+        "per-account sequence numbers must run 1, 2, 3, ... without gaps or duplicates"
+    );
+    assert_eq!(
+        one("SELECT COUNT(*) FROM (SELECT kind, from_state, from_platforms,
+                LAG(to_state) OVER w AS prev_state, LAG(to_platforms) OVER w AS prev_platforms
+             FROM presence_history WINDOW w AS (PARTITION BY user_id ORDER BY seq))
+             WHERE kind = 'changed' AND (from_state IS NOT prev_state OR from_platforms IS NOT prev_platforms)"),
+        0,
+        "every change must start where the previous one ended: no transition lost"
+    );
+    assert_eq!(
+        one("SELECT COUNT(*) FROM presence_current p
+             LEFT JOIN (SELECT user_id, MAX(seq) AS seq FROM presence_history GROUP BY user_id) m USING (user_id)
+             LEFT JOIN presence_history h ON h.user_id = p.user_id AND h.seq = m.seq
+             WHERE p.seq != COALESCE(m.seq, 0)
+                OR (p.state IS NOT NULL AND (p.state != h.to_state OR p.platforms != h.to_platforms))"),
+        0,
+        "current state must agree with the last history row"
+    );
+}
+
+/// Sends a signal by name (TERM, HUP, ...) to a child process.
+pub fn signal(child: &std::process::Child, name: &str) {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
