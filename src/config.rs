@@ -26,7 +26,7 @@ pub enum ConfigError {
     },
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub im: ImConfig,
@@ -244,20 +244,6 @@ impl Default for ServiceConfig {
             log_format: LogFormat::Human,
             log_filter: "info".into(),
             shutdown_timeout_secs: 15.0,
-        }
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            im: ImConfig::default(),
-            watch: WatchConfig::default(),
-            sweep: SweepConfig::default(),
-            store: StoreConfig::default(),
-            sink: SinkConfig::default(),
-            kafka: KafkaConfig::default(),
-            service: ServiceConfig::default(),
         }
     }
 }

@@ -65,8 +65,17 @@ impl Sink {
         match self {
             Sink::Kafka(k) => k.deliver(events).await,
             Sink::Stdout { style, sdkappid } => {
-                let result = write_stdout(*style, *sdkappid, events)
-                    .map_err(|e| DeliveryError::Io(e.to_string()));
+                // A slow reader at the other end of a pipe blocks a helper thread, not the runtime.
+                let text = render_stdout(*style, *sdkappid, events);
+                let result = tokio::task::spawn_blocking(move || {
+                    let stdout = std::io::stdout();
+                    let mut out = stdout.lock();
+                    out.write_all(&text)?;
+                    out.flush()
+                })
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
+                .map_err(|e| DeliveryError::Io(e.to_string()));
                 events.iter().map(|_| result.clone()).collect()
             }
         }
@@ -79,15 +88,14 @@ impl Sink {
     }
 }
 
-fn write_stdout(style: StdoutStyle, sdkappid: u64, events: &[OutboxEvent]) -> std::io::Result<()> {
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
+fn render_stdout(style: StdoutStyle, sdkappid: u64, events: &[OutboxEvent]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(events.len() * 320);
     for e in events {
         let t = &e.record;
         match style {
             StdoutStyle::JsonLines => {
-                out.write_all(&event::EventV1::new(sdkappid, t).to_json())?;
-                out.write_all(b"\n")?;
+                out.extend_from_slice(&event::EventV1::new(sdkappid, t).to_json());
+                out.push(b'\n');
             }
             StdoutStyle::Human => {
                 let Some(from) = t.from else { continue };
@@ -96,7 +104,7 @@ fn write_stdout(style: StdoutStyle, sdkappid: u64, events: &[OutboxEvent]) -> st
                     .iter()
                     .map(|p| format!("{}:{}", p.platform, p.status))
                     .collect();
-                writeln!(
+                let _ = writeln!(
                     out,
                     "{}  {:<12} {:>10} -> {:<10} seq {:<4} [{}]",
                     crate::model::format_millis(t.observed_at),
@@ -105,11 +113,11 @@ fn write_stdout(style: StdoutStyle, sdkappid: u64, events: &[OutboxEvent]) -> st
                     t.to.as_str(),
                     t.seq,
                     platforms.join(" ")
-                )?;
+                );
             }
         }
     }
-    out.flush()
+    out
 }
 
 /// Of a batch's results, the outbox rows that may go: every success, except those that follow a
@@ -188,7 +196,16 @@ impl Publisher {
                 }
             }
         }
-        self.sink.flush(flush_timeout).await;
+        // A last drain within the bound, so a clean stop leaves as little behind as possible.
+        let deadline = tokio::time::Instant::now() + flush_timeout;
+        while let Ok(round) = tokio::time::timeout_at(deadline, self.drain_once()).await {
+            if round? != Drained::Some {
+                break;
+            }
+        }
+        self.sink
+            .flush(deadline.saturating_duration_since(tokio::time::Instant::now()))
+            .await;
         self.refresh_backlog().await?;
         Ok(())
     }
@@ -219,12 +236,9 @@ impl Publisher {
             tracing::warn!(failed, sent = acked.len(), error = ?first, "some events were not acknowledged; they stay in the outbox");
         }
         self.metrics.events_published.inc_by(acked.len() as u64);
-        let acked_count = acked.len();
         self.store.call(move |db| db.outbox_delete(&acked)).await?;
         self.refresh_backlog().await?;
-        Ok(if acked_count == 0 {
-            Drained::Failed
-        } else if failed > 0 {
+        Ok(if failed > 0 {
             Drained::Failed
         } else {
             Drained::Some

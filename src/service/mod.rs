@@ -53,13 +53,16 @@ impl ServiceError {
     }
 }
 
+/// Swaps the log filter of the running subscriber.
+pub type ReloadLogFilter = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
 /// Options that do not come from the configuration file.
 #[derive(Default)]
 pub struct RunOptions {
     /// How the stdout sink prints (the demo uses the human style).
     pub stdout_style: Option<StdoutStyle>,
     /// Called on SIGHUP with the re-read configuration's log filter.
-    pub reload_log_filter: Option<Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>>,
+    pub reload_log_filter: Option<ReloadLogFilter>,
     /// Where the configuration came from, re-read on SIGHUP.
     pub config_path: Option<PathBuf>,
     /// Stop after this many sweeps (benchmarks and tests); None runs until a signal.
@@ -126,6 +129,7 @@ pub async fn run(config: Config, mut options: RunOptions) -> Result<(), ServiceE
 
     // The sink is checked before any sweep so a missing topic is a start-up error.
     let wake = Arc::new(Notify::new());
+    sweeper.notify_commits(wake.clone());
     let sink = match config.sink.kind {
         SinkKind::Kafka => {
             let sink = KafkaSink::new(&config.kafka, config.im.sdkappid)?;

@@ -12,7 +12,7 @@ pub use snapshot::{Decision, Snapshot};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +59,8 @@ pub struct Sweeper {
     watch: Arc<Vec<String>>,
     /// Unix ms of the last answer or commit: the watchdog's sign of life.
     progress: Arc<AtomicI64>,
+    /// Poked after every commit so the publisher sends new events right away.
+    committed: Option<Arc<Notify>>,
 }
 
 impl Sweeper {
@@ -83,7 +85,12 @@ impl Sweeper {
             metrics,
             watch: Arc::new(Vec::new()),
             progress: Arc::new(AtomicI64::new(now_millis())),
+            committed: None,
         })
+    }
+
+    pub fn notify_commits(&mut self, notify: Arc<Notify>) {
+        self.committed = Some(notify);
     }
 
     pub fn progress(&self) -> Arc<AtomicI64> {

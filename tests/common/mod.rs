@@ -2,7 +2,7 @@
 //! configurations pointed at it, and its control API.
 #![allow(dead_code)]
 
-use presenced::config::{Config, ImConfig, SinkKind};
+use presenced::config::ImConfig;
 use presenced::im::{ClientSettings, ImClient};
 use presenced::metrics::Metrics;
 use presenced::model::{PlatformStatus, State};
@@ -44,18 +44,6 @@ pub fn client(im: &ImConfig) -> ImClient {
         Arc::new(Metrics::new()),
     )
     .unwrap()
-}
-
-/// A daemon configuration against the simulator, with a stdout-free sink and no metrics port.
-pub fn daemon_config(sim: &SimHandle, simcfg: &SimConfig, db: &std::path::Path) -> Config {
-    let mut c = Config::default();
-    c.im = im_config(sim, simcfg);
-    c.store.path = db.to_owned();
-    c.sink.kind = SinkKind::None;
-    c.service.metrics_listen = String::new();
-    c.sweep.interval_secs = 0.2;
-    c.sweep.jitter_secs = 0.0;
-    c
 }
 
 pub fn ids(prefix: &str, n: usize) -> Vec<String> {

@@ -1,0 +1,311 @@
+//! The real binary: configuration errors, SIGHUP, SIGTERM, metrics and health endpoints.
+
+mod common;
+
+use common::*;
+use presenced::store::Db;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn presenced() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_presenced"))
+}
+
+fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn query_i64(db: &std::path::Path, sql: &str) -> i64 {
+    let db = Db::open(db, Duration::from_secs(5)).unwrap();
+    db.connection().query_row(sql, [], |r| r.get(0)).unwrap()
+}
+
+#[test]
+fn configuration_errors_exit_78_naming_key_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[im]\nsdkappid = 1400000000\nsecret_key = \"k\"\n\n[sweep]\nintervall_secs = 5\n",
+    )
+    .unwrap();
+    let out = presenced()
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.toml") && err.contains("line 6") && err.contains("intervall_secs"),
+        "{err}"
+    );
+
+    std::fs::write(
+        &path,
+        "[im]\nsdkappid = 1400000000\nsecret_key = \"k\"\nbatch_size = 900\n",
+    )
+    .unwrap();
+    let out = presenced()
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("im.batch_size"));
+
+    let out = presenced()
+        .args(["run", "--config"])
+        .arg(dir.path().join("missing.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
+}
+
+#[test]
+fn check_config_prints_the_effective_configuration_redacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_daemon_config(
+        dir.path(),
+        "http://127.0.0.1:9/",
+        "[kafka.properties]\n\"sasl.password\" = \"hunter2-secret\"\n",
+    );
+    let out = presenced()
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.contains("calls_per_second = 200.0"), "{shown}");
+    assert!(
+        !shown.contains("hunter2-secret") && !shown.contains("presenced-simulator-secret-key"),
+        "{shown}"
+    );
+    assert!(shown.contains("[redacted]"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_watch_list_and_metrics_move() {
+    let sim = SimProcess::start(&["--population", "50", "--churn", "0.05", "--rate", "0"]);
+    let dir = tempfile::tempdir().unwrap();
+    let watch_file = dir.path().join("watch.txt");
+    std::fs::write(&watch_file, ids("user", 10).join("\n")).unwrap();
+    let metrics_port = free_port();
+    let config = write_daemon_config(
+        dir.path(),
+        &sim.base_url(),
+        &format!(
+            "[watch]\nfile = \"{}\"\n[sink]\nkind = \"none\"\n",
+            watch_file.display()
+        ),
+    );
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "metrics_listen = \"\"",
+        &format!("metrics_listen = \"127.0.0.1:{metrics_port}\""),
+    );
+    std::fs::write(&config, text).unwrap();
+    let db = dir.path().join("presence.db");
+    let mut child = presenced()
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+
+    let http = reqwest::Client::new();
+    let metrics_url = format!("http://127.0.0.1:{metrics_port}/metrics");
+    let observed = |text: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with("presenced_accounts_observed_total"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let first = loop {
+        if let Ok(r) = http.get(&metrics_url).send().await {
+            let v = observed(&r.text().await.unwrap());
+            if v > 0.0 {
+                break v;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "metrics never showed an observation"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let text = http
+        .get(&metrics_url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        observed(&text) > first,
+        "accounts_observed must keep growing"
+    );
+    for name in [
+        "presenced_sweep_duration_seconds",
+        "presenced_api_calls_total",
+        "presenced_outbox_backlog",
+        "presenced_last_successful_sweep_timestamp_seconds",
+    ] {
+        assert!(text.contains(name), "{name} missing from /metrics");
+    }
+    let health = http
+        .get(format!("http://127.0.0.1:{metrics_port}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert!(health.status().is_success());
+    let ready = http
+        .get(format!("http://127.0.0.1:{metrics_port}/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert!(ready.status().is_success());
+
+    // Change the file: drop user5..user9, add user42; then SIGHUP.
+    let mut next = ids("user", 5);
+    next.push("user42".into());
+    std::fs::write(&watch_file, next.join("\n")).unwrap();
+    signal(&child, "HUP");
+    wait_for("user42 to be observed", Duration::from_secs(20), || {
+        query_i64(
+            &db,
+            "SELECT COUNT(*) FROM presence_current WHERE user_id = 'user42' AND state IS NOT NULL",
+        ) == 1
+    });
+    assert_eq!(
+        query_i64(&db, "SELECT COUNT(*) FROM presence_current WHERE user_id IN ('user5','user6','user7','user8','user9') AND state IS NOT NULL"),
+        0
+    );
+    signal(&child, "TERM");
+    assert!(child.wait().unwrap().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_in_the_middle_of_a_sweep_loses_nothing() {
+    // Slow answers so that the signal lands while batches are in flight.
+    let sim = SimProcess::start(&[
+        "--population",
+        "2000",
+        "--churn",
+        "0",
+        "--rate",
+        "0",
+        "--latency-ms",
+        "150",
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_daemon_config(dir.path(), &sim.base_url(), "[sink]\nkind = \"stdout\"\n");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("[im]\n", "[im]\nbatch_size = 50\nmax_in_flight = 4\n");
+    std::fs::write(&config, text).unwrap();
+    let db = dir.path().join("presence.db");
+    presenced()
+        .args(["users", "--db"])
+        .arg(&db)
+        .arg("import")
+        .arg({
+            let f = dir.path().join("ids.txt");
+            std::fs::write(&f, ids("user", 2000).join("\n")).unwrap();
+            f
+        })
+        .output()
+        .unwrap();
+    let child = presenced()
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(
+        "the first batches to be written",
+        Duration::from_secs(20),
+        || query_i64(&db, "SELECT COUNT(*) FROM presence_history") > 0,
+    );
+    signal(&child, "TERM");
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let db_handle = Db::open(&db, Duration::from_secs(5)).unwrap();
+    check_invariants(&db_handle);
+    let history = query_i64(&db, "SELECT COUNT(*) FROM presence_history");
+    assert!(
+        history < 2000,
+        "the sweep must have been cut short, recorded {history}"
+    );
+    assert_eq!(
+        query_i64(&db, "SELECT COUNT(*) FROM sweeps WHERE outcome = 'stopped'"),
+        1
+    );
+    // Every recorded transition was printed before exit, and left the outbox.
+    let printed = String::from_utf8_lossy(&out.stdout).lines().count() as i64;
+    assert_eq!(printed, history);
+    assert_eq!(query_i64(&db, "SELECT COUNT(*) FROM outbox"), 0);
+}
+
+#[test]
+fn users_import_reports_bad_lines_and_keeps_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ids.txt");
+    std::fs::write(&file, "# team\nalice\nbob\n bad\nalice\n\ncarol\n").unwrap();
+    let db = dir.path().join("p.db");
+    let out = presenced()
+        .args(["users", "--db"])
+        .arg(&db)
+        .arg("import")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("ids.txt:4: account id has leading or trailing whitespace"),
+        "{err}"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("3 new, 1 duplicates folded, 1 invalid"),
+        "{stdout}"
+    );
+    let out = presenced()
+        .args(["users", "--db"])
+        .arg(&db)
+        .arg("remove")
+        .arg("bob")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let out = presenced()
+        .args(["users", "--db"])
+        .arg(&db)
+        .arg("list")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "alice\ncarol\n");
+    let out = presenced()
+        .args(["users", "--db"])
+        .arg(&db)
+        .args(["add", "x\ty"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
