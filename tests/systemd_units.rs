@@ -1,0 +1,65 @@
+//! `systemd-analyze verify` accepts the units (with ExecStart pointed at the built binary).
+
+use std::process::Command;
+
+fn verify(unit_name: &str, source: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(source)
+        .unwrap()
+        .replace("/usr/local/bin/presenced", env!("CARGO_BIN_EXE_presenced"));
+    let path = dir.path().join(unit_name);
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze is installed (the test script installs systemd)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Lines about the host's own units are not ours to judge; ours must be clean.
+    let ours: Vec<&str> = stderr.lines().filter(|l| l.contains(unit_name)).collect();
+    assert!(
+        out.status.success() && ours.is_empty(),
+        "{unit_name}:\n{stderr}"
+    );
+}
+
+#[test]
+fn main_unit_verifies() {
+    verify("presenced.service", "systemd/presenced.service");
+}
+
+#[test]
+fn template_unit_verifies() {
+    verify("presenced@app1.service", "systemd/presenced@.service");
+}
+
+#[test]
+fn sysusers_and_tmpfiles_snippets_apply_to_an_empty_root() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir(root.path().join("etc")).unwrap();
+    let root_arg = format!("--root={}", root.path().display());
+    let out = Command::new("systemd-sysusers")
+        .arg(&root_arg)
+        .arg("systemd/presenced.sysusers")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let passwd = std::fs::read_to_string(root.path().join("etc/passwd")).unwrap();
+    assert!(passwd.starts_with("presenced:"), "{passwd}");
+    let out = Command::new("systemd-tmpfiles")
+        .arg(&root_arg)
+        .arg("--create")
+        .arg("systemd/presenced.tmpfiles")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(root.path().join("etc/presenced").is_dir());
+}
