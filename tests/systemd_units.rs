@@ -40,7 +40,10 @@ fn sysusers_and_tmpfiles_snippets_apply_to_an_empty_root() {
     let root_arg = format!("--root={}", root.path().display());
     let out = Command::new("systemd-sysusers")
         .arg(&root_arg)
-        .arg("systemd/presenced.sysusers")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/systemd/presenced.sysusers"
+        ))
         .output()
         .unwrap();
     assert!(
@@ -53,7 +56,10 @@ fn sysusers_and_tmpfiles_snippets_apply_to_an_empty_root() {
     let out = Command::new("systemd-tmpfiles")
         .arg(&root_arg)
         .arg("--create")
-        .arg("systemd/presenced.tmpfiles")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/systemd/presenced.tmpfiles"
+        ))
         .output()
         .unwrap();
     assert!(
