@@ -28,6 +28,8 @@ pub struct KafkaSink {
     producer: FutureProducer,
     settings: KafkaConfig,
     sdkappid: u64,
+    /// Rounds in a row in which the broker refused everything (not merely timed out).
+    refused_rounds: u32,
 }
 
 impl std::fmt::Debug for KafkaSink {
@@ -63,6 +65,7 @@ impl KafkaSink {
             producer,
             settings: settings.clone(),
             sdkappid,
+            refused_rounds: 0,
         })
     }
 
@@ -147,8 +150,13 @@ impl KafkaSink {
                 },
             });
         }
+        let refused = !out.is_empty()
+            && out
+                .iter()
+                .all(|r| matches!(r, Err(DeliveryError::Broker(_) | DeliveryError::Canceled)));
+        self.refused_rounds = if refused { self.refused_rounds + 1 } else { 0 };
         if out.iter().any(Result::is_err) {
-            self.recreate_if_fatal();
+            self.recreate_if_broken();
         }
         out
     }
@@ -184,15 +192,28 @@ impl KafkaSink {
     }
 
     /// After a fatal error (e.g. the idempotent producer lost its sequence) librdkafka refuses
-    /// every message: replace the producer; the outbox re-drives whatever was not acknowledged.
-    fn recreate_if_fatal(&mut self) {
-        if let Some((code, reason)) = self.producer.client().fatal_error() {
-            tracing::error!(?code, %reason, "Kafka producer hit a fatal error; re-creating it");
-            match client_config(&self.settings).create() {
-                Ok(p) => self.producer = p,
-                Err(e) => {
-                    tracing::error!(error = %e, "re-creating the Kafka producer failed; will retry")
-                }
+    /// every message; some brokers also keep refusing a producer whose messages timed out
+    /// during an outage. Either way: replace the producer, and the outbox re-drives whatever was
+    /// not acknowledged.
+    fn recreate_if_broken(&mut self) {
+        let reason = match self.producer.client().fatal_error() {
+            Some((code, reason)) => format!("fatal error {code:?}: {reason}"),
+            None if self.refused_rounds >= 3 => {
+                format!(
+                    "the broker refused every message {} rounds in a row",
+                    self.refused_rounds
+                )
+            }
+            None => return,
+        };
+        tracing::error!(%reason, "re-creating the Kafka producer");
+        match client_config(&self.settings).create() {
+            Ok(p) => {
+                self.producer = p;
+                self.refused_rounds = 0;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "re-creating the Kafka producer failed; will retry")
             }
         }
     }

@@ -284,3 +284,5 @@ pub fn signal(child: &std::process::Child, name: &str) {
         .unwrap();
     assert!(status.success());
 }
+
+pub mod kafka;
