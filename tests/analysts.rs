@@ -1,0 +1,210 @@
+//! Every query in docs/ANALYSTS.md runs against a generated history whose answers are known.
+
+use presenced::model::{PlatformStatus, State};
+use presenced::store::{Db, TransitionRecord, WriteSet};
+use rusqlite::types::Value;
+use std::time::Duration;
+
+const T0: i64 = 1_761_955_200_000; // 2025-11-01T00:00:00Z
+const MIN: i64 = 60_000;
+const HOUR: i64 = 60 * MIN;
+
+fn p(platform: &str, status: State) -> Vec<PlatformStatus> {
+    vec![PlatformStatus {
+        platform: platform.into(),
+        status,
+    }]
+}
+
+/// alice: Online (iPhone) 01:00, Offline 03:00, Online (Web) next day 01:00, still online.
+/// bob: Offline 00:00, then flaps between Online and PushOnline (Android), Offline at 04:00.
+/// carol: PushOnline (iPhone) 00:30, Offline next day 02:00.
+fn history() -> Vec<(&'static str, i64, State, Vec<PlatformStatus>)> {
+    use State::*;
+    vec![
+        ("alice", T0 + HOUR, Online, p("iPhone", Online)),
+        ("alice", T0 + 3 * HOUR, Offline, vec![]),
+        ("alice", T0 + 25 * HOUR, Online, p("Web", Online)),
+        ("bob", T0, Offline, vec![]),
+        ("bob", T0 + 2 * HOUR, Online, p("Android", Online)),
+        (
+            "bob",
+            T0 + 2 * HOUR + 30 * MIN,
+            PushOnline,
+            p("Android", PushOnline),
+        ),
+        (
+            "bob",
+            T0 + 2 * HOUR + 40 * MIN,
+            Online,
+            p("Android", Online),
+        ),
+        (
+            "bob",
+            T0 + 2 * HOUR + 50 * MIN,
+            PushOnline,
+            p("Android", PushOnline),
+        ),
+        ("bob", T0 + 3 * HOUR, Online, p("Android", Online)),
+        ("bob", T0 + 4 * HOUR, Offline, vec![]),
+        ("carol", T0 + 30 * MIN, PushOnline, p("iPhone", PushOnline)),
+        ("carol", T0 + 26 * HOUR, Offline, vec![]),
+    ]
+}
+
+fn build() -> (tempfile::TempDir, Db) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = Db::open(&dir.path().join("h.db"), Duration::from_secs(5)).unwrap();
+    let sweep = db.begin_sweep(T0, 3).unwrap();
+    let mut last: std::collections::HashMap<&str, (u64, State, Vec<PlatformStatus>, i64)> =
+        Default::default();
+    let mut set = WriteSet::default();
+    for (user, at, to, platforms) in history() {
+        let prev = last.get(user).cloned();
+        set.transitions.push(TransitionRecord {
+            event_id: uuid::Uuid::now_v7(),
+            user_id: user.into(),
+            seq: prev.as_ref().map_or(1, |p| p.0 + 1),
+            from: prev.as_ref().map(|p| p.1),
+            from_platforms: prev.as_ref().map(|p| p.2.clone()),
+            to,
+            to_platforms: platforms.clone(),
+            observed_at: at,
+            previous_observed_at: prev.as_ref().map(|p| p.3),
+            sweep_id: sweep,
+        });
+        last.insert(user, (prev.map_or(1, |p| p.0 + 1), to, platforms, at));
+    }
+    db.apply(&set).unwrap();
+    (dir, db)
+}
+
+/// The SQL blocks of docs/ANALYSTS.md under the numbered questions, in order.
+fn queries() -> Vec<(String, String)> {
+    let text = std::fs::read_to_string("docs/ANALYSTS.md").unwrap();
+    let mut out = Vec::new();
+    let mut title = None;
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        if let Some(t) = line.strip_prefix("### ") {
+            title = Some(t.to_owned());
+        } else if line == "```sql" {
+            let sql: Vec<&str> = lines.by_ref().take_while(|l| *l != "```").collect();
+            if let Some(t) = title.take() {
+                out.push((t, sql.join("\n")));
+            }
+        }
+    }
+    out
+}
+
+fn run(db: &Db, sql: &str, params: &[(&str, Value)]) -> Vec<Vec<String>> {
+    let mut stmt = db
+        .connection()
+        .prepare(sql)
+        .unwrap_or_else(|e| panic!("{e}\n{sql}"));
+    for (name, value) in params {
+        if let Some(i) = stmt.parameter_index(name).unwrap() {
+            stmt.raw_bind_parameter(i, value).unwrap();
+        }
+    }
+    let columns = stmt.column_count();
+    let mut rows = stmt.raw_query();
+    let mut out = Vec::new();
+    while let Some(r) = rows.next().unwrap() {
+        out.push(
+            (0..columns)
+                .map(|i| match r.get::<_, Value>(i).unwrap() {
+                    Value::Null => "NULL".into(),
+                    Value::Integer(n) => n.to_string(),
+                    Value::Real(f) => format!("{f}"),
+                    Value::Text(t) => t,
+                    Value::Blob(_) => "<blob>".into(),
+                })
+                .collect(),
+        );
+    }
+    out
+}
+
+fn rows(expected: &[&[&str]]) -> Vec<Vec<String>> {
+    expected
+        .iter()
+        .map(|r| r.iter().map(|s| s.to_string()).collect())
+        .collect()
+}
+
+#[test]
+fn every_documented_query_gives_the_known_answer() {
+    let (_dir, db) = build();
+    let qs = queries();
+    assert_eq!(qs.len(), 10, "ten numbered questions with SQL");
+    let params: Vec<(&str, Value)> = vec![
+        (":t", Value::Integer(T0 + 2 * HOUR + 15 * MIN)),
+        (":from_day", Value::Text("2025-11-01".into())),
+        (":to_day", Value::Text("2025-11-02".into())),
+        (":max_changes", Value::Integer(3)),
+        (":day", Value::Text("2025-11-01".into())),
+        (":from_t", Value::Integer(T0 + 3 * HOUR)),
+        (":to_t", Value::Integer(T0 + 5 * HOUR)),
+    ];
+    let expected: Vec<Vec<Vec<String>>> = vec![
+        rows(&[&["alice"], &["bob"]]),
+        rows(&[&["2025-11-01", "2"], &["2025-11-02", "1"]]),
+        rows(&[&["Android", "1800"], &["iPhone", "7200"]]),
+        rows(&[&["bob", "2025-11-01T02:00Z", "4"]]),
+        rows(&[&["1", "2"], &["2", "2"], &["3", "1"]]),
+        rows(&[&["Offline", "2"], &["Online", "1"]]),
+        rows(&[&["alice", "7200"], &["bob", "6000"]]),
+        rows(&[
+            &[
+                "alice",
+                "2025-11-01T03:00:00.000Z",
+                "2025-11-01T01:00:00.000Z",
+            ],
+            &[
+                "bob",
+                "2025-11-01T04:00:00.000Z",
+                "2025-11-01T03:00:00.000Z",
+            ],
+        ]),
+        rows(&[&["bob", "2", "600"], &["carol", "1", "91800"]]),
+        rows(&[
+            &["Offline", "Online", "2"],
+            &["Online", "Offline", "2"],
+            &["Online", "PushOnline", "2"],
+            &["PushOnline", "Offline", "1"],
+            &["PushOnline", "Online", "2"],
+        ]),
+    ];
+    for ((title, sql), want) in qs.iter().zip(expected) {
+        assert_eq!(run(&db, sql, &params), want, "question: {title}");
+    }
+}
+
+#[test]
+fn iso_views_and_sessions_are_consistent() {
+    let (_dir, db) = build();
+    let got = run(
+        &db,
+        "SELECT observed_at FROM presence_history_iso WHERE user_id = 'alice' ORDER BY seq LIMIT 1",
+        &[],
+    );
+    assert_eq!(got, rows(&[&["2025-11-01T01:00:00.000Z"]]));
+    // One open session per account, and sessions tile each account's history.
+    let open = run(
+        &db,
+        "SELECT user_id, state FROM presence_sessions WHERE ended_at IS NULL ORDER BY user_id",
+        &[],
+    );
+    assert_eq!(
+        open,
+        rows(&[
+            &["alice", "Online"],
+            &["bob", "Offline"],
+            &["carol", "Offline"]
+        ])
+    );
+    let n = run(&db, "SELECT COUNT(*) FROM presence_sessions", &[]);
+    assert_eq!(n, rows(&[&["12"]]));
+}
