@@ -83,6 +83,24 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Re-publish recorded transitions (with their original event ids) for a new consumer.
+    Replay {
+        #[arg(
+            long,
+            short,
+            env = "PRESENCED_CONFIG",
+            default_value = "/etc/presenced/presenced.toml"
+        )]
+        config: PathBuf,
+        /// RFC 3339 time, date or Unix ms.
+        #[arg(long)]
+        since: String,
+        #[arg(long)]
+        until: Option<String>,
+        /// Publish to this topic instead of kafka.topic.
+        #[arg(long)]
+        topic: Option<String>,
+    },
 }
 
 #[derive(Args)]
@@ -201,6 +219,12 @@ fn main() -> ExitCode {
             json,
         } => with_db(&db, |db| history(db, &account, since, until, json)),
         Command::Stats { db, json } => with_db(&db, |db| stats(db, json)),
+        Command::Replay {
+            config,
+            since,
+            until,
+            topic,
+        } => replay(&config, &since, until.as_deref(), topic),
     }
 }
 
@@ -569,4 +593,61 @@ fn stats(db: &mut Db, json: bool) -> Result<(), String> {
         None => println!("last sweep        none yet"),
     }
     Ok(())
+}
+
+fn replay(path: &Path, since: &str, until: Option<&str>, topic: Option<String>) -> ExitCode {
+    let mut config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => return fail_config(&e),
+    };
+    init_logging(&config.service.log_filter, config.service.log_format);
+    let (since, until) = match (parse_time_arg(since), until.map(parse_time_arg).transpose()) {
+        (Ok(s), Ok(u)) => (s, u.unwrap_or(i64::MAX)),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("presenced: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(t) = topic {
+        config.kafka.topic = t;
+    }
+    runtime().block_on(async move {
+        let result = async {
+            let store = presenced::store::Store::open(
+                &config.store.path,
+                Duration::from_millis(config.store.busy_timeout_ms),
+            )
+            .await?;
+            let sink =
+                presenced::publish::kafka::KafkaSink::new(&config.kafka, config.im.sdkappid)?;
+            if !sink.check_topic().await? {
+                return Err(format!("Kafka at {} is not reachable", config.kafka.brokers).into());
+            }
+            let mut sink = presenced::publish::Sink::Kafka(sink);
+            let started = std::time::Instant::now();
+            let sent =
+                presenced::publish::replay(&store, &mut sink, since, until, |done, total| {
+                    eprint!(
+                        "\rreplaying: {done}/{total} ({:.0}%)",
+                        done as f64 * 100.0 / total.max(1) as f64
+                    );
+                })
+                .await?;
+            eprintln!();
+            println!(
+                "replayed {sent} events to {} in {:.1}s",
+                config.kafka.topic,
+                started.elapsed().as_secs_f64()
+            );
+            Ok::<(), Box<dyn std::error::Error>>(())
+        }
+        .await;
+        match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("presenced: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
 }

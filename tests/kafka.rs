@@ -208,6 +208,32 @@ async fn events_on_the_broker_match_the_history() {
         "no duplicates without faults"
     );
     assert_matches_history(&consumed, &history, 1_400_000_000);
+
+    // Replay everything into a new topic for a new consumer: the same events, the same ids.
+    let replay_topic = topic_name("replay");
+    create_topic(&broker(), &replay_topic, 3);
+    let mut sink = Sink::Kafka(
+        KafkaSink::new(&kafka_config(&broker(), &replay_topic), 1_400_000_000).unwrap(),
+    );
+    let mut reported = 0;
+    let sent = presenced::publish::replay(&p.store, &mut sink, i64::MIN, i64::MAX, |done, _| {
+        reported = done
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        (sent, reported),
+        (history.len() as u64, history.len() as u64)
+    );
+    let addr = broker();
+    let replayed = tokio::task::spawn_blocking({
+        let n = history.len();
+        move || consume(&addr, &replay_topic, n, Duration::from_secs(60))
+    })
+    .await
+    .unwrap();
+    assert_eq!(replayed.len(), history.len());
+    assert_matches_history(&replayed, &history, 1_400_000_000);
     p.sim.stop().await;
 }
 

@@ -293,3 +293,71 @@ mod tests {
         assert_eq!(acknowledged(&events, &results), vec![2, 4]);
     }
 }
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{failed} events could not be delivered after {attempts} attempts: {first}")]
+    Delivery {
+        failed: usize,
+        attempts: u32,
+        first: DeliveryError,
+    },
+}
+
+/// Re-publishes the history observed in `[since, until)` in commit order, with the original
+/// event ids (consumers that dedupe by id see nothing twice). `progress` gets (done, total).
+pub async fn replay(
+    store: &Store,
+    sink: &mut Sink,
+    since: i64,
+    until: i64,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<u64, ReplayError> {
+    const PAGE: usize = 5_000;
+    const ATTEMPTS: u32 = 5;
+    let total = store
+        .call(move |db| {
+            Ok(db.connection().query_row(
+                "SELECT COUNT(*) FROM presence_history WHERE observed_at >= ?1 AND observed_at < ?2",
+                [since, until],
+                |r| r.get::<_, i64>(0),
+            )? as u64)
+        })
+        .await?;
+    let mut after = 0i64;
+    let mut done = 0u64;
+    progress(0, total);
+    loop {
+        let page = store
+            .call(move |db| db.history_range(since, until, after, PAGE))
+            .await?;
+        let Some(last) = page.last() else { break };
+        after = last.history_id;
+        let mut pending = page;
+        for attempt in 1..=ATTEMPTS {
+            let results = sink.deliver(&pending).await;
+            let acked: HashSet<i64> = acknowledged(&pending, &results).into_iter().collect();
+            let first = results.iter().find_map(|r| r.as_ref().err()).cloned();
+            done += acked.len() as u64;
+            pending.retain(|e| !acked.contains(&e.history_id));
+            progress(done, total);
+            match first {
+                None => break,
+                Some(first) if attempt == ATTEMPTS => {
+                    return Err(ReplayError::Delivery {
+                        failed: pending.len(),
+                        attempts: ATTEMPTS,
+                        first,
+                    });
+                }
+                Some(_) => {
+                    tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await
+                }
+            }
+        }
+    }
+    sink.flush(Duration::from_secs(10)).await;
+    Ok(done)
+}
