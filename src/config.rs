@@ -190,6 +190,9 @@ pub struct KafkaConfig {
     pub compression: String,
     pub create_topic: bool,
     pub topic_partitions: i32,
+    /// Optional compacted topic keyed by account with its current state; a tombstone when an
+    /// account leaves the watch list. Empty: off.
+    pub state_topic: String,
     /// Outbox rows read and sent per round.
     pub batch_size: usize,
     pub linger_ms: u64,
@@ -211,6 +214,7 @@ impl Default for KafkaConfig {
             compression: "lz4".into(),
             create_topic: false,
             topic_partitions: 6,
+            state_topic: String::new(),
             batch_size: 5_000,
             linger_ms: 5,
             message_timeout_ms: 300_000,

@@ -489,3 +489,81 @@ async fn the_daemon_binary_publishes_what_the_simulator_changes() {
     );
     assert_matches_history(&consumed, &all_history(&db), SimConfig::default().sdkappid);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_topic_holds_current_state_and_tombstones() {
+    let addr = broker();
+    let mut p = pipeline(50).await;
+    let state_topic = topic_name("state");
+    let cfg = KafkaConfig {
+        create_topic: true,
+        state_topic: state_topic.clone(),
+        ..kafka_config(&addr, &topic_name("events"))
+    };
+    let sink = KafkaSink::new(&cfg, 1_400_000_000).unwrap();
+    assert!(sink.check_topic().await.unwrap(), "both topics created");
+    let mut publisher = publisher(&p, sink);
+    let shutdown = CancellationToken::new();
+    p.control.churn(0.5).await;
+    for _ in 0..3 {
+        p.sweeper.sweep(&shutdown).await.unwrap();
+        drain_until_empty(&mut publisher, Duration::from_secs(30)).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // Five accounts leave the watch list: their state records are tombstoned.
+    p.sweeper
+        .set_watch_list((5..50).map(|i| format!("user{i}")).collect())
+        .await
+        .unwrap();
+    drain_until_empty(&mut publisher, Duration::from_secs(30)).await;
+    let pending = p.store.call(|db| db.pending_tombstones(100)).await.unwrap();
+    assert!(pending.is_empty(), "tombstones acknowledged: {pending:?}");
+
+    let history = all_history(&p.db_path);
+    let expected = history.len() + 5;
+    let mut records = tokio::task::spawn_blocking(move || {
+        consume(&addr, &state_topic, expected, Duration::from_secs(60))
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        records.len(),
+        expected,
+        "one state record per transition plus five tombstones"
+    );
+    records.sort_by_key(|c| (c.partition, c.offset));
+    let mut last: HashMap<String, serde_json::Value> = HashMap::new();
+    for r in records {
+        last.insert(r.key, r.value);
+    }
+    let schema: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string("schemas/presenced.state.v1.json").unwrap())
+            .unwrap();
+    let state_schema = jsonschema::validator_for(&schema).unwrap();
+    let current = Db::open(&p.db_path, Duration::from_secs(5))
+        .unwrap()
+        .load_current()
+        .unwrap();
+    for row in current {
+        let value = &last[&row.user_id];
+        match row.state {
+            None => assert!(
+                value.is_null(),
+                "{} left the watch list: expected a tombstone, got {value}",
+                row.user_id
+            ),
+            Some(state) => {
+                if let Err(e) = state_schema.validate(value) {
+                    panic!("state record fails its schema: {e}\n{value}");
+                }
+                assert_eq!(value["state"], state.as_str(), "{}", row.user_id);
+                assert_eq!(value["seq"], row.seq);
+                assert_eq!(
+                    value["platforms"],
+                    serde_json::to_value(&row.platforms).unwrap()
+                );
+            }
+        }
+    }
+    p.sim.stop().await;
+}

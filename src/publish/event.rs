@@ -48,6 +48,40 @@ impl<'a> EventV1<'a> {
     }
 }
 
+pub const STATE_SCHEMA: &str = "presenced.state.v1";
+
+/// The value on the compacted current-state topic: the account's state after `event_id`.
+#[derive(Debug, Serialize)]
+pub struct StateV1<'a> {
+    pub schema: &'static str,
+    pub sdkappid: u64,
+    pub user_id: &'a str,
+    pub state: &'static str,
+    pub platforms: &'a [PlatformStatus],
+    pub seq: u64,
+    pub observed_at: String,
+    pub event_id: String,
+}
+
+impl<'a> StateV1<'a> {
+    pub fn new(sdkappid: u64, t: &'a TransitionRecord) -> Self {
+        StateV1 {
+            schema: STATE_SCHEMA,
+            sdkappid,
+            user_id: &t.user_id,
+            state: t.to.as_str(),
+            platforms: &t.to_platforms,
+            seq: t.seq,
+            observed_at: format_millis(t.observed_at),
+            event_id: t.event_id.hyphenated().to_string(),
+        }
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("states always serialize")
+    }
+}
+
 /// CloudEvents binary-mode headers for one event, as (name, value) pairs.
 pub fn cloudevents_headers(sdkappid: u64, t: &TransitionRecord) -> [(&'static str, String); 7] {
     [

@@ -1,16 +1,16 @@
 //! The Kafka sink: an idempotent producer (acks=all), enqueued strictly in outbox order so that
 //! one account's events keep their order on its partition.
 
-use super::event::{cloudevents_headers, EventV1};
+use super::event::{cloudevents_headers, EventV1, StateV1};
 use super::DeliveryError;
 use crate::config::KafkaConfig;
-use crate::store::OutboxEvent;
+use crate::store::{OutboxEvent, TransitionRecord};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use std::time::Duration;
 
@@ -72,12 +72,33 @@ impl KafkaSink {
     /// Checks that the topic exists, creating it when configured to. `Ok(false)` means the
     /// brokers could not be reached: the caller goes on and the backlog waits for them.
     pub async fn check_topic(&self) -> Result<bool, KafkaSetupError> {
+        let mut wanted = vec![(self.settings.topic.clone(), false)];
+        if let Some(state) = self.state_topic() {
+            wanted.push((state.to_owned(), true));
+        }
+        for (topic, compacted) in wanted {
+            if !self.check_one(&topic, compacted).await? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    fn state_topic(&self) -> Option<&str> {
+        Some(self.settings.state_topic.as_str()).filter(|t| !t.is_empty())
+    }
+
+    pub fn has_state_topic(&self) -> bool {
+        self.state_topic().is_some()
+    }
+
+    async fn check_one(&self, topic: &str, compacted: bool) -> Result<bool, KafkaSetupError> {
         let producer = self.producer.clone();
-        let topic = self.settings.topic.clone();
+        let name = topic.to_owned();
         let metadata = tokio::task::spawn_blocking(move || {
             producer
                 .client()
-                .fetch_metadata(Some(&topic), Duration::from_secs(5))
+                .fetch_metadata(Some(&name), Duration::from_secs(5))
         })
         .await
         .expect("metadata task does not panic");
@@ -86,34 +107,38 @@ impl KafkaSink {
                 tracing::warn!(brokers = %self.settings.brokers, error = %e, "Kafka is not reachable; events wait in the outbox");
                 return Ok(false);
             }
-            Ok(m) => m.topics().iter().any(|t| {
-                t.name() == self.settings.topic && t.error().is_none() && !t.partitions().is_empty()
-            }),
+            Ok(m) => m
+                .topics()
+                .iter()
+                .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty()),
         };
         if exists {
             return Ok(true);
         }
         if !self.settings.create_topic {
             return Err(KafkaSetupError::TopicMissing {
-                topic: self.settings.topic.clone(),
+                topic: topic.to_owned(),
                 brokers: self.settings.brokers.clone(),
             });
         }
-        self.create_topic().await?;
+        self.create_topic(topic, compacted).await?;
         Ok(true)
     }
 
-    async fn create_topic(&self) -> Result<(), KafkaSetupError> {
+    async fn create_topic(&self, name: &str, compacted: bool) -> Result<(), KafkaSetupError> {
         let admin: AdminClient<DefaultClientContext> = client_config(&self.settings)
             .create()
             .map_err(KafkaSetupError::Client)?;
-        let topic = NewTopic::new(
-            &self.settings.topic,
+        let mut topic = NewTopic::new(
+            name,
             self.settings.topic_partitions,
             TopicReplication::Fixed(1),
         );
+        if compacted {
+            topic = topic.set("cleanup.policy", "compact");
+        }
         let fail = |message: String| KafkaSetupError::CreateTopic {
-            topic: self.settings.topic.clone(),
+            topic: name.to_owned(),
             message,
         };
         let results = admin
@@ -129,27 +154,69 @@ impl KafkaSink {
                 Err((_, code)) => return Err(fail(code.to_string())),
             }
         }
-        tracing::info!(topic = %self.settings.topic, partitions = self.settings.topic_partitions, "created Kafka topic");
+        tracing::info!(
+            topic = name,
+            partitions = self.settings.topic_partitions,
+            compacted,
+            "created Kafka topic"
+        );
         Ok(())
     }
 
-    /// Sends a batch; returns one result per event, in order.
+    /// Sends a batch; returns one result per event, in order. With a state topic, an event counts
+    /// as delivered only when its current-state record was acknowledged too.
     pub async fn deliver(&mut self, events: &[OutboxEvent]) -> Vec<Result<(), DeliveryError>> {
         let mut pending = Vec::with_capacity(events.len());
         for e in events {
-            pending.push(self.enqueue(e).await);
+            let t = &e.record;
+            let mut futures = vec![self.enqueue_event(t).await];
+            if let Some(state_topic) = self.state_topic() {
+                let value = StateV1::new(self.sdkappid, t).to_json();
+                let record = FutureRecord::to(state_topic)
+                    .key(t.user_id.as_bytes())
+                    .payload(&value);
+                futures.push(self.enqueue(record).await);
+            }
+            pending.push(futures);
         }
         let mut out = Vec::with_capacity(events.len());
-        for p in pending {
-            out.push(match p {
-                Err(e) => Err(e),
-                Ok(fut) => match fut.await {
-                    Ok(Ok(_)) => Ok(()),
-                    Ok(Err((e, _))) => Err(DeliveryError::from_kafka(&e)),
-                    Err(_) => Err(DeliveryError::Canceled),
-                },
-            });
+        for futures in pending {
+            let mut result = Ok(());
+            for f in futures {
+                let r = settle(f).await;
+                if result.is_ok() {
+                    result = r;
+                }
+            }
+            out.push(result);
         }
+        self.after_round(&out);
+        out
+    }
+
+    /// Tombstones (key, no value) on the state topic for accounts that left the watch list.
+    pub async fn deliver_tombstones(
+        &mut self,
+        user_ids: &[String],
+    ) -> Vec<Result<(), DeliveryError>> {
+        let Some(state_topic) = self.state_topic().map(str::to_owned) else {
+            return user_ids.iter().map(|_| Ok(())).collect();
+        };
+        let mut pending = Vec::with_capacity(user_ids.len());
+        for id in user_ids {
+            let record: FutureRecord<'_, [u8], [u8]> =
+                FutureRecord::to(&state_topic).key(id.as_bytes());
+            pending.push(self.enqueue(record).await);
+        }
+        let mut out = Vec::with_capacity(pending.len());
+        for f in pending {
+            out.push(settle(f).await);
+        }
+        self.after_round(&out);
+        out
+    }
+
+    fn after_round(&mut self, out: &[Result<(), DeliveryError>]) {
         let refused = !out.is_empty()
             && out
                 .iter()
@@ -158,15 +225,9 @@ impl KafkaSink {
         if out.iter().any(Result::is_err) {
             self.recreate_if_broken();
         }
-        out
     }
 
-    /// Enqueues one event in order; QueueFull is back-pressure, so it waits and tries again.
-    async fn enqueue(
-        &self,
-        e: &OutboxEvent,
-    ) -> Result<rdkafka::producer::DeliveryFuture, DeliveryError> {
-        let t = &e.record;
+    async fn enqueue_event(&self, t: &TransitionRecord) -> Result<DeliveryFuture, DeliveryError> {
         let payload = EventV1::new(self.sdkappid, t).to_json();
         let mut headers = OwnedHeaders::new_with_capacity(7);
         for (key, value) in cloudevents_headers(self.sdkappid, t) {
@@ -175,10 +236,22 @@ impl KafkaSink {
                 value: Some(value.as_bytes()),
             });
         }
-        let mut record = FutureRecord::to(&self.settings.topic)
+        let record = FutureRecord::to(&self.settings.topic)
             .key(t.user_id.as_bytes())
             .payload(&payload)
             .headers(headers);
+        self.enqueue(record).await
+    }
+
+    /// Enqueues one record in order; QueueFull is back-pressure, so it waits and tries again.
+    async fn enqueue<K, P>(
+        &self,
+        mut record: FutureRecord<'_, K, P>,
+    ) -> Result<DeliveryFuture, DeliveryError>
+    where
+        K: rdkafka::message::ToBytes + ?Sized,
+        P: rdkafka::message::ToBytes + ?Sized,
+    {
         loop {
             match self.producer.send_result(record) {
                 Ok(fut) => return Ok(fut),
@@ -222,5 +295,13 @@ impl KafkaSink {
     pub async fn flush(&self, timeout: Duration) {
         let producer = self.producer.clone();
         let _ = tokio::task::spawn_blocking(move || producer.flush(Timeout::After(timeout))).await;
+    }
+}
+
+async fn settle(enqueued: Result<DeliveryFuture, DeliveryError>) -> Result<(), DeliveryError> {
+    match enqueued?.await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err((e, _))) => Err(DeliveryError::from_kafka(&e)),
+        Err(_) => Err(DeliveryError::Canceled),
     }
 }

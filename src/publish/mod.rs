@@ -213,6 +213,29 @@ impl Publisher {
     /// One round: read a batch, deliver it, delete what was acknowledged.
     pub async fn drain_once(&mut self) -> Result<Drained, StoreError> {
         let limit = self.batch_size;
+        // Tombstones first: an account removed and added again gets its tombstone before its new
+        // state record.
+        let tombstones = self
+            .store
+            .call(move |db| db.pending_tombstones(limit))
+            .await?;
+        if !tombstones.is_empty() {
+            let done: Vec<String> = match &mut self.sink {
+                Sink::Kafka(k) if k.has_state_topic() => {
+                    let results = k.deliver_tombstones(&tombstones).await;
+                    tombstones
+                        .into_iter()
+                        .zip(results)
+                        .filter(|(_, r)| r.is_ok())
+                        .map(|(id, _)| id)
+                        .collect()
+                }
+                _ => tombstones,
+            };
+            self.store
+                .call(move |db| db.delete_tombstones(&done))
+                .await?;
+        }
         let events = self.store.call(move |db| db.outbox_batch(limit)).await?;
         if events.is_empty() {
             self.refresh_backlog().await?;

@@ -4,11 +4,18 @@ use super::StoreError;
 use rusqlite::Connection;
 
 /// (version, name, SQL). Append only: a released migration is never edited.
-pub const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "0001_initial.sql",
-    include_str!("../../migrations/0001_initial.sql"),
-)];
+pub const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "0001_initial.sql",
+        include_str!("../../migrations/0001_initial.sql"),
+    ),
+    (
+        2,
+        "0002_state_tombstones.sql",
+        include_str!("../../migrations/0002_state_tombstones.sql"),
+    ),
+];
 
 pub fn latest_version() -> i64 {
     MIGRATIONS.last().map_or(0, |m| m.0)

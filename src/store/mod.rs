@@ -264,6 +264,33 @@ impl Db {
                 "UPDATE presence_current SET state = NULL, platforms = NULL, observed_at = NULL,
                  not_found_since = NULL WHERE user_id = ?1",
             )?;
+            let mut tombstone = tx.prepare_cached(
+                "INSERT INTO state_tombstones (user_id, removed_at) VALUES (?1, ?2)
+                 ON CONFLICT (user_id) DO UPDATE SET removed_at = excluded.removed_at",
+            )?;
+            let now = crate::model::now_millis();
+            for id in ids {
+                stmt.execute([id])?;
+                tombstone.execute(params![id, now])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Accounts waiting for a tombstone on the state topic, oldest first.
+    pub fn pending_tombstones(&self, limit: usize) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT user_id FROM state_tombstones ORDER BY removed_at, user_id LIMIT ?1",
+        )?;
+        let rows = stmt.query_map([limit as i64], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn delete_tombstones(&mut self, ids: &[String]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached("DELETE FROM state_tombstones WHERE user_id = ?1")?;
             for id in ids {
                 stmt.execute([id])?;
             }
