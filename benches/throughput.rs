@@ -281,8 +281,8 @@ fn store() {
     let pid = std::process::id();
     let rss0 = rss_bytes(pid);
     let started = Instant::now();
-    let rows = db.load_current().unwrap();
-    let mut snapshot = Snapshot::from_rows(rows);
+    let mut snapshot = Snapshot::new();
+    db.for_each_current(|row| snapshot.insert_row(row)).unwrap();
     let load = started.elapsed();
     let rss1 = rss_bytes(pid);
     println!(

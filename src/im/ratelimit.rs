@@ -1,5 +1,9 @@
-//! Paces calls to IM: a token bucket whose rate never exceeds the configured ceiling, lowered
+//! Paces calls to IM at a rate that never exceeds the configured ceiling, lowered
 //! multiplicatively when IM answers "frequency exceeded" and raised additively while it does not.
+//!
+//! Each caller reserves the next slot of a schedule (GCRA) under a short lock, then sleeps until
+//! it. Slots follow the schedule, not the moment a sleeper woke, so timer lateness is not lost
+//! and waiters never stampede.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -9,6 +13,7 @@ use tokio::time::Instant;
 pub struct RateLimiter {
     ceiling: f64,
     floor: f64,
+    /// How far behind the schedule may run after an idle spell: calls that may go back to back.
     burst: f64,
     inner: Mutex<Inner>,
 }
@@ -16,9 +21,9 @@ pub struct RateLimiter {
 #[derive(Debug)]
 struct Inner {
     rate: f64,
-    tokens: f64,
-    last_refill: Instant,
-    last_decrease: Option<Instant>,
+    /// The earliest time the next call may start.
+    next: Instant,
+    last_change: Option<Instant>,
 }
 
 impl RateLimiter {
@@ -31,9 +36,8 @@ impl RateLimiter {
             burst: f64::from(burst.max(1)),
             inner: Mutex::new(Inner {
                 rate: ceiling,
-                tokens: 1.0,
-                last_refill: Instant::now(),
-                last_decrease: None,
+                next: Instant::now(),
+                last_change: None,
             }),
         }
     }
@@ -48,62 +52,52 @@ impl RateLimiter {
 
     /// Waits for a call slot. Returns how long it waited.
     pub async fn acquire(&self) -> Duration {
-        let started = Instant::now();
-        loop {
-            let wait = {
-                let mut s = self.inner.lock().expect("limiter lock");
-                let now = Instant::now();
-                s.refill(now, self.burst);
-                s.recover(now, self.ceiling);
-                if s.tokens >= 1.0 {
-                    s.tokens -= 1.0;
-                    None
-                } else {
-                    Some(Duration::from_secs_f64((1.0 - s.tokens) / s.rate))
-                }
-            };
-            match wait {
-                None => return started.elapsed(),
-                Some(d) => tokio::time::sleep(d).await,
-            }
+        let now = Instant::now();
+        let slot = {
+            let mut s = self.inner.lock().expect("limiter lock");
+            s.recover(now, self.ceiling);
+            let interval = Duration::from_secs_f64(1.0 / s.rate);
+            let earliest = now
+                .checked_sub(interval.mul_f64(self.burst - 1.0))
+                .unwrap_or(now);
+            let slot = s.next.max(earliest);
+            s.next = slot + interval;
+            slot
+        };
+        if slot > now {
+            tokio::time::sleep_until(slot).await;
         }
+        slot.saturating_duration_since(now)
     }
 
     /// IM said "frequency exceeded": halve the rate, at most once per second so that a burst of
-    /// such answers from calls already in flight counts as one signal.
+    /// such answers from calls already in flight counts as one signal, and pause one new interval.
     pub fn on_throttled(&self) {
         let mut s = self.inner.lock().expect("limiter lock");
         let now = Instant::now();
-        if s.last_decrease
+        if s.last_change
             .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
         {
             return;
         }
-        s.refill(now, self.burst);
         s.rate = (s.rate / 2.0).max(self.floor);
-        s.tokens = s.tokens.min(0.0);
-        s.last_decrease = Some(now);
+        s.next = s.next.max(now) + Duration::from_secs_f64(1.0 / s.rate);
+        s.last_change = Some(now);
     }
 }
 
 impl Inner {
-    fn refill(&mut self, now: Instant, burst: f64) {
-        let elapsed = now.duration_since(self.last_refill).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * self.rate).min(burst);
-        self.last_refill = now;
-    }
-
     /// Additive increase: a tenth of the ceiling per second without a throttle answer.
     fn recover(&mut self, now: Instant, ceiling: f64) {
         if self.rate >= ceiling {
             return;
         }
         let since = self
-            .last_decrease
+            .last_change
             .map_or(1.0, |t| now.duration_since(t).as_secs_f64());
         if since >= 1.0 {
-            self.rate = (self.rate + ceiling / 10.0 * since.min(1.0)).min(ceiling);
-            self.last_decrease = Some(now);
+            self.rate = (self.rate + ceiling / 10.0).min(ceiling);
+            self.last_change = Some(now);
         }
     }
 }
@@ -119,9 +113,29 @@ mod tests {
         for _ in 0..201 {
             limiter.acquire().await;
         }
-        // 201 calls at 100/s need at least 2 s of (virtual) time.
-        assert!(start.elapsed() >= Duration::from_secs(2));
-        assert!(start.elapsed() < Duration::from_millis(2100));
+        // 201 evenly spaced calls at 100/s span exactly 2 s of (virtual) time.
+        assert_eq!(start.elapsed(), Duration::from_secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_waiters_share_the_schedule() {
+        let limiter = std::sync::Arc::new(RateLimiter::new(200.0, 1));
+        let start = Instant::now();
+        let tasks: Vec<_> = (0..50)
+            .map(|_| {
+                let l = limiter.clone();
+                tokio::spawn(async move {
+                    for _ in 0..20 {
+                        l.acquire().await;
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        // 1,000 calls at 200/s: the last starts 4.995 s after the first.
+        assert_eq!(start.elapsed(), Duration::from_micros(4_995_000));
     }
 
     #[tokio::test(start_paused = true)]

@@ -259,7 +259,16 @@ impl Publisher {
             tracing::warn!(failed, sent = acked.len(), error = ?first, "some events were not acknowledged; they stay in the outbox");
         }
         self.metrics.events_published.inc_by(acked.len() as u64);
-        self.store.call(move |db| db.outbox_delete(&acked)).await?;
+        // The batch is the oldest rows in id order: when all went, one range delete does.
+        match events.last() {
+            Some(last) if failed == 0 => {
+                let through = last.history_id;
+                self.store
+                    .call(move |db| db.outbox_delete_through(through))
+                    .await?;
+            }
+            _ => self.store.call(move |db| db.outbox_delete(&acked)).await?,
+        }
         self.refresh_backlog().await?;
         Ok(if failed > 0 {
             Drained::Failed

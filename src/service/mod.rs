@@ -209,7 +209,7 @@ pub async fn run(config: Config, mut options: RunOptions) -> Result<(), ServiceE
                             result: "configuration_error".into(),
                         })
                         .inc();
-                    tracing::error!(error = %e, "sweeping stopped: fix the configuration, then reload (SIGHUP) or restart");
+                    tracing::error!(error = %e, "sweeping stopped: fix [im] in the configuration and restart; SIGHUP retries with the running settings");
                     notify::status(&format!("stopped: {e}"));
                 }
                 Err(SweepError::Store(e)) => return Err(e.into()),

@@ -71,14 +71,16 @@ impl Sweeper {
         settings: SweepSettings,
         metrics: Arc<Metrics>,
     ) -> Result<Self, StoreError> {
-        let rows = store
+        let snapshot = store
             .call(|db| {
                 db.close_interrupted_sweeps()?;
-                db.load_current()
+                let mut snapshot = Snapshot::new();
+                db.for_each_current(|row| snapshot.insert_row(row))?;
+                Ok(snapshot)
             })
             .await?;
         Ok(Sweeper {
-            snapshot: Snapshot::from_rows(rows),
+            snapshot,
             client,
             store,
             settings,
@@ -320,9 +322,28 @@ async fn run_queries(
             }
         })
         .buffer_unordered(max_in_flight.max(1));
-    while let Some(item) = results.next().await {
+    // After a stop, calls already in flight get a grace period to come back (a retrying batch
+    // could otherwise hold shutdown for its whole backoff); then they are abandoned, which
+    // writes nothing for their accounts.
+    let grace = async {
+        stop.cancelled().await;
+        tokio::time::sleep(IN_FLIGHT_GRACE).await;
+    };
+    tokio::pin!(grace);
+    loop {
+        let item = tokio::select! {
+            item = results.next() => item,
+            _ = &mut grace => {
+                tracing::info!("abandoning IM calls still in flight at shutdown");
+                None
+            }
+        };
+        let Some(item) = item else { return };
         if answers.send(item).await.is_err() {
             return;
         }
     }
 }
+
+/// How long calls in flight may still come back after shutdown was asked for.
+const IN_FLIGHT_GRACE: std::time::Duration = std::time::Duration::from_secs(5);

@@ -4,6 +4,7 @@
 use crate::im::AccountOutcome;
 use crate::model::{PlatformStatus, State};
 use crate::store::{CurrentRow, TransitionRecord};
+use compact_str::CompactString;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -64,9 +65,11 @@ pub enum Decision {
     Nothing,
 }
 
+/// Account ids are at most 32 bytes and usually much shorter: a `CompactString` keeps those up
+/// to 24 bytes inline, with no heap allocation per account.
 #[derive(Debug, Default)]
 pub struct Snapshot {
-    accounts: HashMap<Box<str>, Entry>,
+    accounts: HashMap<CompactString, Entry>,
     platforms: PlatformSets,
 }
 
@@ -82,19 +85,24 @@ impl Snapshot {
         let mut s = Snapshot::new();
         s.accounts.reserve(rows.len());
         for r in rows {
-            let platforms = s.platforms.intern(&r.platforms);
-            s.accounts.insert(
-                r.user_id.into_boxed_str(),
-                Entry {
-                    state: r.state,
-                    not_found: r.not_found_since.is_some(),
-                    platforms,
-                    seq: r.seq,
-                    observed_at: r.observed_at.unwrap_or(0),
-                },
-            );
+            s.insert_row(r);
         }
         s
+    }
+
+    /// Adds one stored row (start-up streams rows straight in, with no intermediate list).
+    pub fn insert_row(&mut self, r: CurrentRow) {
+        let platforms = self.platforms.intern(&r.platforms);
+        self.accounts.insert(
+            CompactString::from(r.user_id),
+            Entry {
+                state: r.state,
+                not_found: r.not_found_since.is_some(),
+                platforms,
+                seq: r.seq,
+                observed_at: r.observed_at.unwrap_or(0),
+            },
+        );
     }
 
     pub fn len(&self) -> usize {
@@ -190,7 +198,7 @@ impl Snapshot {
             Some(e) => *e = entry,
             None => {
                 self.accounts
-                    .insert(t.user_id.clone().into_boxed_str(), entry);
+                    .insert(CompactString::from(t.user_id.as_str()), entry);
             }
         }
     }
@@ -236,7 +244,7 @@ impl Snapshot {
         self.accounts
             .iter()
             .filter(|(_, e)| e.state.is_some() || e.not_found)
-            .map(|(k, _)| &**k)
+            .map(|(k, _)| k.as_str())
             .filter(move |k| !watched.contains(k))
     }
 }
