@@ -335,6 +335,10 @@ fn store() {
             )
         })
         .collect();
+    // A sweep walks the watch list in id order (the daemon sorts it), so a transaction's rows
+    // sit close together in the tables' keys.
+    let mut changed = changed;
+    changed.sort_by(|a, b| a.user_id.cmp(&b.user_id));
     let started = Instant::now();
     for chunk in changed.chunks(4_000) {
         db.apply(&WriteSet {
@@ -540,6 +544,8 @@ async fn kafka() {
     let reader = Db::open(&path, Duration::from_secs(5)).unwrap();
     let mut inflight: std::collections::VecDeque<(i64, Instant)> = Default::default();
     let mut latencies = Vec::new();
+    let mut worst_at: Vec<(Duration, Duration)> = Vec::new();
+    let phase_start = Instant::now();
     let mut seq = 1_000u64;
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     let until = Instant::now() + Duration::from_secs(20);
@@ -576,6 +582,7 @@ async fn kafka() {
         while let Some(&(id, at)) = inflight.front() {
             if min_pending.is_none_or(|m| m > id) {
                 latencies.push(at.elapsed());
+                worst_at.push((at.elapsed(), at.duration_since(phase_start)));
                 inflight.pop_front();
             } else {
                 break;
@@ -585,6 +592,20 @@ async fn kafka() {
     stop.cancel();
     running.await.unwrap().unwrap();
     latencies.sort();
+    worst_at.sort();
+    let slow: Vec<String> = worst_at
+        .iter()
+        .rev()
+        .take(5)
+        .map(|(l, t)| {
+            format!(
+                "{:.0} ms at {:.1} s",
+                l.as_secs_f64() * 1000.0,
+                t.as_secs_f64()
+            )
+        })
+        .collect();
+    println!("slowest batches: {}", slow.join(", "));
     let pct = |p: f64| {
         latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)].as_secs_f64()
             * 1000.0

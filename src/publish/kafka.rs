@@ -24,6 +24,15 @@ pub enum KafkaSetupError {
     CreateTopic { topic: String, message: String },
 }
 
+/// A batch handed to librdkafka whose acknowledgements are still to come.
+pub struct Enqueued(Vec<Vec<Result<DeliveryFuture, DeliveryError>>>);
+
+impl std::fmt::Debug for Enqueued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Enqueued({} events)", self.0.len())
+    }
+}
+
 pub struct KafkaSink {
     producer: FutureProducer,
     settings: KafkaConfig,
@@ -166,6 +175,13 @@ impl KafkaSink {
     /// Sends a batch; returns one result per event, in order. With a state topic, an event counts
     /// as delivered only when its current-state record was acknowledged too.
     pub async fn deliver(&mut self, events: &[OutboxEvent]) -> Vec<Result<(), DeliveryError>> {
+        let enqueued = self.enqueue_batch(events).await;
+        self.settle_batch(enqueued).await
+    }
+
+    /// Hands a batch to librdkafka, strictly in order, without waiting for acknowledgements, so
+    /// the publisher can prepare the next batch while the broker works on this one.
+    pub async fn enqueue_batch(&self, events: &[OutboxEvent]) -> Enqueued {
         let mut pending = Vec::with_capacity(events.len());
         for e in events {
             let t = &e.record;
@@ -179,8 +195,13 @@ impl KafkaSink {
             }
             pending.push(futures);
         }
-        let mut out = Vec::with_capacity(events.len());
-        for futures in pending {
+        Enqueued(pending)
+    }
+
+    /// Waits for a batch's acknowledgements; one result per event, in order.
+    pub async fn settle_batch(&mut self, enqueued: Enqueued) -> Vec<Result<(), DeliveryError>> {
+        let mut out = Vec::with_capacity(enqueued.0.len());
+        for futures in enqueued.0 {
             let mut result = Ok(());
             for f in futures {
                 let r = settle(f).await;

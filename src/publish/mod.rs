@@ -60,10 +60,23 @@ pub enum Sink {
     Stdout { style: StdoutStyle, sdkappid: u64 },
 }
 
+/// A batch handed to a sink whose outcome may still be pending.
+#[derive(Debug)]
+enum Pending {
+    Kafka(kafka::Enqueued),
+    Done(Vec<Result<(), DeliveryError>>),
+}
+
 impl Sink {
     async fn deliver(&mut self, events: &[OutboxEvent]) -> Vec<Result<(), DeliveryError>> {
+        let pending = self.start(events).await;
+        self.finish(pending).await
+    }
+
+    /// Starts delivering a batch: Kafka gets it enqueued; stdout is written at once.
+    async fn start(&mut self, events: &[OutboxEvent]) -> Pending {
         match self {
-            Sink::Kafka(k) => k.deliver(events).await,
+            Sink::Kafka(k) => Pending::Kafka(k.enqueue_batch(events).await),
             Sink::Stdout { style, sdkappid } => {
                 // A slow reader at the other end of a pipe blocks a helper thread, not the runtime.
                 let text = render_stdout(*style, *sdkappid, events);
@@ -76,7 +89,17 @@ impl Sink {
                 .await
                 .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
                 .map_err(|e| DeliveryError::Io(e.to_string()));
-                events.iter().map(|_| result.clone()).collect()
+                Pending::Done(events.iter().map(|_| result.clone()).collect())
+            }
+        }
+    }
+
+    async fn finish(&mut self, pending: Pending) -> Vec<Result<(), DeliveryError>> {
+        match (self, pending) {
+            (Sink::Kafka(k), Pending::Kafka(enqueued)) => k.settle_batch(enqueued).await,
+            (_, Pending::Done(results)) => results,
+            (_, Pending::Kafka(_)) => {
+                unreachable!("a Kafka batch is only started on the Kafka sink")
             }
         }
     }
@@ -145,6 +168,9 @@ pub struct Publisher {
     metrics: Arc<Metrics>,
     /// Poked by the sweeper after each commit so new events go out without waiting for a tick.
     wake: Arc<Notify>,
+    /// The batch handed to the sink whose acknowledgements are awaited in the next round, so
+    /// that reading and encoding the next batch overlaps the broker's work on this one.
+    inflight: Option<(Vec<OutboxEvent>, Pending)>,
 }
 
 impl Publisher {
@@ -161,6 +187,7 @@ impl Publisher {
             batch_size,
             metrics,
             wake,
+            inflight: None,
         }
     }
 
@@ -236,14 +263,53 @@ impl Publisher {
                 .call(move |db| db.delete_tombstones(&done))
                 .await?;
         }
-        let events = self.store.call(move |db| db.outbox_batch(limit)).await?;
-        if events.is_empty() {
+        // Pipelined: start the next batch, then settle the one in flight.
+        let after = self
+            .inflight
+            .as_ref()
+            .and_then(|(events, _)| events.last())
+            .map_or(0, |e| e.history_id);
+        let next = self
+            .store
+            .call(move |db| db.outbox_batch(after, limit))
+            .await?;
+        let next_pending = if next.is_empty() {
+            None
+        } else {
+            Some(self.sink.start(&next).await)
+        };
+        let Some((events, pending)) = self.inflight.take() else {
+            if next.is_empty() {
+                self.refresh_backlog().await?;
+                return Ok(Drained::Empty);
+            }
+            self.inflight = next_pending.map(|p| (next, p));
+            return Ok(Drained::Some);
+        };
+        let results = self.sink.finish(pending).await;
+        let failed = self.settled(&events, &results).await?;
+        if failed > 0 {
+            // The batch started after a failure may hold later events of the failed accounts:
+            // let it settle but keep all its rows, so the next round re-sends from the oldest.
+            if let Some(p) = next_pending {
+                let _ = self.sink.finish(p).await;
+            }
             self.refresh_backlog().await?;
-            return Ok(Drained::Empty);
+            return Ok(Drained::Failed);
         }
-        let results = self.sink.deliver(&events).await;
+        self.inflight = next_pending.map(|p| (next, p));
+        self.refresh_backlog().await?;
+        Ok(Drained::Some)
+    }
+
+    /// Records a settled batch: metrics, then deletes what may go. Returns how many failed.
+    async fn settled(
+        &mut self,
+        events: &[OutboxEvent],
+        results: &[Result<(), DeliveryError>],
+    ) -> Result<usize, StoreError> {
         let now = now_millis();
-        for (e, r) in events.iter().zip(&results) {
+        for (e, r) in events.iter().zip(results) {
             match r {
                 Ok(()) => self
                     .metrics
@@ -252,14 +318,15 @@ impl Publisher {
                 Err(err) => self.metrics.delivery_error(err.kind()),
             }
         }
-        let acked = acknowledged(&events, &results);
+        let acked = acknowledged(events, results);
         let failed = events.len() - acked.len();
         if failed > 0 {
             let first = results.iter().find_map(|r| r.as_ref().err()).cloned();
             tracing::warn!(failed, sent = acked.len(), error = ?first, "some events were not acknowledged; they stay in the outbox");
         }
         self.metrics.events_published.inc_by(acked.len() as u64);
-        // The batch is the oldest rows in id order: when all went, one range delete does.
+        // Batches are read in id order and a failure restarts from the oldest row, so when a whole
+        // batch went, everything up to its last id went: one range delete does.
         match events.last() {
             Some(last) if failed == 0 => {
                 let through = last.history_id;
@@ -269,12 +336,7 @@ impl Publisher {
             }
             _ => self.store.call(move |db| db.outbox_delete(&acked)).await?,
         }
-        self.refresh_backlog().await?;
-        Ok(if failed > 0 {
-            Drained::Failed
-        } else {
-            Drained::Some
-        })
+        Ok(failed)
     }
 
     async fn refresh_backlog(&self) -> Result<(), StoreError> {

@@ -74,7 +74,7 @@ pub struct RunOptions {
 }
 
 /// Loads the watch list: the configured file (invalid lines reported, the rest used) plus the
-/// `watched_accounts` table, de-duplicated in that order.
+/// `watched_accounts` table, sorted and de-duplicated.
 pub async fn load_watch_list(config: &Config, store: &Store) -> Result<Vec<String>, ServiceError> {
     let mut ids = Vec::new();
     if let Some(path) = &config.watch.file {
@@ -87,9 +87,11 @@ pub async fn load_watch_list(config: &Config, store: &Store) -> Result<Vec<Strin
         }
         ids = parsed.ids;
     }
-    let from_table = store.call(|db| db.watched_ids()).await?;
-    let mut seen: std::collections::HashSet<String> = ids.iter().cloned().collect();
-    ids.extend(from_table.into_iter().filter(|id| seen.insert(id.clone())));
+    ids.extend(store.call(|db| db.watched_ids()).await?);
+    // Sweeping in id order keeps each transaction's writes close together in SQLite's b-trees
+    // (a random order dirties a page per row); sorting also folds duplicates.
+    ids.sort_unstable();
+    ids.dedup();
     Ok(ids)
 }
 

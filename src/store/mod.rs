@@ -417,14 +417,14 @@ impl Db {
     // ---- outbox -----------------------------------------------------------------------------
 
     /// The oldest pending events, in commit order (which is per-account order).
-    pub fn outbox_batch(&self, limit: usize) -> Result<Vec<OutboxEvent>, StoreError> {
+    pub fn outbox_batch(&self, after: i64, limit: usize) -> Result<Vec<OutboxEvent>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT o.history_id, o.committed_at, h.event_id, h.user_id, h.seq, h.from_state, h.to_state,
                     h.from_platforms, h.to_platforms, h.observed_at, h.previous_observed_at, h.sweep_id
              FROM outbox o JOIN presence_history h USING (history_id)
-             ORDER BY o.history_id LIMIT ?1",
+             WHERE o.history_id > ?1 ORDER BY o.history_id LIMIT ?2",
         )?;
-        let mut rows = stmt.query([limit as i64])?;
+        let mut rows = stmt.query([after, limit as i64])?;
         let mut out = Vec::new();
         while let Some(r) = rows.next()? {
             out.push(read_event(r)?);
