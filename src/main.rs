@@ -33,29 +33,13 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the daemon.
-    Run {
-        #[arg(
-            long,
-            short,
-            env = "PRESENCED_CONFIG",
-            default_value = "/etc/presenced/presenced.toml"
-        )]
-        config: PathBuf,
-    },
+    Run(ConfigArg),
     /// Run against the built-in IM simulator with a local SQLite file and show transitions.
     Demo(DemoArgs),
     /// Run the local IM simulator (for tests, benchmarks and trying things out).
     Sim(SimArgs),
     /// Validate a configuration file and print the effective configuration, secrets redacted.
-    CheckConfig {
-        #[arg(
-            long,
-            short,
-            env = "PRESENCED_CONFIG",
-            default_value = "/etc/presenced/presenced.toml"
-        )]
-        config: PathBuf,
-    },
+    CheckConfig(ConfigArg),
     /// Manage the watched_accounts table.
     Users {
         #[command(flatten)]
@@ -85,22 +69,30 @@ enum Command {
     },
     /// Re-publish recorded transitions (with their original event ids) for a new consumer.
     Replay {
-        #[arg(
-            long,
-            short,
-            env = "PRESENCED_CONFIG",
-            default_value = "/etc/presenced/presenced.toml"
-        )]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
         /// RFC 3339 time, date or Unix ms.
         #[arg(long)]
         since: String,
+        /// End of the range, exclusive (default: no end).
         #[arg(long)]
         until: Option<String>,
         /// Publish to this topic instead of kafka.topic.
         #[arg(long)]
         topic: Option<String>,
     },
+}
+
+#[derive(Args)]
+struct ConfigArg {
+    /// The configuration file.
+    #[arg(
+        long,
+        short,
+        env = "PRESENCED_CONFIG",
+        default_value = "/etc/presenced/presenced.toml"
+    )]
+    config: PathBuf,
 }
 
 #[derive(Args)]
@@ -199,10 +191,10 @@ fn init_logging(filter: &str, format: LogFormat) -> FilterHandle {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { config } => run_daemon(&config),
+        Command::Run(ConfigArg { config }) => run_daemon(&config),
         Command::Demo(args) => demo(args),
         Command::Sim(args) => run_sim(args),
-        Command::CheckConfig { config } => match Config::load(&config) {
+        Command::CheckConfig(ConfigArg { config }) => match Config::load(&config) {
             Ok(c) => {
                 print!("{}", c.to_redacted_toml());
                 eprintln!("{}: configuration is valid", config.display());
@@ -220,7 +212,7 @@ fn main() -> ExitCode {
         } => with_db(&db, |db| history(db, &account, since, until, json)),
         Command::Stats { db, json } => with_db(&db, |db| stats(db, json)),
         Command::Replay {
-            config,
+            config: ConfigArg { config },
             since,
             until,
             topic,

@@ -33,39 +33,33 @@ fn template_unit_verifies() {
     verify("presenced@app1.service", "systemd/presenced@.service");
 }
 
+/// Runs a systemd tool on one of our snippets inside `root`, asserting success.
+fn apply_snippet(tool: &str, extra: &[&str], root: &std::path::Path, snippet: &str) {
+    let out = Command::new(tool)
+        .arg(format!("--root={}", root.display()))
+        .args(extra)
+        .arg(format!("{}/systemd/{snippet}", env!("CARGO_MANIFEST_DIR")))
+        .output()
+        .unwrap_or_else(|e| panic!("{tool}: {e}"));
+    assert!(
+        out.status.success(),
+        "{tool} {snippet}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn sysusers_and_tmpfiles_snippets_apply_to_an_empty_root() {
     let root = tempfile::tempdir().unwrap();
     std::fs::create_dir(root.path().join("etc")).unwrap();
-    let root_arg = format!("--root={}", root.path().display());
-    let out = Command::new("systemd-sysusers")
-        .arg(&root_arg)
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/systemd/presenced.sysusers"
-        ))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    apply_snippet("systemd-sysusers", &[], root.path(), "presenced.sysusers");
     let passwd = std::fs::read_to_string(root.path().join("etc/passwd")).unwrap();
     assert!(passwd.starts_with("presenced:"), "{passwd}");
-    let out = Command::new("systemd-tmpfiles")
-        .arg(&root_arg)
-        .arg("--create")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/systemd/presenced.tmpfiles"
-        ))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    apply_snippet(
+        "systemd-tmpfiles",
+        &["--create"],
+        root.path(),
+        "presenced.tmpfiles",
     );
     assert!(root.path().join("etc/presenced").is_dir());
 }
