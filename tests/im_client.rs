@@ -54,6 +54,35 @@ async fn legacy_state_field_and_querystate_path() {
     assert!(
         matches!(&answer.outcomes[0].1, AccountOutcome::Observed(p) if p.state == State::Online)
     );
+    // The raw answer is shaped like the original page: State per account, Status in Detail.
+    let sig = presenced::im::usersig::generate(
+        &cfg.secret_key,
+        &cfg.admin,
+        cfg.sdkappid,
+        presenced::model::now_millis() / 1000,
+        600,
+    );
+    let url = format!(
+        "{}v4/openim/querystate?sdkappid={}&identifier={}&usersig={}&random=7&contenttype=json",
+        sim.base_url(),
+        cfg.sdkappid,
+        cfg.admin,
+        sig.expose()
+    );
+    let body = reqwest::Client::new()
+        .post(url)
+        .body(r#"{"To_Account":["user0"],"IsNeedDetail":1}"#)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(body.contains(r#""State":"Online""#), "{body}");
+    assert!(
+        body.contains(r#"{"Platform":"Android","Status":"Online"}"#),
+        "{body}"
+    );
     sim.stop().await;
 }
 

@@ -70,7 +70,8 @@ pub struct SimConfig {
     /// Calls per second before 60011; 0 disables the limit.
     pub calls_per_second: f64,
     pub max_accounts_per_call: usize,
-    /// Answer with the older `State` field instead of `Status`.
+    /// Answer with the older per-account `State` field instead of `Status` (as the original
+    /// querystate page shows; `Detail` entries keep `Status`).
     pub legacy_state_field: bool,
     pub faults: Faults,
 }
@@ -377,10 +378,16 @@ async fn query(
         stats.answered_ok += 1;
         stats.accounts_queried += ids.len() as u64;
     }
-    let mut body = serde_json::to_string(&response).expect("answers serialize");
+    let mut doc = serde_json::to_value(&response).expect("answers serialize");
     if config.legacy_state_field {
-        body = body.replace("\"Status\":", "\"State\":");
+        // As on the original querystate page: `State` per account, `Status` inside `Detail`.
+        for item in doc["QueryResult"].as_array_mut().into_iter().flatten() {
+            if let Some(status) = item.as_object_mut().and_then(|o| o.remove("Status")) {
+                item["State"] = status;
+            }
+        }
     }
+    let mut body = doc.to_string();
     if fault == Some(Fault::Truncated) {
         state.count_error("truncated_body");
         body.truncate(body.len() / 2);
