@@ -8,18 +8,9 @@ cd "$(dirname "$0")/.."
 log() { printf '\n==> %s\n' "$*" >&2; }
 
 # --- system packages --------------------------------------------------------------------------
-# gcc/make build the bundled librdkafka and SQLite; libssl-dev gives Kafka TLS and HTTPS;
-# python3 plays the analyst's second process; systemd provides systemd-analyze for the units.
-need=()
-for pkg in build-essential pkg-config libssl-dev python3 systemd; do
-  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
-done
-if ((${#need[@]})); then
-  log "installing ${need[*]}"
-  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+# Besides the build's own: python3 plays the analyst's second process; systemd provides
+# systemd-analyze for the unit tests.
+scripts/install-deps.sh python3 systemd
 
 # --- the test broker ----------------------------------------------------------------------------
 TANSU_VERSION=0.6.0
