@@ -164,6 +164,7 @@ async fn sighup_reloads_the_watch_list_and_metrics_move() {
         "presenced_api_calls_total",
         "presenced_outbox_backlog",
         "presenced_last_successful_sweep_timestamp_seconds",
+        "presenced_ratelimit_calls_per_second",
     ] {
         assert!(text.contains(name), "{name} missing from /metrics");
     }

@@ -260,6 +260,8 @@ impl ImClient {
         self.metrics
             .ratelimit_wait_seconds
             .inc_by(waited.as_secs_f64());
+        // The rate also climbs back inside the limiter after a throttle: keep the gauge current.
+        self.metrics.ratelimit_rate.set(self.limiter.current_rate());
         let sig = self.signature();
         let random: u32 = rand::rng().random();
         let mut url = self.endpoint.clone();
