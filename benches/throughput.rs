@@ -489,9 +489,9 @@ async fn kafka() {
         .collect();
     let started = Instant::now();
     let mut pending = Vec::with_capacity(EVENTS);
-    for (key, payload) in &payloads {
+    for ((key, payload), t) in payloads.iter().zip(&records) {
         let mut headers = rdkafka::message::OwnedHeaders::new();
-        for (k, v) in presenced::publish::event::cloudevents_headers(1_400_000_000, &records[0]) {
+        for (k, v) in presenced::publish::event::cloudevents_headers(1_400_000_000, t) {
             headers = headers.insert(rdkafka::message::Header {
                 key: k,
                 value: Some(v.as_bytes()),

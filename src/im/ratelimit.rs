@@ -42,10 +42,6 @@ impl RateLimiter {
         }
     }
 
-    pub fn ceiling(&self) -> f64 {
-        self.ceiling
-    }
-
     pub fn current_rate(&self) -> f64 {
         self.inner.lock().expect("limiter lock").rate
     }

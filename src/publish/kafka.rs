@@ -172,13 +172,6 @@ impl KafkaSink {
         Ok(())
     }
 
-    /// Sends a batch; returns one result per event, in order. With a state topic, an event counts
-    /// as delivered only when its current-state record was acknowledged too.
-    pub async fn deliver(&mut self, events: &[OutboxEvent]) -> Vec<Result<(), DeliveryError>> {
-        let enqueued = self.enqueue_batch(events).await;
-        self.settle_batch(enqueued).await
-    }
-
     /// Hands a batch to librdkafka, strictly in order, without waiting for acknowledgements, so
     /// the publisher can prepare the next batch while the broker works on this one.
     pub async fn enqueue_batch(&self, events: &[OutboxEvent]) -> Enqueued {
@@ -198,7 +191,8 @@ impl KafkaSink {
         Enqueued(pending)
     }
 
-    /// Waits for a batch's acknowledgements; one result per event, in order.
+    /// Waits for a batch's acknowledgements; one result per event, in order. With a state
+    /// topic, an event counts as delivered only when its current-state record was too.
     pub async fn settle_batch(&mut self, enqueued: Enqueued) -> Vec<Result<(), DeliveryError>> {
         let mut out = Vec::with_capacity(enqueued.0.len());
         for futures in enqueued.0 {

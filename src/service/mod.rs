@@ -269,6 +269,7 @@ pub async fn run(config: Config, mut options: RunOptions) -> Result<(), ServiceE
     }
     http_stop.cancel();
     let backlog = store.call(|db| db.outbox_backlog()).await?.0;
+    store.checkpoint().await?;
     drop(sweeper);
     drop(store);
     tracing::info!(backlog, "stopped cleanly");

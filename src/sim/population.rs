@@ -39,6 +39,8 @@ pub struct Population {
     ids: Vec<String>,
     index: HashMap<String, usize>,
     accounts: Vec<Option<Account>>,
+    /// Accounts that exist (the churn loop asks ten times a second).
+    live: usize,
     /// How long PushOnline lasts before IM reports Offline: 7 days divided by time compression.
     push_online_ttl_ms: i64,
 }
@@ -57,6 +59,7 @@ impl Population {
             ids: Vec::with_capacity(size),
             index: HashMap::with_capacity(size),
             accounts: Vec::with_capacity(size),
+            live: 0,
             push_online_ttl_ms,
         };
         for i in 0..size {
@@ -71,9 +74,12 @@ impl Population {
 
     fn insert(&mut self, id: String, account: Account) -> usize {
         if let Some(&i) = self.index.get(&id) {
-            self.accounts[i] = Some(account);
+            if self.accounts[i].replace(account).is_none() {
+                self.live += 1;
+            }
             return i;
         }
+        self.live += 1;
         let i = self.ids.len();
         self.index.insert(id.clone(), i);
         self.ids.push(id);
@@ -82,7 +88,7 @@ impl Population {
     }
 
     pub fn len(&self) -> usize {
-        self.accounts.iter().filter(|a| a.is_some()).count()
+        self.live
     }
 
     pub fn is_empty(&self) -> bool {
@@ -123,7 +129,11 @@ impl Population {
     /// The account stops existing (IM answers 70107 for it).
     pub fn delete(&mut self, id: &str) -> bool {
         match self.index.get(id) {
-            Some(&i) => self.accounts[i].take().is_some(),
+            Some(&i) => {
+                let existed = self.accounts[i].take().is_some();
+                self.live -= usize::from(existed);
+                existed
+            }
             None => false,
         }
     }
@@ -246,5 +256,9 @@ mod tests {
         assert!(p.delete("u5"));
         assert!(p.view("u5", 2).is_none());
         assert_eq!(p.len(), 999);
+        assert!(!p.delete("u5"));
+        p.set("u5", &[], 3);
+        p.set("new", &[], 3);
+        assert_eq!(p.len(), 1_001);
     }
 }

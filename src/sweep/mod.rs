@@ -45,7 +45,6 @@ pub struct SweepReport {
     pub outcome: SweepOutcome,
     pub started_at: i64,
     pub finished_at: i64,
-    pub batches_failed: u64,
 }
 
 /// Owns the snapshot; runs sweeps one at a time.
@@ -141,7 +140,6 @@ impl Sweeper {
             asked,
             ..Default::default()
         };
-        let mut batches_failed = 0;
 
         // Queries run in their own task so that in-flight calls keep going while a group of
         // answers is being committed.
@@ -162,7 +160,6 @@ impl Sweeper {
         let mut group = WriteSet::default();
         let mut group_batches = 0;
         let mut fatal = None;
-        let mut not_found_now = 0u64;
         while let Some((ids, result)) = answers_rx.recv().await {
             self.progress.store(now_millis(), Ordering::Relaxed);
             match result {
@@ -176,7 +173,6 @@ impl Sweeper {
                             sweep_id,
                             &mut group,
                             &mut counts,
-                            &mut not_found_now,
                         );
                     }
                 }
@@ -186,26 +182,22 @@ impl Sweeper {
                     fatal.get_or_insert(QueryError::Configuration { code, message });
                 }
                 Err(e) => {
-                    batches_failed += 1;
                     counts.failed += ids.len() as u64;
                     tracing::debug!(error = %e, accounts = ids.len(), "batch yielded no observations");
                 }
             }
             group_batches += 1;
             if group_batches >= self.settings.batches_per_transaction {
-                counts.transitions += group.transitions.len() as u64;
                 self.commit(std::mem::take(&mut group)).await?;
                 group_batches = 0;
             }
         }
-        counts.transitions += group.transitions.len() as u64;
         self.commit(group).await?;
         let _ = producer.await;
 
         self.metrics.accounts_observed.inc_by(counts.observed);
         self.metrics.accounts_failed.inc_by(counts.failed);
-        self.metrics.accounts_not_found.set(not_found_now as i64);
-        counts.not_found = not_found_now;
+        self.metrics.accounts_not_found.set(counts.not_found as i64);
         let outcome = if shutdown.is_cancelled() || fatal.is_some() {
             SweepOutcome::Stopped
         } else {
@@ -234,11 +226,9 @@ impl Sweeper {
             outcome,
             started_at,
             finished_at,
-            batches_failed,
         })
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn note(
         &mut self,
         user_id: &str,
@@ -247,11 +237,10 @@ impl Sweeper {
         sweep_id: i64,
         group: &mut WriteSet,
         counts: &mut SweepCounts,
-        not_found_now: &mut u64,
     ) {
         match outcome {
             AccountOutcome::Observed(_) => counts.observed += 1,
-            AccountOutcome::NotFound => *not_found_now += 1,
+            AccountOutcome::NotFound => counts.not_found += 1,
             AccountOutcome::Failed(why) => {
                 counts.failed += 1;
                 tracing::debug!(account = user_id, reason = %why, "no observation for account");
@@ -265,7 +254,10 @@ impl Sweeper {
             self.settings.platform_changes_are_transitions,
         );
         match decision {
-            Decision::Transition(t) => group.transitions.push(t),
+            Decision::Transition(t) => {
+                counts.transitions += 1;
+                group.transitions.push(t);
+            }
             Decision::NewlyNotFound => group
                 .not_found
                 .push((user_id.to_owned(), Some(observed_at))),
