@@ -4,6 +4,7 @@
 //! and takes work over a channel, so rusqlite never blocks the async runtime and every write
 //! goes through one owner.
 
+pub mod checkpoint;
 pub mod migrate;
 
 use crate::model::{platforms_from_json, platforms_to_json, PlatformStatus, State};
@@ -127,6 +128,9 @@ pub struct SweepRow {
 const CACHE_KIB: u32 = 64 * 1024;
 
 pub struct Db {
+    // Declared first so it stops first: the writer's connection then closes last and SQLite's
+    // own checkpoint at close empties the WAL.
+    checkpointer: Option<checkpoint::Checkpointer>,
     conn: Connection,
 }
 
@@ -183,7 +187,35 @@ impl Db {
         conn.pragma_update(None, "temp_store", "MEMORY")?;
         migrate::apply(&mut conn)?;
         conn.set_prepared_statement_cache_capacity(64);
-        Ok(Db { conn })
+        Ok(Db {
+            checkpointer: None,
+            conn,
+        })
+    }
+
+    /// Moves WAL checkpoints off this connection's commits onto a thread of their own (see
+    /// `checkpoint`). For the daemon's long-lived writer; short CLI runs keep SQLite's default.
+    pub fn checkpoint_in_background(&mut self, busy_timeout: Duration) -> Result<(), StoreError> {
+        let Some(path) = self
+            .conn
+            .path()
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
+        else {
+            return Ok(()); // in memory: there is no WAL
+        };
+        self.checkpointer = Some(checkpoint::Checkpointer::start(&path, busy_timeout)?);
+        self.conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        // After a large sweep the WAL is reset for reuse; keep at most this much of its file.
+        self.conn
+            .pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
+        Ok(())
+    }
+
+    fn written(&self) {
+        if let Some(c) = &self.checkpointer {
+            c.poke();
+        }
     }
 
     pub fn connection(&self) -> &Connection {
@@ -411,6 +443,7 @@ impl Db {
             }
         }
         tx.commit()?;
+        self.written();
         Ok(())
     }
 
@@ -630,9 +663,13 @@ impl Store {
 
     pub async fn open(path: &Path, busy_timeout: Duration) -> Result<Store, StoreError> {
         let path = path.to_owned();
-        let db = tokio::task::spawn_blocking(move || Db::open(&path, busy_timeout))
-            .await
-            .map_err(|_| StoreError::Closed)??;
+        let db = tokio::task::spawn_blocking(move || {
+            let mut db = Db::open(&path, busy_timeout)?;
+            db.checkpoint_in_background(busy_timeout)?;
+            Ok::<_, StoreError>(db)
+        })
+        .await
+        .map_err(|_| StoreError::Closed)??;
         Ok(Store::spawn(db))
     }
 
