@@ -460,6 +460,27 @@ async fn kafka() {
         metrics.clone(),
         Arc::new(tokio::sync::Notify::new()),
     );
+    // CPU time of this process and of the broker over each phase (scripts/bench.sh passes the
+    // broker's pid): whether a phase is bound by CPU or by waiting shows in these.
+    let broker_pid: Option<u32> = std::env::var("PRESENCED_BENCH_KAFKA_PID")
+        .ok()
+        .and_then(|p| p.parse().ok());
+    let cpu_now = || {
+        (
+            cpu_seconds(std::process::id()),
+            broker_pid.map_or(0.0, cpu_seconds),
+        )
+    };
+    let cpu_line = |phase: &str, (own0, broker0): (f64, f64), wall: Duration| {
+        let (own1, broker1) = cpu_now();
+        println!(
+            "  {phase}: CPU {:.2} s in the publishing process, {:.2} s in the broker, over {:.2} s",
+            own1 - own0,
+            broker1 - broker0,
+            wall.as_secs_f64()
+        );
+    };
+    let cpu_start = cpu_now();
     let started = Instant::now();
     loop {
         match publisher.drain_once().await.unwrap() {
@@ -475,6 +496,7 @@ async fn kafka() {
         outbox.as_secs_f64(),
         outbox_rate
     );
+    cpu_line("outbox publisher", cpu_start, outbox);
 
     // The same payloads and headers through a plain producer with the same settings.
     let producer: FutureProducer = client_config(&settings).create().unwrap();
@@ -487,6 +509,7 @@ async fn kafka() {
             )
         })
         .collect();
+    let cpu_start = cpu_now();
     let started = Instant::now();
     let mut pending = Vec::with_capacity(EVENTS);
     for ((key, payload), t) in payloads.iter().zip(&records) {
@@ -524,6 +547,7 @@ async fn kafka() {
         plain.as_secs_f64(),
         plain_rate
     );
+    cpu_line("plain producer", cpu_start, plain);
     println!(
         "ratio outbox publisher / plain producer: {:.2}",
         outbox_rate / plain_rate

@@ -17,6 +17,7 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); p
 tansu broker --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" \
   --storage-engine memory://tansu/ >/dev/null 2>&1 &
 broker=$!
+export PRESENCED_BENCH_KAFKA_PID=$broker
 tmp=$(mktemp -d)
 trap 'kill $broker 2>/dev/null || true; rm -rf "$tmp"' EXIT
 export PRESENCED_BENCH_KAFKA="127.0.0.1:$port"

@@ -172,18 +172,27 @@ impl KafkaSink {
         Ok(())
     }
 
+    /// What encodes this sink's records; it runs on the store thread, ahead of the sending.
+    pub fn encoder(&self) -> KafkaEncoder {
+        KafkaEncoder {
+            sdkappid: self.sdkappid,
+            with_state: self.has_state_topic(),
+        }
+    }
+
     /// Hands a batch to librdkafka, strictly in order, without waiting for acknowledgements, so
     /// the publisher can prepare the next batch while the broker works on this one.
-    pub async fn enqueue_batch(&self, events: &[OutboxEvent]) -> Enqueued {
+    pub async fn enqueue_batch(&self, events: &[OutboxEvent], records: Vec<Records>) -> Enqueued {
         let mut pending = Vec::with_capacity(events.len());
-        for e in events {
-            let t = &e.record;
-            let mut futures = vec![self.enqueue_event(t).await];
-            if let Some(state_topic) = self.state_topic() {
-                let value = StateV1::new(self.sdkappid, t).to_json();
-                let record = FutureRecord::to(state_topic)
-                    .key(t.user_id.as_bytes())
-                    .payload(&value);
+        for (e, r) in events.iter().zip(records) {
+            let key = e.record.user_id.as_bytes();
+            let record = FutureRecord::to(&self.settings.topic)
+                .key(key)
+                .payload(&r.value)
+                .headers(r.headers);
+            let mut futures = vec![self.enqueue(record).await];
+            if let (Some(state_topic), Some(state)) = (self.state_topic(), &r.state_value) {
+                let record = FutureRecord::to(state_topic).key(key).payload(state);
                 futures.push(self.enqueue(record).await);
             }
             pending.push(futures);
@@ -242,22 +251,6 @@ impl KafkaSink {
         }
     }
 
-    async fn enqueue_event(&self, t: &TransitionRecord) -> Result<DeliveryFuture, DeliveryError> {
-        let payload = EventV1::new(self.sdkappid, t).to_json();
-        let mut headers = OwnedHeaders::new_with_capacity(7);
-        for (key, value) in cloudevents_headers(self.sdkappid, t) {
-            headers = headers.insert(Header {
-                key,
-                value: Some(value.as_bytes()),
-            });
-        }
-        let record = FutureRecord::to(&self.settings.topic)
-            .key(t.user_id.as_bytes())
-            .payload(&payload)
-            .headers(headers);
-        self.enqueue(record).await
-    }
-
     /// Enqueues one record in order; QueueFull is back-pressure, so it waits and tries again.
     async fn enqueue<K, P>(
         &self,
@@ -310,6 +303,41 @@ impl KafkaSink {
     pub async fn flush(&self, timeout: Duration) {
         let producer = self.producer.clone();
         let _ = tokio::task::spawn_blocking(move || producer.flush(Timeout::After(timeout))).await;
+    }
+}
+
+/// One event's Kafka records, encoded: the event value with its CloudEvents headers, and the
+/// current-state value when a state topic is configured.
+pub struct Records {
+    value: Vec<u8>,
+    headers: OwnedHeaders,
+    state_value: Option<Vec<u8>>,
+}
+
+/// Encodes events into [`Records`]; cheap to clone and `Send`, so encoding can run on the store
+/// thread while the publisher's task sends the previous batch.
+#[derive(Debug, Clone)]
+pub struct KafkaEncoder {
+    sdkappid: u64,
+    with_state: bool,
+}
+
+impl KafkaEncoder {
+    pub fn encode(&self, t: &TransitionRecord) -> Records {
+        let mut headers = OwnedHeaders::new_with_capacity(7);
+        for (key, value) in cloudevents_headers(self.sdkappid, t) {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value.as_bytes()),
+            });
+        }
+        Records {
+            value: EventV1::new(self.sdkappid, t).to_json(),
+            headers,
+            state_value: self
+                .with_state
+                .then(|| StateV1::new(self.sdkappid, t).to_json()),
+        }
     }
 }
 

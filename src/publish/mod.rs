@@ -6,11 +6,11 @@ pub mod kafka;
 
 use crate::metrics::Metrics;
 use crate::model::now_millis;
-use crate::store::{OutboxEvent, Store, StoreError};
+use crate::store::{OutboxEvent, Store, StoreError, Submitted};
 use std::collections::HashSet;
 use std::io::Write;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -67,19 +67,75 @@ enum Pending {
     Done(Vec<Result<(), DeliveryError>>),
 }
 
+/// Turns outbox events into what a sink sends. It is `Send` and cheap to clone, so the
+/// publisher runs it on the store thread together with the read, off its own sending loop.
+#[derive(Debug, Clone)]
+pub enum Encoder {
+    Kafka(kafka::KafkaEncoder),
+    Stdout { style: StdoutStyle, sdkappid: u64 },
+}
+
+/// A batch of outbox events with their encoding.
+pub struct Batch {
+    events: Vec<OutboxEvent>,
+    encoded: Encoded,
+}
+
+enum Encoded {
+    Kafka(Vec<kafka::Records>),
+    Text(Vec<u8>),
+}
+
+impl std::fmt::Debug for Batch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Batch({} events)", self.events.len())
+    }
+}
+
+impl Encoder {
+    pub fn encode(&self, events: Vec<OutboxEvent>) -> Batch {
+        let encoded = match self {
+            Encoder::Kafka(k) => {
+                Encoded::Kafka(events.iter().map(|e| k.encode(&e.record)).collect())
+            }
+            Encoder::Stdout { style, sdkappid } => {
+                Encoded::Text(render_stdout(*style, *sdkappid, &events))
+            }
+        };
+        Batch { events, encoded }
+    }
+}
+
 impl Sink {
-    async fn deliver(&mut self, events: &[OutboxEvent]) -> Vec<Result<(), DeliveryError>> {
-        let pending = self.start(events).await;
-        self.finish(pending).await
+    pub fn encoder(&self) -> Encoder {
+        match self {
+            Sink::Kafka(k) => Encoder::Kafka(k.encoder()),
+            Sink::Stdout { style, sdkappid } => Encoder::Stdout {
+                style: *style,
+                sdkappid: *sdkappid,
+            },
+        }
+    }
+
+    async fn deliver(
+        &mut self,
+        events: Vec<OutboxEvent>,
+    ) -> (Vec<OutboxEvent>, Vec<Result<(), DeliveryError>>) {
+        let batch = self.encoder().encode(events);
+        let (events, pending) = self.start(batch).await;
+        let results = self.finish(pending).await;
+        (events, results)
     }
 
     /// Starts delivering a batch: Kafka gets it enqueued; stdout is written at once.
-    async fn start(&mut self, events: &[OutboxEvent]) -> Pending {
-        match self {
-            Sink::Kafka(k) => Pending::Kafka(k.enqueue_batch(events).await),
-            Sink::Stdout { style, sdkappid } => {
+    async fn start(&mut self, batch: Batch) -> (Vec<OutboxEvent>, Pending) {
+        let Batch { events, encoded } = batch;
+        let pending = match (&*self, encoded) {
+            (Sink::Kafka(k), Encoded::Kafka(records)) => {
+                Pending::Kafka(k.enqueue_batch(&events, records).await)
+            }
+            (Sink::Stdout { .. }, Encoded::Text(text)) => {
                 // A slow reader at the other end of a pipe blocks a helper thread, not the runtime.
-                let text = render_stdout(*style, *sdkappid, events);
                 let result = tokio::task::spawn_blocking(move || {
                     let stdout = std::io::stdout();
                     let mut out = stdout.lock();
@@ -91,7 +147,9 @@ impl Sink {
                 .map_err(|e| DeliveryError::Io(e.to_string()));
                 Pending::Done(events.iter().map(|_| result.clone()).collect())
             }
-        }
+            _ => unreachable!("a batch is encoded by its own sink's encoder"),
+        };
+        (events, pending)
     }
 
     async fn finish(&mut self, pending: Pending) -> Vec<Result<(), DeliveryError>> {
@@ -171,6 +229,14 @@ pub struct Publisher {
     /// The batch handed to the sink whose acknowledgements are awaited in the next round, so
     /// that reading and encoding the next batch overlaps the broker's work on this one.
     inflight: Option<(Vec<OutboxEvent>, Pending)>,
+    /// The batch after the one last started, being read and encoded on the store thread while
+    /// this task sends and settles: (the id it reads after, the read).
+    prefetch: Option<(i64, Submitted<Batch>)>,
+    /// The delete of the last acknowledged rows, running on the store thread while this task
+    /// goes on; collected before the next one is queued.
+    deleting: Option<Submitted<usize>>,
+    /// When the backlog metrics were last counted (a count walks the whole outbox).
+    backlog_counted: Option<Instant>,
 }
 
 impl Publisher {
@@ -188,7 +254,36 @@ impl Publisher {
             metrics,
             wake,
             inflight: None,
+            prefetch: None,
+            deleting: None,
+            backlog_counted: None,
         }
+    }
+
+    /// Queues the read and encoding of the batch after `after` on the store thread.
+    async fn read_batch(&self, after: i64) -> Result<Submitted<Batch>, StoreError> {
+        let limit = self.batch_size;
+        let encoder = self.sink.encoder();
+        self.store
+            .submit(move |db| Ok(encoder.encode(db.outbox_batch(after, limit)?)))
+            .await
+    }
+
+    /// The batch after `after`: the prefetched one when it was read from there, else read now.
+    async fn next_batch(&mut self, after: i64) -> Result<Batch, StoreError> {
+        let read = match self.prefetch.take() {
+            Some((from, read)) if from == after => read,
+            _ => self.read_batch(after).await?,
+        };
+        read.result().await
+    }
+
+    /// Waits for the last queued delete, so its errors surface and the rows are gone.
+    async fn deleted(&mut self) -> Result<(), StoreError> {
+        if let Some(delete) = self.deleting.take() {
+            delete.result().await?;
+        }
+        Ok(())
     }
 
     /// Publishes until `shutdown`, then flushes within `flush_timeout`. Whatever was not
@@ -233,7 +328,8 @@ impl Publisher {
         self.sink
             .flush(deadline.saturating_duration_since(tokio::time::Instant::now()))
             .await;
-        self.refresh_backlog().await?;
+        self.deleted().await?;
+        self.refresh_backlog(true).await?;
         Ok(())
     }
 
@@ -263,27 +359,31 @@ impl Publisher {
                 .call(move |db| db.delete_tombstones(&done))
                 .await?;
         }
-        // Pipelined: start the next batch, then settle the one in flight.
+        // Pipelined: start the next batch (read and encoded ahead), ask the store for the one
+        // after it, then settle the batch in flight.
         let after = self
             .inflight
             .as_ref()
             .and_then(|(events, _)| events.last())
             .map_or(0, |e| e.history_id);
-        let next = self
-            .store
-            .call(move |db| db.outbox_batch(after, limit))
-            .await?;
-        let next_pending = if next.is_empty() {
+        let next = self.next_batch(after).await?;
+        let full = next.events.len() == limit;
+        if let Some(last) = next.events.last().filter(|_| full) {
+            let after = last.history_id;
+            self.prefetch = Some((after, self.read_batch(after).await?));
+        }
+        let next_pending = if next.events.is_empty() {
             None
         } else {
-            Some(self.sink.start(&next).await)
+            Some(self.sink.start(next).await)
         };
         let Some((events, pending)) = self.inflight.take() else {
-            if next.is_empty() {
-                self.refresh_backlog().await?;
+            let Some(started) = next_pending else {
+                self.deleted().await?;
+                self.refresh_backlog(true).await?;
                 return Ok(Drained::Empty);
-            }
-            self.inflight = next_pending.map(|p| (next, p));
+            };
+            self.inflight = Some(started);
             return Ok(Drained::Some);
         };
         let results = self.sink.finish(pending).await;
@@ -291,14 +391,15 @@ impl Publisher {
         if failed > 0 {
             // The batch started after a failure may hold later events of the failed accounts:
             // let it settle but keep all its rows, so the next round re-sends from the oldest.
-            if let Some(p) = next_pending {
+            if let Some((_, p)) = next_pending {
                 let _ = self.sink.finish(p).await;
             }
-            self.refresh_backlog().await?;
+            self.prefetch = None;
+            self.refresh_backlog(true).await?;
             return Ok(Drained::Failed);
         }
-        self.inflight = next_pending.map(|p| (next, p));
-        self.refresh_backlog().await?;
+        self.inflight = next_pending;
+        self.refresh_backlog(false).await?;
         Ok(Drained::Some)
     }
 
@@ -327,19 +428,33 @@ impl Publisher {
         self.metrics.events_published.inc_by(acked.len() as u64);
         // Batches are read in id order and a failure restarts from the oldest row, so when a whole
         // batch went, everything up to its last id went: one range delete does.
+        // The range delete is only queued: the next batch is sent while the store thread runs it.
+        self.deleted().await?;
         match events.last() {
             Some(last) if failed == 0 => {
                 let through = last.history_id;
-                self.store
-                    .call(move |db| db.outbox_delete_through(through))
+                let delete = self
+                    .store
+                    .submit(move |db| db.outbox_delete_through(through))
                     .await?;
+                self.deleting = Some(delete);
             }
             _ => self.store.call(move |db| db.outbox_delete(&acked)).await?,
         }
         Ok(failed)
     }
 
-    async fn refresh_backlog(&self) -> Result<(), StoreError> {
+    /// Counts the backlog for the metrics: always when `now`, else at most once a second, since
+    /// a count walks the whole outbox and a draining publisher would spend its time counting.
+    async fn refresh_backlog(&mut self, now: bool) -> Result<(), StoreError> {
+        if !now
+            && self
+                .backlog_counted
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return Ok(());
+        }
+        self.backlog_counted = Some(Instant::now());
         let (count, oldest) = self.store.call(|db| db.outbox_backlog()).await?;
         self.metrics.outbox_backlog.set(count as i64);
         let age = oldest.map_or(0.0, |t| (now_millis() - t).max(0) as f64 / 1000.0);
@@ -431,7 +546,8 @@ pub async fn replay(
         after = last.history_id;
         let mut pending = page;
         for attempt in 1..=ATTEMPTS {
-            let results = sink.deliver(&pending).await;
+            let (sent, results) = sink.deliver(pending).await;
+            pending = sent;
             let acked: HashSet<i64> = acknowledged(&pending, &results).into_iter().collect();
             let first = results.iter().find_map(|r| r.as_ref().err()).cloned();
             done += acked.len() as u64;

@@ -467,21 +467,37 @@ impl Db {
 
     /// Deletes every outbox row up to and including `history_id` (a whole batch acknowledged).
     pub fn outbox_delete_through(&mut self, history_id: i64) -> Result<usize, StoreError> {
-        Ok(self
-            .conn
-            .execute("DELETE FROM outbox WHERE history_id <= ?1", [history_id])?)
+        self.without_fsync(|conn| {
+            conn.prepare_cached("DELETE FROM outbox WHERE history_id <= ?1")?
+                .execute([history_id])
+        })
     }
 
     pub fn outbox_delete(&mut self, history_ids: &[i64]) -> Result<(), StoreError> {
-        let tx = self.conn.transaction()?;
-        {
-            let mut stmt = tx.prepare_cached("DELETE FROM outbox WHERE history_id = ?1")?;
-            for id in history_ids {
-                stmt.execute([id])?;
+        self.without_fsync(|conn| {
+            let tx = conn.unchecked_transaction()?;
+            {
+                let mut stmt = tx.prepare_cached("DELETE FROM outbox WHERE history_id = ?1")?;
+                for id in history_ids {
+                    stmt.execute([id])?;
+                }
             }
-        }
-        tx.commit()?;
-        Ok(())
+            tx.commit()
+        })
+    }
+
+    /// Runs `f` with commits that skip the fsync. Only for writes whose loss at a power cut is
+    /// harmless: an outbox delete that is lost means a re-send, which consumers drop by event
+    /// id. The next ordinary commit syncs the WAL, these frames included.
+    fn without_fsync<R>(
+        &mut self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<R>,
+    ) -> Result<R, StoreError> {
+        self.conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let result = f(&self.conn);
+        self.conn.pragma_update(None, "synchronous", "FULL")?;
+        self.written();
+        Ok(result?)
     }
 
     /// (pending events, commit time of the oldest).
@@ -690,6 +706,16 @@ impl Store {
         R: Send + 'static,
         F: FnOnce(&mut Db) -> Result<R, StoreError> + Send + 'static,
     {
+        self.submit(f).await?.result().await
+    }
+
+    /// Queues `f` behind the jobs already queued and returns at once; the result is collected
+    /// later. Jobs run in the order they were submitted.
+    pub async fn submit<R, F>(&self, f: F) -> Result<Submitted<R>, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Db) -> Result<R, StoreError> + Send + 'static,
+    {
         let (tx, rx) = oneshot::channel();
         self.jobs
             .send(Box::new(move |db: &mut Db| {
@@ -697,7 +723,17 @@ impl Store {
             }))
             .await
             .map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        Ok(Submitted(rx))
+    }
+}
+
+/// A job queued on the store thread; dropping it discards the result, not the job.
+#[derive(Debug)]
+pub struct Submitted<R>(oneshot::Receiver<Result<R, StoreError>>);
+
+impl<R> Submitted<R> {
+    pub async fn result(self) -> Result<R, StoreError> {
+        self.0.await.map_err(|_| StoreError::Closed)?
     }
 }
 
