@@ -408,6 +408,64 @@ async fn broker_error_codes_from_the_mock_cluster() {
     p.sim.stop().await;
 }
 
+/// A backlog in which every account has several events, sent in batches of 5 so that several
+/// batches are in librdkafka at once when produce requests are refused: the refused events and
+/// every later event of their accounts stay in the outbox, and once the broker accepts again
+/// every transition arrives with per-account order kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_with_several_batches_in_flight_lose_nothing() {
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("window", 3, 1).unwrap();
+    let mut p = pipeline(30).await;
+    let sink = KafkaSink::new(&kafka_config(&mock.bootstrap_servers(), "window"), 7).unwrap();
+    assert!(sink.check_topic().await.unwrap());
+    let mut publisher = Publisher::new(
+        p.store.clone(),
+        Sink::Kafka(sink),
+        5,
+        Arc::new(Metrics::new()),
+        Arc::new(tokio::sync::Notify::new()),
+    );
+    let shutdown = CancellationToken::new();
+    p.control.churn(2.0).await;
+    let mut failed_rounds = 0;
+    for _ in 0..3 {
+        for _ in 0..4 {
+            p.sweeper.sweep(&shutdown).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        // librdkafka does not retry this error: the events of these requests fail.
+        mock.request_errors(
+            RDKafkaApiKey::Produce,
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 3],
+        );
+        if settle_round(&mut publisher).await == Drained::Failed {
+            failed_rounds += 1;
+        }
+        mock.clear_request_errors(RDKafkaApiKey::Produce);
+    }
+    p.control.churn(0.0).await;
+    drain_until_empty(&mut publisher, Duration::from_secs(60)).await;
+    assert!(
+        failed_rounds > 0,
+        "the injected errors never failed a round"
+    );
+
+    let history = all_history(&p.db_path);
+    assert!(history.len() > 90, "only {} transitions", history.len());
+    let addr = mock.bootstrap_servers();
+    let consumed = tokio::task::spawn_blocking({
+        let n = history.len();
+        move || consume(&addr, "window", n, Duration::from_secs(30))
+    })
+    .await
+    .unwrap();
+    assert_matches_history(&consumed, &history, 7);
+    p.sim.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daemon_binary_publishes_what_the_simulator_changes() {
     let addr = broker();

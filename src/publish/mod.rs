@@ -7,7 +7,7 @@ pub mod kafka;
 use crate::metrics::Metrics;
 use crate::model::now_millis;
 use crate::store::{OutboxEvent, Store, StoreError, Submitted};
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -218,6 +218,11 @@ pub fn acknowledged(events: &[OutboxEvent], results: &[Result<(), DeliveryError>
     ok
 }
 
+/// Batches enqueued in librdkafka before the oldest must be acknowledged. More than one keeps
+/// the broker busy while a batch is settled; a few also cover a new producer's first second
+/// (connection, producer id), when nothing is acknowledged yet.
+const BATCHES_IN_FLIGHT: usize = 4;
+
 #[derive(Debug)]
 pub struct Publisher {
     store: Store,
@@ -226,9 +231,9 @@ pub struct Publisher {
     metrics: Arc<Metrics>,
     /// Poked by the sweeper after each commit so new events go out without waiting for a tick.
     wake: Arc<Notify>,
-    /// The batch handed to the sink whose acknowledgements are awaited in the next round, so
-    /// that reading and encoding the next batch overlaps the broker's work on this one.
-    inflight: Option<(Vec<OutboxEvent>, Pending)>,
+    /// Batches handed to the sink whose acknowledgements are still awaited, oldest first, so
+    /// that the broker always has work while this task reads, sends and settles.
+    inflight: VecDeque<(Vec<OutboxEvent>, Pending)>,
     /// The batch after the one last started, being read and encoded on the store thread while
     /// this task sends and settles: (the id it reads after, the read).
     prefetch: Option<(i64, Submitted<Batch>)>,
@@ -253,7 +258,7 @@ impl Publisher {
             batch_size,
             metrics,
             wake,
-            inflight: None,
+            inflight: VecDeque::new(),
             prefetch: None,
             deleting: None,
             backlog_counted: None,
@@ -360,10 +365,10 @@ impl Publisher {
                 .await?;
         }
         // Pipelined: start the next batch (read and encoded ahead), ask the store for the one
-        // after it, then settle the batch in flight.
+        // after it, and settle the oldest batch once the window is full or the outbox is drained.
         let after = self
             .inflight
-            .as_ref()
+            .back()
             .and_then(|(events, _)| events.last())
             .map_or(0, |e| e.history_id);
         let next = self.next_batch(after).await?;
@@ -372,33 +377,31 @@ impl Publisher {
             let after = last.history_id;
             self.prefetch = Some((after, self.read_batch(after).await?));
         }
-        let next_pending = if next.events.is_empty() {
-            None
-        } else {
-            Some(self.sink.start(next).await)
-        };
-        let Some((events, pending)) = self.inflight.take() else {
-            let Some(started) = next_pending else {
-                self.deleted().await?;
-                self.refresh_backlog(true).await?;
-                return Ok(Drained::Empty);
-            };
-            self.inflight = Some(started);
+        if !next.events.is_empty() {
+            let started = self.sink.start(next).await;
+            self.inflight.push_back(started);
+        }
+        if full && self.inflight.len() < BATCHES_IN_FLIGHT {
             return Ok(Drained::Some);
+        }
+        let Some((events, pending)) = self.inflight.pop_front() else {
+            self.deleted().await?;
+            self.refresh_backlog(true).await?;
+            return Ok(Drained::Empty);
         };
         let results = self.sink.finish(pending).await;
         let failed = self.settled(&events, &results).await?;
         if failed > 0 {
-            // The batch started after a failure may hold later events of the failed accounts:
-            // let it settle but keep all its rows, so the next round re-sends from the oldest.
-            if let Some((_, p)) = next_pending {
-                let _ = self.sink.finish(p).await;
+            // The batches started after a failure may hold later events of the failed accounts:
+            // let them settle but keep all their rows, so the next round re-sends from the oldest.
+            let later: Vec<_> = self.inflight.drain(..).collect();
+            for (_, pending) in later {
+                let _ = self.sink.finish(pending).await;
             }
             self.prefetch = None;
             self.refresh_backlog(true).await?;
             return Ok(Drained::Failed);
         }
-        self.inflight = next_pending;
         self.refresh_backlog(false).await?;
         Ok(Drained::Some)
     }
