@@ -16,3 +16,9 @@ pub mod sim;
 pub mod store;
 pub mod sweep;
 pub mod watchlist;
+
+/// mimalloc instead of glibc's malloc: the publisher allocates each event's records on the store
+/// thread and frees them on the sending task, a cross-thread pattern on which glibc spent a third
+/// of the publisher's CPU (measured in docs/BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -279,6 +279,15 @@ impl Db {
     }
 
     /// Streams every `presence_current` row to `f`; returns how many there were.
+    /// Rows in `presence_current`, to size the snapshot before loading it.
+    pub fn current_count(&self) -> Result<usize, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT COUNT(*) FROM presence_current", [], |r| {
+                r.get::<_, i64>(0)
+            })? as usize)
+    }
+
     pub fn for_each_current(&self, mut f: impl FnMut(CurrentRow)) -> Result<usize, StoreError> {
         let mut stmt = self.conn.prepare(
             "SELECT user_id, state, platforms, seq, observed_at, not_found_since FROM presence_current",

@@ -73,7 +73,7 @@ impl Sweeper {
         let snapshot = store
             .call(|db| {
                 db.close_interrupted_sweeps()?;
-                let mut snapshot = Snapshot::new();
+                let mut snapshot = Snapshot::with_capacity(db.current_count()?);
                 db.for_each_current(|row| snapshot.insert_row(row))?;
                 Ok(snapshot)
             })

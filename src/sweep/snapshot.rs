@@ -75,15 +75,20 @@ pub struct Snapshot {
 
 impl Snapshot {
     pub fn new() -> Self {
+        Snapshot::with_capacity(0)
+    }
+
+    /// Sized up front for `accounts`, so loading a million rows does not grow the map through
+    /// a series of doublings whose freed tables the allocator may keep resident.
+    pub fn with_capacity(accounts: usize) -> Self {
         Snapshot {
-            accounts: HashMap::new(),
+            accounts: HashMap::with_capacity(accounts),
             platforms: PlatformSets::new(),
         }
     }
 
     pub fn from_rows(rows: Vec<CurrentRow>) -> Self {
-        let mut s = Snapshot::new();
-        s.accounts.reserve(rows.len());
+        let mut s = Snapshot::with_capacity(rows.len());
         for r in rows {
             s.insert_row(r);
         }
