@@ -441,18 +441,21 @@ async fn kafka() {
         not_found: vec![],
     })
     .unwrap();
-    let records: Vec<TransitionRecord> = (0..EVENTS)
-        .map(|i| {
-            transition(
-                format!("user{}", i % 50_000),
-                (i / 50_000 + 1) as u64,
-                None,
-                State::Online,
-                now,
-            )
-        })
-        .collect();
     drop(db);
+    // Round r's events: every one of 50,000 accounts gets seqs 4r+1 ..= 4r+4.
+    let round_records = |round: u64| -> Vec<TransitionRecord> {
+        (0..EVENTS)
+            .map(|i| {
+                transition(
+                    format!("user{}", i % 50_000),
+                    round * 4 + (i / 50_000 + 1) as u64,
+                    None,
+                    State::Online,
+                    now,
+                )
+            })
+            .collect()
+    };
     let settings = presenced::config::KafkaConfig {
         brokers: brokers.clone(),
         topic: topic.clone(),
@@ -470,68 +473,13 @@ async fn kafka() {
         metrics.clone(),
         Arc::new(tokio::sync::Notify::new()),
     );
+    let producer: FutureProducer = client_config(&settings).create().unwrap();
     // Each producer first delivers one event outside the clock: a new producer spends its
     // first second or so connecting and getting its producer id, which the daemon does at
     // start-up, not while a backlog drains.
     let started = Instant::now();
     while publisher.drain_once().await.unwrap() != Drained::Empty {}
     let publisher_warm_up = started.elapsed();
-    for chunk in records.chunks(10_000) {
-        let set = WriteSet {
-            transitions: chunk.to_vec(),
-            not_found: vec![],
-        };
-        store.call(move |db| db.apply(&set)).await.unwrap();
-    }
-    // CPU time of this process and of the broker over each phase (scripts/bench.sh passes the
-    // broker's pid): whether a phase is bound by CPU or by waiting shows in these.
-    let broker_pid: Option<u32> = std::env::var("PRESENCED_BENCH_KAFKA_PID")
-        .ok()
-        .and_then(|p| p.parse().ok());
-    let cpu_now = || {
-        (
-            cpu_seconds(std::process::id()),
-            broker_pid.map_or(0.0, cpu_seconds),
-        )
-    };
-    let cpu_line = |phase: &str, (own0, broker0): (f64, f64), wall: Duration| {
-        let (own1, broker1) = cpu_now();
-        println!(
-            "  {phase}: CPU {:.2} s in the publishing process, {:.2} s in the broker, over {:.2} s",
-            own1 - own0,
-            broker1 - broker0,
-            wall.as_secs_f64()
-        );
-    };
-    let cpu_start = cpu_now();
-    let started = Instant::now();
-    loop {
-        match publisher.drain_once().await.unwrap() {
-            Drained::Empty => break,
-            Drained::Failed => panic!("delivery failed during the benchmark"),
-            Drained::Some => {}
-        }
-    }
-    let outbox = started.elapsed();
-    let outbox_rate = EVENTS as f64 / outbox.as_secs_f64();
-    println!(
-        "outbox -> broker, acknowledged and deleted: {EVENTS} events in {:.2} s = {:.0} events/s",
-        outbox.as_secs_f64(),
-        outbox_rate
-    );
-    cpu_line("outbox publisher", cpu_start, outbox);
-
-    // The same payloads and headers through a plain producer with the same settings.
-    let producer: FutureProducer = client_config(&settings).create().unwrap();
-    let payloads: Vec<(String, Vec<u8>)> = records
-        .iter()
-        .map(|t| {
-            (
-                t.user_id.clone(),
-                presenced::publish::event::EventV1::new(1_400_000_000, t).to_json(),
-            )
-        })
-        .collect();
     let started = Instant::now();
     let warm_up_payload =
         presenced::publish::event::EventV1::new(1_400_000_000, &warm_up_event).to_json();
@@ -545,51 +493,119 @@ async fn kafka() {
         .await
         .unwrap();
     println!(
-        "warm-up (first event of a new producer acknowledged): outbox publisher {:.2} s, plain producer {:.2} s",
+        "warm-up, first event of a new producer acknowledged (not counted): outbox publisher {:.2} s, plain producer {:.2} s",
         publisher_warm_up.as_secs_f64(),
         started.elapsed().as_secs_f64()
     );
-    let cpu_start = cpu_now();
-    let started = Instant::now();
-    let mut pending = Vec::with_capacity(EVENTS);
-    for ((key, payload), t) in payloads.iter().zip(&records) {
-        let mut headers = rdkafka::message::OwnedHeaders::new();
-        for (k, v) in presenced::publish::event::cloudevents_headers(1_400_000_000, t) {
-            headers = headers.insert(rdkafka::message::Header {
-                key: k,
-                value: Some(v.as_bytes()),
-            });
+    // CPU time of this process and of the broker over each phase (scripts/bench.sh passes the
+    // broker's pid): whether a phase is bound by CPU or by waiting shows in these.
+    let broker_pid: Option<u32> = std::env::var("PRESENCED_BENCH_KAFKA_PID")
+        .ok()
+        .and_then(|p| p.parse().ok());
+    let cpu_now = || {
+        (
+            cpu_seconds(std::process::id()),
+            broker_pid.map_or(0.0, cpu_seconds),
+        )
+    };
+    let cpu_since = |(own0, broker0): (f64, f64)| {
+        let (own1, broker1) = cpu_now();
+        format!(
+            "CPU {:.2} s here + {:.2} s broker",
+            own1 - own0,
+            broker1 - broker0
+        )
+    };
+    // Rounds alternate the two, so that both see the same state of this shared, noisy machine;
+    // the ratio is taken of the medians.
+    const ROUNDS: u64 = 3;
+    let (mut outbox_rates, mut plain_rates) = (Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        let records = round_records(round);
+        for chunk in records.chunks(10_000) {
+            let set = WriteSet {
+                transitions: chunk.to_vec(),
+                not_found: vec![],
+            };
+            store.call(move |db| db.apply(&set)).await.unwrap();
         }
-        let mut record = FutureRecord::to(&topic)
-            .key(key.as_bytes())
-            .payload(payload)
-            .headers(headers);
+        let cpu_start = cpu_now();
+        let started = Instant::now();
         loop {
-            match producer.send_result(record) {
-                Ok(f) => {
-                    pending.push(f);
-                    break;
-                }
-                Err((_, back)) => {
-                    record = back;
-                    tokio::time::sleep(Duration::from_millis(1)).await;
+            match publisher.drain_once().await.unwrap() {
+                Drained::Empty => break,
+                Drained::Failed => panic!("delivery failed during the benchmark"),
+                Drained::Some => {}
+            }
+        }
+        let outbox = started.elapsed();
+        outbox_rates.push(EVENTS as f64 / outbox.as_secs_f64());
+        println!(
+            "round {}: outbox -> broker, acknowledged and deleted: {EVENTS} events in {:.2} s = {:.0} events/s ({})",
+            round + 1,
+            outbox.as_secs_f64(),
+            EVENTS as f64 / outbox.as_secs_f64(),
+            cpu_since(cpu_start)
+        );
+
+        // The same payloads and headers through a plain producer with the same settings.
+        let payloads: Vec<(String, Vec<u8>)> = records
+            .iter()
+            .map(|t| {
+                (
+                    t.user_id.clone(),
+                    presenced::publish::event::EventV1::new(1_400_000_000, t).to_json(),
+                )
+            })
+            .collect();
+        let cpu_start = cpu_now();
+        let started = Instant::now();
+        let mut pending = Vec::with_capacity(EVENTS);
+        for ((key, payload), t) in payloads.iter().zip(&records) {
+            let mut headers = rdkafka::message::OwnedHeaders::new();
+            for (k, v) in presenced::publish::event::cloudevents_headers(1_400_000_000, t) {
+                headers = headers.insert(rdkafka::message::Header {
+                    key: k,
+                    value: Some(v.as_bytes()),
+                });
+            }
+            let mut record = FutureRecord::to(&topic)
+                .key(key.as_bytes())
+                .payload(payload)
+                .headers(headers);
+            loop {
+                match producer.send_result(record) {
+                    Ok(f) => {
+                        pending.push(f);
+                        break;
+                    }
+                    Err((_, back)) => {
+                        record = back;
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
                 }
             }
         }
+        for f in pending {
+            f.await.unwrap().unwrap();
+        }
+        let plain = started.elapsed();
+        plain_rates.push(EVENTS as f64 / plain.as_secs_f64());
+        println!(
+            "round {}: plain rdkafka producer, same payloads, headers and settings: {:.2} s = {:.0} events/s ({})",
+            round + 1,
+            plain.as_secs_f64(),
+            EVENTS as f64 / plain.as_secs_f64(),
+            cpu_since(cpu_start)
+        );
     }
-    for f in pending {
-        f.await.unwrap().unwrap();
-    }
-    let plain = started.elapsed();
-    let plain_rate = EVENTS as f64 / plain.as_secs_f64();
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (outbox_rate, plain_rate) = (median(&mut outbox_rates), median(&mut plain_rates));
     println!(
-        "plain rdkafka producer, same payloads, headers and settings: {:.2} s = {:.0} events/s",
-        plain.as_secs_f64(),
-        plain_rate
-    );
-    cpu_line("plain producer", cpu_start, plain);
-    println!(
-        "ratio outbox publisher / plain producer: {:.2}",
+        "medians of {ROUNDS} rounds: outbox publisher {outbox_rate:.0} events/s, plain producer {plain_rate:.0} events/s, ratio {:.2}",
         outbox_rate / plain_rate
     );
 
