@@ -516,6 +516,17 @@ async fn kafka() {
             broker1 - broker0
         )
     };
+    // Prints one phase of a round; returns its rate.
+    let report = |round: u64, what: &str, took: Duration, cpu_start: (f64, f64)| {
+        let rate = EVENTS as f64 / took.as_secs_f64();
+        println!(
+            "round {}: {what}: {EVENTS} events in {:.2} s = {rate:.0} events/s ({})",
+            round + 1,
+            took.as_secs_f64(),
+            cpu_since(cpu_start)
+        );
+        rate
+    };
     // Rounds alternate the two, so that both see the same state of this shared, noisy machine;
     // the ratio is taken of the medians.
     const ROUNDS: u64 = 3;
@@ -538,15 +549,12 @@ async fn kafka() {
                 Drained::Some => {}
             }
         }
-        let outbox = started.elapsed();
-        outbox_rates.push(EVENTS as f64 / outbox.as_secs_f64());
-        println!(
-            "round {}: outbox -> broker, acknowledged and deleted: {EVENTS} events in {:.2} s = {:.0} events/s ({})",
-            round + 1,
-            outbox.as_secs_f64(),
-            EVENTS as f64 / outbox.as_secs_f64(),
-            cpu_since(cpu_start)
-        );
+        outbox_rates.push(report(
+            round,
+            "outbox -> broker, acknowledged and deleted",
+            started.elapsed(),
+            cpu_start,
+        ));
 
         // The same payloads and headers through a plain producer with the same settings.
         let payloads: Vec<(String, Vec<u8>)> = records
@@ -561,9 +569,12 @@ async fn kafka() {
         let cpu_start = cpu_now();
         let started = Instant::now();
         let mut pending = Vec::with_capacity(EVENTS);
+        let source = presenced::publish::event::cloudevents_source(1_400_000_000);
         for ((key, payload), t) in payloads.iter().zip(&records) {
-            let mut headers = rdkafka::message::OwnedHeaders::new();
-            for (k, v) in presenced::publish::event::cloudevents_headers(1_400_000_000, t) {
+            // Headers are built per event as the publisher does (its id and time formatted).
+            let event = presenced::publish::event::EventV1::new(1_400_000_000, t);
+            let mut headers = rdkafka::message::OwnedHeaders::new_with_capacity(7);
+            for (k, v) in presenced::publish::event::cloudevents_headers(&event, &source) {
                 headers = headers.insert(rdkafka::message::Header {
                     key: k,
                     value: Some(v.as_bytes()),
@@ -589,15 +600,12 @@ async fn kafka() {
         for f in pending {
             f.await.unwrap().unwrap();
         }
-        let plain = started.elapsed();
-        plain_rates.push(EVENTS as f64 / plain.as_secs_f64());
-        println!(
-            "round {}: plain rdkafka producer, same payloads, headers and settings: {:.2} s = {:.0} events/s ({})",
-            round + 1,
-            plain.as_secs_f64(),
-            EVENTS as f64 / plain.as_secs_f64(),
-            cpu_since(cpu_start)
-        );
+        plain_rates.push(report(
+            round,
+            "plain rdkafka producer, same payloads, headers and settings",
+            started.elapsed(),
+            cpu_start,
+        ));
     }
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);

@@ -85,15 +85,24 @@ impl<'a> StateV1<'a> {
     }
 }
 
-/// CloudEvents binary-mode headers for one event, as (name, value) pairs.
-pub fn cloudevents_headers(sdkappid: u64, t: &TransitionRecord) -> [(&'static str, String); 7] {
+/// `ce_source` of every event from one app.
+pub fn cloudevents_source(sdkappid: u64) -> String {
+    format!("/presenced/{sdkappid}")
+}
+
+/// CloudEvents binary-mode headers for one event, as (name, value) pairs. The values borrow
+/// from the encoded event, so the id and time are formatted once for both.
+pub fn cloudevents_headers<'e>(
+    event: &'e EventV1<'_>,
+    source: &'e str,
+) -> [(&'static str, &'e str); 7] {
     [
-        ("ce_specversion", "1.0".to_owned()),
-        ("ce_id", t.event_id.hyphenated().to_string()),
-        ("ce_type", CE_TYPE.to_owned()),
-        ("ce_source", format!("/presenced/{sdkappid}")),
-        ("ce_subject", t.user_id.clone()),
-        ("ce_time", format_millis(t.observed_at)),
-        ("content-type", "application/json".to_owned()),
+        ("ce_specversion", "1.0"),
+        ("ce_id", &event.event_id),
+        ("ce_type", CE_TYPE),
+        ("ce_source", source),
+        ("ce_subject", event.user_id),
+        ("ce_time", &event.observed_at),
+        ("content-type", "application/json"),
     ]
 }

@@ -1,7 +1,7 @@
 //! The Kafka sink: an idempotent producer (acks=all), enqueued strictly in outbox order so that
 //! one account's events keep their order on its partition.
 
-use super::event::{cloudevents_headers, EventV1, StateV1};
+use super::event::{cloudevents_headers, cloudevents_source, EventV1, StateV1};
 use super::DeliveryError;
 use crate::config::KafkaConfig;
 use crate::store::{OutboxEvent, TransitionRecord};
@@ -176,6 +176,7 @@ impl KafkaSink {
     pub fn encoder(&self) -> KafkaEncoder {
         KafkaEncoder {
             sdkappid: self.sdkappid,
+            source: cloudevents_source(self.sdkappid),
             with_state: self.has_state_topic(),
         }
     }
@@ -319,20 +320,23 @@ pub struct Records {
 #[derive(Debug, Clone)]
 pub struct KafkaEncoder {
     sdkappid: u64,
+    /// `ce_source`, the same for every event.
+    source: String,
     with_state: bool,
 }
 
 impl KafkaEncoder {
     pub fn encode(&self, t: &TransitionRecord) -> Records {
+        let event = EventV1::new(self.sdkappid, t);
         let mut headers = OwnedHeaders::new_with_capacity(7);
-        for (key, value) in cloudevents_headers(self.sdkappid, t) {
+        for (key, value) in cloudevents_headers(&event, &self.source) {
             headers = headers.insert(Header {
                 key,
                 value: Some(value.as_bytes()),
             });
         }
         Records {
-            value: EventV1::new(self.sdkappid, t).to_json(),
+            value: event.to_json(),
             headers,
             state_value: self
                 .with_state

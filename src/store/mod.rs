@@ -278,7 +278,6 @@ impl Db {
         Ok(out)
     }
 
-    /// Streams every `presence_current` row to `f`; returns how many there were.
     /// Rows in `presence_current`, to size the snapshot before loading it.
     pub fn current_count(&self) -> Result<usize, StoreError> {
         Ok(self
@@ -288,6 +287,7 @@ impl Db {
             })? as usize)
     }
 
+    /// Streams every `presence_current` row to `f`; returns how many there were.
     pub fn for_each_current(&self, mut f: impl FnMut(CurrentRow)) -> Result<usize, StoreError> {
         let mut stmt = self.conn.prepare(
             "SELECT user_id, state, platforms, seq, observed_at, not_found_since FROM presence_current",
