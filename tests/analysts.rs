@@ -76,6 +76,7 @@ fn build() -> (tempfile::TempDir, Db) {
         last.insert(user, (prev.map_or(1, |p| p.0 + 1), to, platforms, at));
     }
     db.apply(&set).unwrap();
+    db.fold_all().unwrap();
     (dir, db)
 }
 

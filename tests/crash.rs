@@ -69,8 +69,8 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
         std::thread::sleep(Duration::from_millis(wait));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
-        let db = Db::open(&db_path, Duration::from_secs(5)).unwrap();
-        check_invariants(&db);
+        let mut db = Db::open(&db_path, Duration::from_secs(5)).unwrap();
+        check_invariants(&mut db);
         eprintln!(
             "round {round}: killed after {wait} ms, {} completed sweeps so far",
             completed_sweeps(&db)
@@ -106,8 +106,8 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
     let status = child.wait().unwrap();
     assert!(status.success(), "SIGTERM must exit 0, got {status:?}");
 
-    let db = Db::open(&db_path, Duration::from_secs(5)).unwrap();
-    check_invariants(&db);
+    let mut db = Db::open(&db_path, Duration::from_secs(5)).unwrap();
+    check_invariants(&mut db);
     let truth = control.truth().await;
     let current = db.load_current().unwrap();
     let by_id: std::collections::HashMap<_, _> =

@@ -246,8 +246,13 @@ async fn sigterm_in_the_middle_of_a_sweep_loses_nothing() {
     signal(&child, "TERM");
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
-    let db_handle = Db::open(&db, Duration::from_secs(5)).unwrap();
-    check_invariants(&db_handle);
+    let mut db_handle = Db::open(&db, Duration::from_secs(5)).unwrap();
+    assert_eq!(
+        db_handle.unfolded().unwrap(),
+        0,
+        "a clean stop leaves current state up to date"
+    );
+    check_invariants(&mut db_handle);
     let history = query_i64(&db, "SELECT COUNT(*) FROM presence_history");
     assert!(
         history < 2000,

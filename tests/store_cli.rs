@@ -25,7 +25,8 @@ fn record(user: &str, seq: u64, from: Option<State>, to: State, at: i64) -> Tran
     }
 }
 
-/// alice: 3 old transitions and 1 recent; bob: 1 old (his latest); all published except one.
+/// alice: 3 old transitions and 1 recent; bob: 1 old (his latest). Published: alice's first and
+/// bob's (the first two rows); folded: everything, as after a sweep.
 fn populated(dir: &std::path::Path) -> std::path::PathBuf {
     let path = dir.join("p.db");
     let mut db = Db::open(&path, Duration::from_secs(5)).unwrap();
@@ -35,18 +36,16 @@ fn populated(dir: &std::path::Path) -> std::path::PathBuf {
     let set = WriteSet {
         transitions: vec![
             record("alice", 1, None, State::Online, old),
+            record("bob", 1, None, State::PushOnline, old + 500),
             record("alice", 2, Some(State::Online), State::Offline, old + 1_000),
             record("alice", 3, Some(State::Offline), State::Online, old + 2_000),
-            record("bob", 1, None, State::PushOnline, old + 3_000),
             record("alice", 4, Some(State::Online), State::Offline, now),
         ],
         not_found: vec![("ghost".into(), Some(now))],
     };
     db.apply(&set).unwrap();
-    // Everything published except alice's second transition.
-    db.connection()
-        .execute("DELETE FROM outbox WHERE history_id IN (SELECT history_id FROM presence_history WHERE NOT (user_id = 'alice' AND seq = 2))", [])
-        .unwrap();
+    db.mark_published(2).unwrap();
+    db.fold_all().unwrap();
     path
 }
 
@@ -56,24 +55,41 @@ fn retention_prunes_in_chunks_but_keeps_unsent_and_latest_rows() {
     let path = populated(dir.path());
     let mut db = Db::open(&path, Duration::from_secs(5)).unwrap();
     let before = presenced::model::now_millis() - 30 * DAY;
-    let mut chunks = 0;
-    while db.prune_history(before, 1).unwrap() > 0 {
-        chunks += 1;
-    }
-    // Only alice seq 1 and 3 may go: seq 2 is unsent, seq 4 is recent, bob's only row is his latest.
-    assert_eq!(chunks, 2);
-    let left: Vec<(String, i64)> = db
-        .connection()
-        .prepare("SELECT user_id, seq FROM presence_history ORDER BY user_id, seq")
-        .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
-    assert_eq!(
-        left,
-        vec![("alice".into(), 2), ("alice".into(), 4), ("bob".into(), 1)]
-    );
+    let prune = |db: &mut Db| {
+        let mut chunks = 0;
+        while db.prune_history(before, 1).unwrap() > 0 {
+            chunks += 1;
+        }
+        chunks
+    };
+    let left = |db: &Db, table: &str| -> Vec<(String, i64)> {
+        db.connection()
+            .prepare(&format!(
+                "SELECT user_id, seq FROM {table} ORDER BY user_id, seq"
+            ))
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    // Only alice's first may go: her 2 and 3 are unsent, her 4 is recent, bob's only row is
+    // his latest.
+    assert_eq!(prune(&mut db), 1);
+    let expected: Vec<(String, i64)> = vec![
+        ("alice".into(), 2),
+        ("alice".into(), 3),
+        ("alice".into(), 4),
+        ("bob".into(), 1),
+    ];
+    assert_eq!(left(&db, "presence_history"), expected);
+    assert_eq!(left(&db, "presence_history_by_account"), expected);
+    // Once they are published, alice's 2 and 3 go too, one chunk each.
+    db.mark_published(5).unwrap();
+    assert_eq!(prune(&mut db), 2);
+    let expected: Vec<(String, i64)> = vec![("alice".into(), 4), ("bob".into(), 1)];
+    assert_eq!(left(&db, "presence_history"), expected);
+    assert_eq!(left(&db, "presence_history_by_account"), expected);
 }
 
 #[test]
@@ -130,11 +146,11 @@ fn history_and_stats_commands() {
     assert_eq!(stats["push_online"], 1);
     assert_eq!(stats["not_found"], 1);
     assert_eq!(stats["history_rows"], 5);
-    assert_eq!(stats["outbox_backlog"], 1);
+    assert_eq!(stats["outbox_backlog"], 3);
     let out = Command::new(bin)
         .args(["stats", "--db"])
         .arg(&path)
         .output()
         .unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).contains("outbox backlog    1"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("outbox backlog    3"));
 }

@@ -1,5 +1,6 @@
-//! Drains the outbox into a sink (Kafka or stdout). An outbox row goes only after its delivery
-//! succeeded, so a sink that is down means a backlog, never a loss.
+//! Drains the outbox into a sink (Kafka or stdout). An event leaves the outbox (the publish mark
+//! moves past it) only after its delivery and every delivery before it succeeded, so a sink that
+//! is down means a backlog, never a loss.
 
 pub mod event;
 pub mod kafka;
@@ -201,8 +202,8 @@ fn render_stdout(style: StdoutStyle, sdkappid: u64, events: &[OutboxEvent]) -> V
     out
 }
 
-/// Of a batch's results, the outbox rows that may go: every success, except those that follow a
-/// failure of the same account in this batch. Re-sending those keeps per-account order (a
+/// For `replay`: of a batch's results, the events that are done: every success, except those
+/// that follow a failure of the same account in this batch. Re-sending those keeps per-account order (a
 /// consumer may see a duplicate, which the event id and seq let it drop; never a reordering).
 pub fn acknowledged(events: &[OutboxEvent], results: &[Result<(), DeliveryError>]) -> Vec<i64> {
     let mut blocked: HashSet<&str> = HashSet::new();
@@ -216,6 +217,21 @@ pub fn acknowledged(events: &[OutboxEvent], results: &[Result<(), DeliveryError>
         }
     }
     ok
+}
+
+/// Of a batch's results, the last outbox id before the first failure: everything up to it was
+/// acknowledged and leaves the outbox. Later successes are sent again after the failed event,
+/// which keeps per-account order; consumers drop the duplicates by event id.
+pub fn published_through(
+    events: &[OutboxEvent],
+    results: &[Result<(), DeliveryError>],
+) -> Option<i64> {
+    events
+        .iter()
+        .zip(results)
+        .take_while(|(_, r)| r.is_ok())
+        .last()
+        .map(|(e, _)| e.history_id)
 }
 
 /// Batches enqueued in librdkafka before the oldest must be acknowledged. More than one keeps
@@ -237,9 +253,9 @@ pub struct Publisher {
     /// The batch after the one last started, being read and encoded on the store thread while
     /// this task sends and settles: (the id it reads after, the read).
     prefetch: Option<(i64, Submitted<Batch>)>,
-    /// The delete of the last acknowledged rows, running on the store thread while this task
-    /// goes on; collected before the next one is queued.
-    deleting: Option<Submitted<usize>>,
+    /// The publish mark of the last acknowledged batch, being written on the store thread while
+    /// this task goes on; collected before the next one is queued.
+    marking: Option<Submitted<()>>,
     /// When the backlog metrics were last counted (a count walks the whole outbox).
     backlog_counted: Option<Instant>,
 }
@@ -260,7 +276,7 @@ impl Publisher {
             wake,
             inflight: VecDeque::new(),
             prefetch: None,
-            deleting: None,
+            marking: None,
             backlog_counted: None,
         }
     }
@@ -283,10 +299,10 @@ impl Publisher {
         read.result().await
     }
 
-    /// Waits for the last queued delete, so its errors surface and the rows are gone.
-    async fn deleted(&mut self) -> Result<(), StoreError> {
-        if let Some(delete) = self.deleting.take() {
-            delete.result().await?;
+    /// Waits for the last queued publish mark, so its errors surface.
+    async fn marked(&mut self) -> Result<(), StoreError> {
+        if let Some(mark) = self.marking.take() {
+            mark.result().await?;
         }
         Ok(())
     }
@@ -333,12 +349,12 @@ impl Publisher {
         self.sink
             .flush(deadline.saturating_duration_since(tokio::time::Instant::now()))
             .await;
-        self.deleted().await?;
+        self.marked().await?;
         self.refresh_backlog(true).await?;
         Ok(())
     }
 
-    /// One round: read a batch, deliver it, delete what was acknowledged.
+    /// One round: read a batch, deliver it, mark what was acknowledged.
     pub async fn drain_once(&mut self) -> Result<Drained, StoreError> {
         let limit = self.batch_size;
         // Tombstones first: an account removed and added again gets its tombstone before its new
@@ -385,7 +401,7 @@ impl Publisher {
             return Ok(Drained::Some);
         }
         let Some((events, pending)) = self.inflight.pop_front() else {
-            self.deleted().await?;
+            self.marked().await?;
             self.refresh_backlog(true).await?;
             return Ok(Drained::Empty);
         };
@@ -406,7 +422,7 @@ impl Publisher {
         Ok(Drained::Some)
     }
 
-    /// Records a settled batch: metrics, then deletes what may go. Returns how many failed.
+    /// Records a settled batch: metrics, then moves the publish mark. Returns how many failed.
     async fn settled(
         &mut self,
         events: &[OutboxEvent],
@@ -422,27 +438,23 @@ impl Publisher {
                 Err(err) => self.metrics.delivery_error(err.kind()),
             }
         }
-        let acked = acknowledged(events, results);
-        let failed = events.len() - acked.len();
+        let through = published_through(events, results);
+        let failed = results.iter().filter(|r| r.is_err()).count();
         if failed > 0 {
             let first = results.iter().find_map(|r| r.as_ref().err()).cloned();
-            tracing::warn!(failed, sent = acked.len(), error = ?first, "some events were not acknowledged; they stay in the outbox");
+            tracing::warn!(failed, error = ?first, "some events were not acknowledged; they and the events after them stay in the outbox");
         }
-        self.metrics.events_published.inc_by(acked.len() as u64);
-        // Batches are read in id order and a failure restarts from the oldest row, so when a whole
-        // batch went, everything up to its last id went: one range delete does.
-        // The range delete is only queued: the next batch is sent while the store thread runs it.
-        self.deleted().await?;
-        match events.last() {
-            Some(last) if failed == 0 => {
-                let through = last.history_id;
-                let delete = self
-                    .store
-                    .submit(move |db| db.outbox_delete_through(through))
-                    .await?;
-                self.deleting = Some(delete);
-            }
-            _ => self.store.call(move |db| db.outbox_delete(&acked)).await?,
+        self.metrics
+            .events_published
+            .inc_by((events.len() - failed) as u64);
+        // Only queued: the next batch is sent while the store thread writes the mark.
+        self.marked().await?;
+        if let Some(through) = through {
+            self.marking = Some(
+                self.store
+                    .submit(move |db| db.mark_published(through))
+                    .await?,
+            );
         }
         Ok(failed)
     }
@@ -496,6 +508,22 @@ mod tests {
                 sweep_id: 1,
             },
         }
+    }
+
+    #[test]
+    fn the_publish_mark_stops_before_the_first_failure() {
+        let events = vec![ev(1, "a"), ev(2, "b"), ev(3, "a"), ev(4, "b")];
+        let ok = || Ok(());
+        let err = || Err(DeliveryError::Timeout);
+        assert_eq!(
+            published_through(&events, &[ok(), ok(), err(), ok()]),
+            Some(2)
+        );
+        assert_eq!(published_through(&events, &[err(), ok(), ok(), ok()]), None);
+        assert_eq!(
+            published_through(&events, &[ok(), ok(), ok(), ok()]),
+            Some(4)
+        );
     }
 
     #[test]

@@ -15,6 +15,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "0002_state_tombstones.sql",
         include_str!("../../migrations/0002_state_tombstones.sql"),
     ),
+    (
+        3,
+        "0003_append_only_commits.sql",
+        include_str!("../../migrations/0003_append_only_commits.sql"),
+    ),
 ];
 
 pub fn latest_version() -> i64 {

@@ -1,5 +1,10 @@
 //! SQLite: migrations, the watch-list table, current state, history, sweeps and the outbox.
 //!
+//! A sweep's commit only appends to `presence_history` (the outbox is the history after the
+//! sink's mark). `presence_current` and `presence_history_by_account` are derived from the
+//! history by `fold`, behind the commits: once per sweep and at start-up. A crash between a
+//! commit and its fold loses nothing; the next fold picks the rows up.
+//!
 //! `Db` is the synchronous API over one connection. `Store` runs a `Db` on a dedicated thread
 //! and takes work over a channel, so rusqlite never blocks the async runtime and every write
 //! goes through one owner.
@@ -8,7 +13,7 @@ pub mod checkpoint;
 pub mod migrate;
 
 use crate::model::{platforms_from_json, platforms_to_json, PlatformStatus, State};
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -46,7 +51,7 @@ pub struct CurrentRow {
     pub not_found_since: Option<i64>,
 }
 
-/// A transition as written: one history row, one outbox row, and the new current state.
+/// A transition as written: one history row (which is also the outbox entry until published).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TransitionRecord {
     pub event_id: uuid::Uuid,
@@ -106,6 +111,9 @@ pub struct Stats {
     pub offline: u64,
     pub not_found: u64,
     pub history_rows: u64,
+    /// Transitions committed since current state was last brought up to date (the per-state
+    /// counts above do not include them yet).
+    pub not_folded: u64,
     pub outbox_backlog: u64,
     pub outbox_oldest_ms: Option<i64>,
     pub last_sweep: Option<SweepRow>,
@@ -123,6 +131,11 @@ pub struct SweepRow {
     pub transitions: u64,
     pub outcome: String,
 }
+
+/// History rows per fold transaction: large enough that each page of the account-keyed tables
+/// is written once per sweep, small enough that a fold holds the write lock for well under a
+/// second.
+pub const FOLD_CHUNK: usize = 50_000;
 
 /// SQLite page cache for the daemon's connection.
 const CACHE_KIB: u32 = 64 * 1024;
@@ -314,6 +327,8 @@ impl Db {
     /// The account left the watch list: forget its state (its next observation, if it comes
     /// back, is `initial` again) but keep its sequence number.
     pub fn forget(&mut self, ids: &[String]) -> Result<(), StoreError> {
+        // A later fold of older rows must not bring the state back.
+        self.fold_all()?;
         let tx = self.conn.transaction()?;
         {
             let mut stmt = tx.prepare_cached(
@@ -399,28 +414,20 @@ impl Db {
 
     // ---- the write path ---------------------------------------------------------------------
 
-    /// Writes current state, history and outbox for a group of batches in one transaction.
+    /// Makes a group of batches durable in one transaction: appends their history rows (the
+    /// outbox is the history after the sink's mark) and records not-found marks. Current state
+    /// follows in the next `fold`.
     pub fn apply(&mut self, set: &WriteSet) -> Result<(), StoreError> {
         let committed_at = crate::model::now_millis();
         let tx = self.conn.transaction()?;
         {
             let mut history = tx.prepare_cached(
                 "INSERT INTO presence_history (event_id, user_id, seq, kind, from_state, to_state,
-                     from_platforms, to_platforms, observed_at, previous_observed_at, sweep_id)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            )?;
-            let mut outbox =
-                tx.prepare_cached("INSERT INTO outbox (history_id, committed_at) VALUES (?1, ?2)")?;
-            let mut current = tx.prepare_cached(
-                "INSERT INTO presence_current (user_id, state, platforms, seq, observed_at, changed_at, not_found_since)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?5, NULL)
-                 ON CONFLICT (user_id) DO UPDATE SET state = excluded.state, platforms = excluded.platforms,
-                     seq = excluded.seq, observed_at = excluded.observed_at, changed_at = excluded.changed_at,
-                     not_found_since = NULL",
+                     from_platforms, to_platforms, observed_at, previous_observed_at, sweep_id, committed_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             )?;
             let mut event_id_text = uuid::Uuid::encode_buffer();
             for t in &set.transitions {
-                let to_platforms = platforms_to_json(&t.to_platforms);
                 history.execute(params![
                     &*t.event_id.hyphenated().encode_lower(&mut event_id_text),
                     t.user_id,
@@ -429,18 +436,11 @@ impl Db {
                     t.from.map(State::as_str),
                     t.to.as_str(),
                     t.from_platforms.as_deref().map(platforms_to_json),
-                    to_platforms,
+                    platforms_to_json(&t.to_platforms),
                     t.observed_at,
                     t.previous_observed_at,
                     t.sweep_id,
-                ])?;
-                outbox.execute(params![tx.last_insert_rowid(), committed_at])?;
-                current.execute(params![
-                    t.user_id,
-                    t.to.as_str(),
-                    to_platforms,
-                    t.seq as i64,
-                    t.observed_at
+                    committed_at,
                 ])?;
             }
             let mut not_found = tx.prepare_cached(
@@ -456,15 +456,84 @@ impl Db {
         Ok(())
     }
 
+    /// Brings `presence_current` and `presence_history_by_account` up to date with the history,
+    /// at most `limit` history rows per call (one transaction each, so that other work on this
+    /// connection interleaves). Returns how many rows it folded; 0 means up to date.
+    ///
+    /// Idempotent and order-safe: a row only replaces an account's current state when its seq
+    /// is higher, and a not-found mark written after the row's observation survives it.
+    pub fn fold(&mut self, limit: usize) -> Result<usize, StoreError> {
+        // Derived data, rebuilt from the history if a power cut loses it (the mark goes with it).
+        self.without_fsync(|conn| {
+            let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
+            let from = mark(&tx, "folded")?;
+            let Some(through): Option<i64> = tx.query_row(
+                "SELECT MAX(history_id) FROM
+                     (SELECT history_id FROM presence_history WHERE history_id > ?1
+                      ORDER BY history_id LIMIT ?2)",
+                params![from, limit as i64],
+                |r| r.get(0),
+            )?
+            else {
+                return Ok(0);
+            };
+            // In account order, so each page of the account-keyed tables is visited once.
+            let folded = tx
+                .prepare_cached(
+                    "INSERT INTO presence_history_by_account (user_id, seq, history_id)
+                     SELECT user_id, seq, history_id FROM presence_history
+                     WHERE history_id > ?1 AND history_id <= ?2 ORDER BY user_id, seq",
+                )?
+                .execute([from, through])?;
+            tx.prepare_cached(
+                "INSERT INTO presence_current (user_id, state, platforms, seq, observed_at, changed_at, not_found_since)
+                 SELECT user_id, to_state, to_platforms, seq, observed_at, observed_at, NULL
+                 FROM presence_history WHERE history_id > ?1 AND history_id <= ?2 ORDER BY user_id, seq
+                 ON CONFLICT (user_id) DO UPDATE SET state = excluded.state, platforms = excluded.platforms,
+                     seq = excluded.seq, observed_at = excluded.observed_at, changed_at = excluded.changed_at,
+                     not_found_since = CASE WHEN presence_current.not_found_since > excluded.observed_at
+                                            THEN presence_current.not_found_since END
+                 WHERE excluded.seq > presence_current.seq",
+            )?
+            .execute([from, through])?;
+            tx.prepare_cached("UPDATE store_marks SET history_id = ?1 WHERE mark = 'folded'")?
+                .execute([through])?;
+            tx.commit()?;
+            Ok(folded)
+        })
+    }
+
+    /// Folds everything pending (see `fold`); returns how many rows.
+    pub fn fold_all(&mut self) -> Result<usize, StoreError> {
+        let mut total = 0;
+        loop {
+            match self.fold(FOLD_CHUNK)? {
+                0 => return Ok(total),
+                n => total += n,
+            }
+        }
+    }
+
+    /// History rows not yet folded into current state.
+    pub fn unfolded(&self) -> Result<u64, StoreError> {
+        Ok(self.conn.query_row(
+            "SELECT COUNT(*) FROM presence_history
+             WHERE history_id > (SELECT history_id FROM store_marks WHERE mark = 'folded')",
+            [],
+            |r| r.get::<_, i64>(0),
+        )? as u64)
+    }
+
     // ---- outbox -----------------------------------------------------------------------------
 
-    /// The oldest pending events, in commit order (which is per-account order).
+    /// The oldest pending events after `after`, in commit order (which is per-account order).
     pub fn outbox_batch(&self, after: i64, limit: usize) -> Result<Vec<OutboxEvent>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT o.history_id, o.committed_at, h.event_id, h.user_id, h.seq, h.from_state, h.to_state,
-                    h.from_platforms, h.to_platforms, h.observed_at, h.previous_observed_at, h.sweep_id
-             FROM outbox o JOIN presence_history h USING (history_id)
-             WHERE o.history_id > ?1 ORDER BY o.history_id LIMIT ?2",
+            "SELECT history_id, committed_at, event_id, user_id, seq, from_state, to_state,
+                    from_platforms, to_platforms, observed_at, previous_observed_at, sweep_id
+             FROM presence_history
+             WHERE history_id > MAX(?1, (SELECT history_id FROM store_marks WHERE mark = 'published'))
+             ORDER BY history_id LIMIT ?2",
         )?;
         let mut rows = stmt.query([after, limit as i64])?;
         let mut out = Vec::new();
@@ -474,30 +543,22 @@ impl Db {
         Ok(out)
     }
 
-    /// Deletes every outbox row up to and including `history_id` (a whole batch acknowledged).
-    pub fn outbox_delete_through(&mut self, history_id: i64) -> Result<usize, StoreError> {
+    /// Records that every event up to and including `history_id` was acknowledged: they leave
+    /// the outbox. The mark only moves forward.
+    pub fn mark_published(&mut self, history_id: i64) -> Result<(), StoreError> {
         self.without_fsync(|conn| {
-            conn.prepare_cached("DELETE FROM outbox WHERE history_id <= ?1")?
-                .execute([history_id])
-        })
-    }
-
-    pub fn outbox_delete(&mut self, history_ids: &[i64]) -> Result<(), StoreError> {
-        self.without_fsync(|conn| {
-            let tx = conn.unchecked_transaction()?;
-            {
-                let mut stmt = tx.prepare_cached("DELETE FROM outbox WHERE history_id = ?1")?;
-                for id in history_ids {
-                    stmt.execute([id])?;
-                }
-            }
-            tx.commit()
-        })
+            conn.prepare_cached(
+                "UPDATE store_marks SET history_id = MAX(history_id, ?1) WHERE mark = 'published'",
+            )?
+            .execute([history_id])
+        })?;
+        Ok(())
     }
 
     /// Runs `f` with commits that skip the fsync. Only for writes whose loss at a power cut is
-    /// harmless: an outbox delete that is lost means a re-send, which consumers drop by event
-    /// id. The next ordinary commit syncs the WAL, these frames included.
+    /// harmless: a lost publish mark means a re-send, which consumers drop by event id; a lost
+    /// fold is done again from the history. The next ordinary commit syncs the WAL, these
+    /// frames included.
     fn without_fsync<R>(
         &mut self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<R>,
@@ -509,13 +570,13 @@ impl Db {
         Ok(result?)
     }
 
-    /// (pending events, commit time of the oldest).
+    /// (pending events, commit time of the oldest). Walks only the pending rows.
     pub fn outbox_backlog(&self) -> Result<(u64, Option<i64>), StoreError> {
-        Ok(self
-            .conn
-            .query_row("SELECT COUNT(*), MIN(committed_at) FROM outbox", [], |r| {
-                Ok((r.get::<_, i64>(0)? as u64, r.get(1)?))
-            })?)
+        Ok(self.conn.query_row(
+            "SELECT COUNT(*), (SELECT committed_at FROM outbox ORDER BY history_id LIMIT 1) FROM outbox",
+            [],
+            |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
+        )?)
     }
 
     // ---- reading for people -----------------------------------------------------------------
@@ -530,7 +591,13 @@ impl Db {
             "SELECT history_id, 0, event_id, user_id, seq, from_state, to_state, from_platforms, to_platforms,
                     observed_at, previous_observed_at, sweep_id
              FROM presence_history
-             WHERE user_id = ?1 AND observed_at >= ?2 AND observed_at < ?3 ORDER BY seq",
+             WHERE history_id IN (
+                     SELECT history_id FROM presence_history_by_account WHERE user_id = ?1
+                     UNION ALL -- the rows not folded yet
+                     SELECT history_id FROM presence_history
+                     WHERE history_id > (SELECT history_id FROM store_marks WHERE mark = 'folded')
+                       AND user_id = ?1)
+               AND observed_at >= ?2 AND observed_at < ?3 ORDER BY seq",
         )?;
         let mut rows = stmt.query(params![
             user_id,
@@ -586,6 +653,7 @@ impl Db {
                 "SELECT COUNT(*) FROM presence_current WHERE not_found_since IS NOT NULL",
             )?,
             history_rows: count("SELECT COUNT(*) FROM presence_history")?,
+            not_folded: self.unfolded()?,
             outbox_backlog,
             outbox_oldest_ms,
             last_sweep: self.last_sweep()?,
@@ -619,19 +687,42 @@ impl Db {
     // ---- retention --------------------------------------------------------------------------
 
     /// Deletes up to `chunk` history rows observed before `before`, never one still in the
-    /// outbox and never an account's latest row (it anchors the open session). Returns how many
-    /// went; call repeatedly so no single transaction holds the write lock for long.
+    /// outbox or not yet folded, and never an account's latest row (it anchors the open
+    /// session). Returns how many went; call repeatedly so no single transaction holds the
+    /// write lock for long.
     pub fn prune_history(&mut self, before: i64, chunk: usize) -> Result<usize, StoreError> {
-        Ok(self.conn.execute(
-            "DELETE FROM presence_history WHERE history_id IN (
-                 SELECT h.history_id FROM presence_history h
-                 WHERE h.observed_at < ?1
-                   AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.history_id = h.history_id)
-                   AND EXISTS (SELECT 1 FROM presence_history n WHERE n.user_id = h.user_id AND n.seq > h.seq)
-                 ORDER BY h.observed_at LIMIT ?2)",
-            params![before, chunk as i64],
-        )?)
+        let tx = self.conn.transaction()?;
+        let pruned: Vec<(String, i64)> = tx
+            .prepare_cached(
+                "DELETE FROM presence_history WHERE history_id IN (
+                     SELECT h.history_id FROM presence_history h
+                     WHERE h.observed_at < ?1
+                       AND h.history_id <= (SELECT MIN(history_id) FROM store_marks)
+                       AND EXISTS (SELECT 1 FROM presence_history_by_account n
+                                   WHERE n.user_id = h.user_id AND n.seq > h.seq)
+                     ORDER BY h.observed_at LIMIT ?2)
+                 RETURNING user_id, seq",
+            )?
+            .query_map(params![before, chunk as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        {
+            let mut index = tx.prepare_cached(
+                "DELETE FROM presence_history_by_account WHERE user_id = ?1 AND seq = ?2",
+            )?;
+            for (user_id, seq) in &pruned {
+                index.execute(params![user_id, seq])?;
+            }
+        }
+        tx.commit()?;
+        Ok(pruned.len())
     }
+}
+
+fn mark(conn: &Connection, name: &str) -> rusqlite::Result<i64> {
+    conn.prepare_cached("SELECT history_id FROM store_marks WHERE mark = ?1")?
+        .query_row([name], |r| r.get(0))
 }
 
 fn read_event(r: &rusqlite::Row<'_>) -> Result<OutboxEvent, StoreError> {
@@ -782,5 +873,201 @@ mod tests {
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .unwrap();
         assert_eq!(mode, "wal");
+    }
+
+    fn record(user: &str, seq: u64, from: Option<State>, to: State, at: i64) -> TransitionRecord {
+        TransitionRecord {
+            event_id: uuid::Uuid::now_v7(),
+            user_id: user.into(),
+            seq,
+            from,
+            from_platforms: from.map(|_| vec![]),
+            to,
+            to_platforms: vec![],
+            observed_at: at,
+            previous_observed_at: from.map(|_| at - 1),
+            sweep_id: 1,
+        }
+    }
+
+    fn db_with_sweep(dir: &tempfile::TempDir) -> Db {
+        let db = Db::open(&dir.path().join("p.db"), Duration::from_secs(1)).unwrap();
+        db.begin_sweep(0, 1).unwrap();
+        db
+    }
+
+    fn apply(db: &mut Db, transitions: Vec<TransitionRecord>, not_found: Vec<(&str, Option<i64>)>) {
+        let not_found = not_found
+            .into_iter()
+            .map(|(u, t)| (u.to_owned(), t))
+            .collect();
+        db.apply(&WriteSet {
+            transitions,
+            not_found,
+        })
+        .unwrap();
+    }
+
+    fn current(db: &Db, user: &str) -> CurrentRow {
+        db.load_current()
+            .unwrap()
+            .into_iter()
+            .find(|r| r.user_id == user)
+            .unwrap()
+    }
+
+    #[test]
+    fn the_fold_brings_current_state_to_the_latest_row_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = db_with_sweep(&dir);
+        // Several sweeps' rows for one account, unfolded (as after a crash), in two chunks.
+        apply(
+            &mut db,
+            vec![record("a", 1, None, State::Online, 10)],
+            vec![],
+        );
+        apply(
+            &mut db,
+            vec![record("a", 2, Some(State::Online), State::Offline, 20)],
+            vec![],
+        );
+        apply(
+            &mut db,
+            vec![record("a", 3, Some(State::Offline), State::PushOnline, 30)],
+            vec![],
+        );
+        assert!(db.load_current().unwrap().is_empty(), "commits only append");
+        assert_eq!(db.unfolded().unwrap(), 3);
+        assert_eq!(db.fold(2).unwrap(), 2);
+        assert_eq!(current(&db, "a").seq, 2);
+        assert_eq!(db.fold_all().unwrap(), 1);
+        assert_eq!(db.fold_all().unwrap(), 0);
+        let a = current(&db, "a");
+        assert_eq!(
+            (a.state, a.seq, a.observed_at),
+            (Some(State::PushOnline), 3, Some(30))
+        );
+        assert_eq!(db.unfolded().unwrap(), 0);
+    }
+
+    #[test]
+    fn an_accounts_history_includes_rows_not_folded_yet() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = db_with_sweep(&dir);
+        apply(
+            &mut db,
+            vec![record("a", 1, None, State::Online, 10)],
+            vec![],
+        );
+        apply(
+            &mut db,
+            vec![record("b", 1, None, State::Online, 10)],
+            vec![],
+        );
+        db.fold_all().unwrap();
+        apply(
+            &mut db,
+            vec![record("a", 2, Some(State::Online), State::Offline, 20)],
+            vec![],
+        );
+        let seqs: Vec<u64> = db
+            .history("a", None, None)
+            .unwrap()
+            .iter()
+            .map(|r| r.seq)
+            .collect();
+        assert_eq!(seqs, vec![1, 2]);
+        assert_eq!(db.history("a", Some(15), None).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_not_found_mark_after_an_unfolded_row_survives_the_fold() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = db_with_sweep(&dir);
+        apply(
+            &mut db,
+            vec![record("a", 1, None, State::Online, 10)],
+            vec![],
+        );
+        apply(&mut db, vec![], vec![("a", Some(20))]);
+        db.fold_all().unwrap();
+        assert_eq!(current(&db, "a").not_found_since, Some(20));
+        // Seen again with another state: the transition, later than the mark, clears it.
+        apply(
+            &mut db,
+            vec![record("a", 2, Some(State::Online), State::Offline, 30)],
+            vec![],
+        );
+        db.fold_all().unwrap();
+        assert_eq!(current(&db, "a").not_found_since, None);
+    }
+
+    #[test]
+    fn forgetting_an_account_is_not_undone_by_a_later_fold() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = db_with_sweep(&dir);
+        apply(
+            &mut db,
+            vec![record("a", 1, None, State::Online, 10)],
+            vec![],
+        );
+        db.forget(&["a".to_owned()]).unwrap();
+        db.fold_all().unwrap();
+        let a = current(&db, "a");
+        assert_eq!((a.state, a.seq), (None, 1));
+    }
+
+    #[test]
+    fn version_2_databases_keep_their_history_and_pending_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE schema_migrations (
+                     version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL) STRICT;",
+            )
+            .unwrap();
+            for (version, name, sql) in &migrate::MIGRATIONS[..2] {
+                conn.execute_batch(sql).unwrap();
+                conn.execute(
+                    "INSERT INTO schema_migrations VALUES (?1, ?2, 0)",
+                    params![version, name],
+                )
+                .unwrap();
+            }
+            conn.execute_batch(
+                "INSERT INTO sweeps (sweep_id, started_at) VALUES (1, 0);
+                 INSERT INTO presence_history (history_id, event_id, user_id, seq, kind, to_state, to_platforms, observed_at, sweep_id)
+                 VALUES (1, '01900000-0000-7000-8000-000000000001', 'a', 1, 'initial', 'Online', '[]', 10, 1),
+                        (2, '01900000-0000-7000-8000-000000000002', 'b', 1, 'initial', 'Online', '[]', 10, 1),
+                        (3, '01900000-0000-7000-8000-000000000003', 'a', 2, 'changed', 'Offline', '[]', 20, 1);
+                 INSERT INTO presence_current (user_id, state, platforms, seq, observed_at, changed_at)
+                 VALUES ('a', 'Offline', '[]', 2, 20, 20), ('b', 'Online', '[]', 1, 10, 10);
+                 -- the first row was published, the other two not yet
+                 INSERT INTO outbox (history_id, committed_at) VALUES (2, 11), (3, 21);",
+            )
+            .unwrap();
+        }
+        let mut db = Db::open(&path, Duration::from_secs(1)).unwrap();
+        assert_eq!(db.outbox_backlog().unwrap(), (2, Some(11)));
+        let pending: Vec<i64> = db
+            .outbox_batch(0, 10)
+            .unwrap()
+            .iter()
+            .map(|e| e.history_id)
+            .collect();
+        assert_eq!(pending, vec![2, 3]);
+        assert_eq!(db.unfolded().unwrap(), 0);
+        assert_eq!(db.history("a", None, None).unwrap().len(), 2);
+        // The next transition continues the history.
+        apply(
+            &mut db,
+            vec![record("a", 3, Some(State::Offline), State::Online, 30)],
+            vec![],
+        );
+        db.fold_all().unwrap();
+        assert_eq!(current(&db, "a").seq, 3);
+        assert_eq!(db.history("a", None, None).unwrap().len(), 3);
     }
 }

@@ -73,6 +73,8 @@ impl Sweeper {
         let snapshot = store
             .call(|db| {
                 db.close_interrupted_sweeps()?;
+                // Commits a crash left unfolded: the snapshot is read from current state.
+                db.fold_all()?;
                 let mut snapshot = Snapshot::with_capacity(db.current_count()?);
                 db.for_each_current(|row| snapshot.insert_row(row))?;
                 Ok(snapshot)
@@ -217,6 +219,14 @@ impl Sweeper {
         self.store
             .call(move |db| db.finish_sweep(sweep_id, finished_at, counts, label))
             .await?;
+        // Current state and the per-account history index follow the sweep's commits, one
+        // chunk per store job so that the publisher's work interleaves.
+        while self
+            .store
+            .call(|db| db.fold(crate::store::FOLD_CHUNK))
+            .await?
+            > 0
+        {}
         if let Some(e) = fatal {
             return Err(SweepError::Configuration(e));
         }

@@ -238,9 +238,40 @@ log_filter = "info"
     path
 }
 
-/// Every invariant the store must keep whatever moment the process died at.
-pub fn check_invariants(db: &presenced::store::Db) {
+/// Every invariant the store must keep whatever moment the process died at. Folds what the
+/// process left unfolded, as the next start does, and checks current state after that.
+pub fn check_invariants(db: &mut presenced::store::Db) {
+    {
+        let c = db.connection();
+        let one = |sql: &str| -> i64 { c.query_row(sql, [], |r| r.get(0)).unwrap() };
+        assert_eq!(
+            one("SELECT COUNT(*) FROM store_marks
+                 WHERE history_id > (SELECT COALESCE(MAX(history_id), 0) FROM presence_history)"),
+            0,
+            "the publish and fold marks never run ahead of the history"
+        );
+        assert_eq!(
+            one("SELECT COUNT(*) FROM presence_history h
+                 LEFT JOIN presence_history_by_account a USING (history_id)
+                 WHERE (h.history_id <= (SELECT history_id FROM store_marks WHERE mark = 'folded'))
+                       != (a.history_id IS NOT NULL)
+                    OR a.user_id != h.user_id OR a.seq != h.seq"),
+            0,
+            "the per-account index holds exactly the folded history rows"
+        );
+    }
+    db.fold_all().unwrap();
     let c = db.connection();
+    assert_eq!(
+        c.query_row(
+            "SELECT COUNT(*) FROM (SELECT event_id FROM presence_history GROUP BY 1 HAVING COUNT(*) > 1)",
+            [],
+            |r| r.get::<_, i64>(0)
+        )
+        .unwrap(),
+        0,
+        "event ids are unique"
+    );
     let one = |sql: &str| -> i64 { c.query_row(sql, [], |r| r.get(0)).unwrap() };
     let integrity: String = c
         .query_row("PRAGMA integrity_check", [], |r| r.get(0))
@@ -249,7 +280,7 @@ pub fn check_invariants(db: &presenced::store::Db) {
     assert_eq!(
         one("SELECT COUNT(*) FROM pragma_foreign_key_check"),
         0,
-        "outbox rows without history"
+        "history rows without their sweep"
     );
     assert_eq!(
         one("SELECT COUNT(*) FROM (SELECT user_id FROM presence_history GROUP BY user_id HAVING MIN(seq) != 1 OR MAX(seq) != COUNT(*))"),
