@@ -174,11 +174,7 @@ impl KafkaSink {
 
     /// What encodes this sink's records; it runs on the store thread, ahead of the sending.
     pub fn encoder(&self) -> KafkaEncoder {
-        KafkaEncoder {
-            sdkappid: self.sdkappid,
-            source: cloudevents_source(self.sdkappid),
-            with_state: self.has_state_topic(),
-        }
+        KafkaEncoder::new(self.sdkappid, self.has_state_topic())
     }
 
     /// Hands a batch to librdkafka, strictly in order, without waiting for acknowledgements, so
@@ -326,6 +322,15 @@ pub struct KafkaEncoder {
 }
 
 impl KafkaEncoder {
+    /// The encoder of a sink for app `sdkappid`, with current-state values when `with_state`.
+    pub fn new(sdkappid: u64, with_state: bool) -> Self {
+        KafkaEncoder {
+            sdkappid,
+            source: cloudevents_source(sdkappid),
+            with_state,
+        }
+    }
+
     pub fn encode(&self, t: &TransitionRecord) -> Records {
         let event = EventV1::new(self.sdkappid, t);
         let mut headers = OwnedHeaders::new_with_capacity(7);
