@@ -153,4 +153,31 @@ fn history_and_stats_commands() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("outbox backlog    3"));
+    assert_eq!(stats["not_folded"], 0);
+
+    // A sweep in progress: its rows are committed, current state not yet brought up to date.
+    // history shows them; stats says the per-state counts do not include them yet.
+    let mut db = Db::open(&path, Duration::from_secs(5)).unwrap();
+    let now = presenced::model::now_millis();
+    db.apply(&WriteSet {
+        transitions: vec![record("bob", 2, Some(State::PushOnline), State::Online, now)],
+        not_found: vec![],
+    })
+    .unwrap();
+    drop(db);
+    let out = Command::new(bin)
+        .args(["history", "--db"])
+        .arg(&path)
+        .arg("bob")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 3);
+    let out = Command::new(bin)
+        .args(["stats", "--db"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("not folded yet    1"), "{text}");
+    assert!(text.contains("PushOnline        1"), "{text}");
 }

@@ -226,7 +226,9 @@ impl Sweeper {
             .call(|db| db.fold(crate::store::FOLD_CHUNK))
             .await?
             > 0
-        {}
+        {
+            self.progress.store(now_millis(), Ordering::Relaxed);
+        }
         if let Some(e) = fatal {
             return Err(SweepError::Configuration(e));
         }
