@@ -7,7 +7,10 @@
 --   committed_at. Event ids are UUIDv7 made by the daemon and unique by construction; nothing
 --   here looks rows up by them, and their index cost a fifth of the commit rate.
 -- * presence_history_by_account is that index as a table of its own, filled by the fold.
--- * presence_current is filled by the fold (it lags at most the sweep in progress).
+-- * presence_current becomes a view: the table renamed presence_current_folded, filled by the
+--   fold, overlaid with the newest history row of each account that is not folded yet (at most
+--   the sweep in progress). It agrees with the history after every commit, whatever moment the
+--   process died at.
 -- * The outbox table becomes a view: history rows after the last one the sink acknowledged.
 -- * store_marks holds how far the sink and the fold have got.
 
@@ -15,6 +18,7 @@ DROP VIEW presence_sessions_iso;
 DROP VIEW presence_daily;
 DROP VIEW presence_sessions;
 DROP VIEW presence_history_iso;
+DROP VIEW presence_current_iso;
 
 CREATE TABLE presence_history_v3 (
     history_id           INTEGER PRIMARY KEY,
@@ -41,7 +45,7 @@ SELECT h.history_id, h.event_id, h.user_id, h.seq, h.kind, h.from_state, h.to_st
 FROM presence_history h LEFT JOIN outbox o USING (history_id);
 
 -- mark 'published': every history row up to this id was acknowledged by the sink.
--- mark 'folded': every history row up to this id is in presence_current and
+-- mark 'folded': every history row up to this id is in presence_current_folded and
 --                presence_history_by_account.
 CREATE TABLE store_marks (
     mark       TEXT PRIMARY KEY CHECK (mark = 'published' OR mark = 'folded'),
@@ -69,6 +73,34 @@ CREATE TABLE presence_history_by_account (
 
 INSERT INTO presence_history_by_account (user_id, seq, history_id)
 SELECT user_id, seq, history_id FROM presence_history ORDER BY user_id, seq;
+
+ALTER TABLE presence_current RENAME TO presence_current_folded;
+
+-- The last known state of every account ever observed (see version 1): the folded table, with the
+-- newest row not folded yet of each account laid over it. A not-found mark stays when it was
+-- written after that row's observation.
+CREATE VIEW presence_current AS
+WITH tail AS (
+    SELECT user_id, to_state, to_platforms, seq, observed_at,
+           ROW_NUMBER() OVER (PARTITION BY user_id ORDER BY seq DESC) AS newest
+    FROM presence_history
+    WHERE history_id > (SELECT history_id FROM store_marks WHERE mark = 'folded')
+)
+SELECT c.user_id,
+       COALESCE(t.to_state, c.state)          AS state,
+       COALESCE(t.to_platforms, c.platforms)  AS platforms,
+       COALESCE(t.seq, c.seq)                 AS seq,
+       COALESCE(t.observed_at, c.observed_at) AS observed_at,
+       COALESCE(t.observed_at, c.changed_at)  AS changed_at,
+       CASE WHEN t.user_id IS NULL OR c.not_found_since > t.observed_at
+            THEN c.not_found_since END        AS not_found_since
+FROM presence_current_folded c
+LEFT JOIN tail t ON t.user_id = c.user_id AND t.newest = 1
+UNION ALL
+SELECT t.user_id, t.to_state, t.to_platforms, t.seq, t.observed_at, t.observed_at, NULL
+FROM tail t
+WHERE t.newest = 1
+  AND NOT EXISTS (SELECT 1 FROM presence_current_folded c WHERE c.user_id = t.user_id);
 
 -- Events not yet acknowledged by the sink, in commit order.
 CREATE VIEW outbox AS
@@ -111,6 +143,13 @@ SELECT history_id, event_id, user_id, seq, kind, from_state, to_state, from_plat
        sweep_id,
        strftime('%Y-%m-%dT%H:%M:%fZ', committed_at / 1000.0, 'unixepoch')         AS committed_at
 FROM presence_history;
+
+CREATE VIEW presence_current_iso AS
+SELECT user_id, state, platforms, seq,
+       strftime('%Y-%m-%dT%H:%M:%fZ', observed_at / 1000.0, 'unixepoch')     AS observed_at,
+       strftime('%Y-%m-%dT%H:%M:%fZ', changed_at / 1000.0, 'unixepoch')      AS changed_at,
+       strftime('%Y-%m-%dT%H:%M:%fZ', not_found_since / 1000.0, 'unixepoch') AS not_found_since
+FROM presence_current;
 
 CREATE VIEW presence_sessions_iso AS
 SELECT user_id, state, platforms,

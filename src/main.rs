@@ -560,8 +560,8 @@ fn stats(db: &mut Db, json: bool) -> Result<(), String> {
     println!("not found         {}", s.not_found);
     println!("history rows      {}", s.history_rows);
     if s.not_folded > 0 {
-        // The counts above come from presence_current, brought up to date after each sweep.
-        println!("not folded yet    {} (the sweep in progress)", s.not_folded);
+        // Normal during a sweep; after a crash, the next start folds them.
+        println!("not folded yet    {}", s.not_folded);
     }
     println!("outbox backlog    {}", s.outbox_backlog);
     if let Some(oldest) = s.outbox_oldest_ms {

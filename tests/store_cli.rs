@@ -155,12 +155,17 @@ fn history_and_stats_commands() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("outbox backlog    3"));
     assert_eq!(stats["not_folded"], 0);
 
-    // A sweep in progress: its rows are committed, current state not yet brought up to date.
-    // history shows them; stats says the per-state counts do not include them yet.
+    // A sweep in progress: its rows are committed, not folded yet. history and stats show them.
     let mut db = Db::open(&path, Duration::from_secs(5)).unwrap();
     let now = presenced::model::now_millis();
     db.apply(&WriteSet {
-        transitions: vec![record("bob", 2, Some(State::PushOnline), State::Online, now)],
+        transitions: vec![record(
+            "bob",
+            2,
+            Some(State::PushOnline),
+            State::Online,
+            now,
+        )],
         not_found: vec![],
     })
     .unwrap();
@@ -179,5 +184,6 @@ fn history_and_stats_commands() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("not folded yet    1"), "{text}");
-    assert!(text.contains("PushOnline        1"), "{text}");
+    assert!(text.contains("Online            1"), "{text}");
+    assert!(text.contains("PushOnline        0"), "{text}");
 }

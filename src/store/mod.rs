@@ -1,9 +1,11 @@
 //! SQLite: migrations, the watch-list table, current state, history, sweeps and the outbox.
 //!
 //! A sweep's commit only appends to `presence_history` (the outbox is the history after the
-//! sink's mark). `presence_current` and `presence_history_by_account` are derived from the
-//! history by `fold`, behind the commits: once per sweep and at start-up. A crash between a
-//! commit and its fold loses nothing; the next fold picks the rows up.
+//! sink's mark). `presence_current_folded` and `presence_history_by_account` are derived from
+//! the history by `fold`, behind the commits: once per sweep and at start-up. The view
+//! `presence_current` lays the rows not folded yet over the folded table, so readers always see
+//! the current state. A crash between a commit and its fold loses nothing; the next fold picks
+//! the rows up.
 //!
 //! `Db` is the synchronous API over one connection. `Store` runs a `Db` on a dedicated thread
 //! and takes work over a channel, so rusqlite never blocks the async runtime and every write
@@ -111,8 +113,7 @@ pub struct Stats {
     pub offline: u64,
     pub not_found: u64,
     pub history_rows: u64,
-    /// Transitions committed since current state was last brought up to date (the per-state
-    /// counts above do not include them yet).
+    /// Transitions committed since the last fold (the per-state counts include them).
     pub not_folded: u64,
     pub outbox_backlog: u64,
     pub outbox_oldest_ms: Option<i64>,
@@ -299,20 +300,28 @@ impl Db {
         Ok(out)
     }
 
-    /// Rows in `presence_current`, to size the snapshot before loading it.
+    /// Accounts with a folded current state, to size the snapshot before loading it (exact
+    /// once `fold_all` ran, as at start-up).
     pub fn current_count(&self) -> Result<usize, StoreError> {
         Ok(self
             .conn
-            .query_row("SELECT COUNT(*) FROM presence_current", [], |r| {
+            .query_row("SELECT COUNT(*) FROM presence_current_folded", [], |r| {
                 r.get::<_, i64>(0)
             })? as usize)
     }
 
-    /// Streams every `presence_current` row to `f`; returns how many there were.
+    /// Streams every `presence_current` row to `f` (rows not folded yet included); returns how
+    /// many there were.
     pub fn for_each_current(&self, mut f: impl FnMut(CurrentRow)) -> Result<usize, StoreError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT user_id, state, platforms, seq, observed_at, not_found_since FROM presence_current",
-        )?;
+        // With nothing left to fold (as at start-up) the table is the view without its merge.
+        let source = if self.unfolded()? == 0 {
+            "presence_current_folded"
+        } else {
+            "presence_current"
+        };
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT user_id, state, platforms, seq, observed_at, not_found_since FROM {source}"
+        ))?;
         let mut rows = stmt.query([])?;
         let mut n = 0;
         while let Some(r) = rows.next()? {
@@ -340,7 +349,7 @@ impl Db {
         let tx = self.conn.transaction()?;
         {
             let mut stmt = tx.prepare_cached(
-                "UPDATE presence_current SET state = NULL, platforms = NULL, observed_at = NULL,
+                "UPDATE presence_current_folded SET state = NULL, platforms = NULL, observed_at = NULL,
                  not_found_since = NULL WHERE user_id = ?1",
             )?;
             let mut tombstone = tx.prepare_cached(
@@ -461,7 +470,7 @@ impl Db {
                 ])?;
             }
             let mut not_found = tx.prepare_cached(
-                "INSERT INTO presence_current (user_id, not_found_since) VALUES (?1, ?2)
+                "INSERT INTO presence_current_folded (user_id, not_found_since) VALUES (?1, ?2)
                  ON CONFLICT (user_id) DO UPDATE SET not_found_since = excluded.not_found_since",
             )?;
             for (user_id, since) in &set.not_found {
@@ -473,7 +482,8 @@ impl Db {
         Ok(())
     }
 
-    /// Brings `presence_current` and `presence_history_by_account` up to date with the history,
+    /// Brings `presence_current_folded` and `presence_history_by_account` up to date with the
+    /// history,
     /// at most `limit` history rows per call (one transaction each, so that other work on this
     /// connection interleaves). Returns how many rows it folded; 0 means up to date.
     ///
@@ -503,14 +513,14 @@ impl Db {
                 )?
                 .execute([from, through])?;
             tx.prepare_cached(
-                "INSERT INTO presence_current (user_id, state, platforms, seq, observed_at, changed_at, not_found_since)
+                "INSERT INTO presence_current_folded (user_id, state, platforms, seq, observed_at, changed_at, not_found_since)
                  SELECT user_id, to_state, to_platforms, seq, observed_at, observed_at, NULL
                  FROM presence_history WHERE history_id > ?1 AND history_id <= ?2 ORDER BY user_id, seq
                  ON CONFLICT (user_id) DO UPDATE SET state = excluded.state, platforms = excluded.platforms,
                      seq = excluded.seq, observed_at = excluded.observed_at, changed_at = excluded.changed_at,
-                     not_found_since = CASE WHEN presence_current.not_found_since > excluded.observed_at
-                                            THEN presence_current.not_found_since END
-                 WHERE excluded.seq > presence_current.seq",
+                     not_found_since = CASE WHEN presence_current_folded.not_found_since > excluded.observed_at
+                                            THEN presence_current_folded.not_found_since END
+                 WHERE excluded.seq > presence_current_folded.seq",
             )?
             .execute([from, through])?;
             tx.prepare_cached("UPDATE store_marks SET history_id = ?1 WHERE mark = 'folded'")?
@@ -656,19 +666,25 @@ impl Db {
             Ok(c.query_row(sql, [], |r| r.get::<_, i64>(0))? as u64)
         };
         let (outbox_backlog, outbox_oldest_ms) = self.outbox_backlog()?;
-        let watched_state = |state: &str| {
-            count(&format!(
-                "SELECT COUNT(*) FROM presence_current WHERE state = '{state}' AND not_found_since IS NULL"
-            ))
-        };
+        // One pass over the view: it merges the rows not folded yet on every read.
+        let (online, push_online, offline, not_found) = c.query_row(
+            "SELECT COALESCE(SUM(state = 'Online' AND not_found_since IS NULL), 0),
+                    COALESCE(SUM(state = 'PushOnline' AND not_found_since IS NULL), 0),
+                    COALESCE(SUM(state = 'Offline' AND not_found_since IS NULL), 0),
+                    COALESCE(SUM(not_found_since IS NOT NULL), 0)
+             FROM presence_current",
+            [],
+            |r| {
+                let n = |i| r.get::<_, i64>(i).map(|v| v as u64);
+                Ok((n(0)?, n(1)?, n(2)?, n(3)?))
+            },
+        )?;
         Ok(Stats {
             watched_in_table: count("SELECT COUNT(*) FROM watched_accounts")?,
-            online: watched_state("Online")?,
-            push_online: watched_state("PushOnline")?,
-            offline: watched_state("Offline")?,
-            not_found: count(
-                "SELECT COUNT(*) FROM presence_current WHERE not_found_since IS NOT NULL",
-            )?,
+            online,
+            push_online,
+            offline,
+            not_found,
             history_rows: count("SELECT COUNT(*) FROM presence_history")?,
             not_folded: self.unfolded()?,
             outbox_backlog,
@@ -933,6 +949,17 @@ mod tests {
             .unwrap()
     }
 
+    fn folded_seq(db: &Db, user: &str) -> Option<i64> {
+        db.connection()
+            .query_row(
+                "SELECT seq FROM presence_current_folded WHERE user_id = ?1",
+                [user],
+                |r| r.get(0),
+            )
+            .optional()
+            .unwrap()
+    }
+
     #[test]
     fn the_fold_brings_current_state_to_the_latest_row_once() {
         let dir = tempfile::tempdir().unwrap();
@@ -953,17 +980,21 @@ mod tests {
             vec![record("a", 3, Some(State::Offline), State::PushOnline, 30)],
             vec![],
         );
-        assert!(db.load_current().unwrap().is_empty(), "commits only append");
+        assert_eq!(folded_seq(&db, "a"), None, "commits only append");
+        let latest = |db: &Db| {
+            let a = current(db, "a");
+            (a.state, a.seq, a.observed_at)
+        };
+        // The view shows the newest row whatever has been folded.
+        assert_eq!(latest(&db), (Some(State::PushOnline), 3, Some(30)));
         assert_eq!(db.unfolded().unwrap(), 3);
         assert_eq!(db.fold(2).unwrap(), 2);
-        assert_eq!(current(&db, "a").seq, 2);
+        assert_eq!(folded_seq(&db, "a"), Some(2));
+        assert_eq!(latest(&db), (Some(State::PushOnline), 3, Some(30)));
         assert_eq!(db.fold_all().unwrap(), 1);
         assert_eq!(db.fold_all().unwrap(), 0);
-        let a = current(&db, "a");
-        assert_eq!(
-            (a.state, a.seq, a.observed_at),
-            (Some(State::PushOnline), 3, Some(30))
-        );
+        assert_eq!(folded_seq(&db, "a"), Some(3));
+        assert_eq!(latest(&db), (Some(State::PushOnline), 3, Some(30)));
         assert_eq!(db.unfolded().unwrap(), 0);
     }
 
@@ -1007,6 +1038,11 @@ mod tests {
             vec![],
         );
         apply(&mut db, vec![], vec![("a", Some(20))]);
+        assert_eq!(
+            current(&db, "a").not_found_since,
+            Some(20),
+            "before the fold"
+        );
         db.fold_all().unwrap();
         assert_eq!(current(&db, "a").not_found_since, Some(20));
         // Seen again with another state: the transition, later than the mark, clears it.
@@ -1015,6 +1051,7 @@ mod tests {
             vec![record("a", 2, Some(State::Online), State::Offline, 30)],
             vec![],
         );
+        assert_eq!(current(&db, "a").not_found_since, None, "before the fold");
         db.fold_all().unwrap();
         assert_eq!(current(&db, "a").not_found_since, None);
     }

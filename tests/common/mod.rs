@@ -238,40 +238,16 @@ log_filter = "info"
     path
 }
 
-/// Every invariant the store must keep whatever moment the process died at. Folds what the
-/// process left unfolded, as the next start does, and checks current state after that.
+/// Every invariant the store must keep whatever moment the process died at: checked as the
+/// process left the database, then again after the fold that the next start runs.
 pub fn check_invariants(db: &mut presenced::store::Db) {
-    {
-        let c = db.connection();
-        let one = |sql: &str| -> i64 { c.query_row(sql, [], |r| r.get(0)).unwrap() };
-        assert_eq!(
-            one("SELECT COUNT(*) FROM store_marks
-                 WHERE history_id > (SELECT COALESCE(MAX(history_id), 0) FROM presence_history)"),
-            0,
-            "the publish and fold marks never run ahead of the history"
-        );
-        assert_eq!(
-            one("SELECT COUNT(*) FROM presence_history h
-                 LEFT JOIN presence_history_by_account a USING (history_id)
-                 WHERE (h.history_id <= (SELECT history_id FROM store_marks WHERE mark = 'folded'))
-                       != (a.history_id IS NOT NULL)
-                    OR a.user_id != h.user_id OR a.seq != h.seq"),
-            0,
-            "the per-account index holds exactly the folded history rows"
-        );
-    }
+    check_as_left(db.connection());
     db.fold_all().unwrap();
-    let c = db.connection();
-    assert_eq!(
-        c.query_row(
-            "SELECT COUNT(*) FROM (SELECT event_id FROM presence_history GROUP BY 1 HAVING COUNT(*) > 1)",
-            [],
-            |r| r.get::<_, i64>(0)
-        )
-        .unwrap(),
-        0,
-        "event ids are unique"
-    );
+    check_as_left(db.connection());
+    assert_eq!(db.unfolded().unwrap(), 0);
+}
+
+fn check_as_left(c: &rusqlite::Connection) {
     let one = |sql: &str| -> i64 { c.query_row(sql, [], |r| r.get(0)).unwrap() };
     let integrity: String = c
         .query_row("PRAGMA integrity_check", [], |r| r.get(0))
@@ -281,6 +257,26 @@ pub fn check_invariants(db: &mut presenced::store::Db) {
         one("SELECT COUNT(*) FROM pragma_foreign_key_check"),
         0,
         "history rows without their sweep"
+    );
+    assert_eq!(
+        one("SELECT COUNT(*) FROM store_marks
+             WHERE history_id > (SELECT COALESCE(MAX(history_id), 0) FROM presence_history)"),
+        0,
+        "the publish and fold marks never run ahead of the history"
+    );
+    assert_eq!(
+        one("SELECT COUNT(*) FROM presence_history h
+             LEFT JOIN presence_history_by_account a USING (history_id)
+             WHERE (h.history_id <= (SELECT history_id FROM store_marks WHERE mark = 'folded'))
+                   != (a.history_id IS NOT NULL)
+                OR a.user_id != h.user_id OR a.seq != h.seq"),
+        0,
+        "the per-account index holds exactly the folded history rows"
+    );
+    assert_eq!(
+        one("SELECT COUNT(*) FROM (SELECT event_id FROM presence_history GROUP BY 1 HAVING COUNT(*) > 1)"),
+        0,
+        "event ids are unique"
     );
     assert_eq!(
         one("SELECT COUNT(*) FROM (SELECT user_id FROM presence_history GROUP BY user_id HAVING MIN(seq) != 1 OR MAX(seq) != COUNT(*))"),
