@@ -256,7 +256,7 @@ pub struct Publisher {
     /// The publish mark of the last acknowledged batch, being written on the store thread while
     /// this task goes on; collected before the next one is queued.
     marking: Option<Submitted<()>>,
-    /// When the backlog metrics were last counted (a count walks the whole outbox).
+    /// When the backlog metrics were last refreshed.
     backlog_counted: Option<Instant>,
 }
 
@@ -459,8 +459,8 @@ impl Publisher {
         Ok(failed)
     }
 
-    /// Counts the backlog for the metrics: always when `now`, else at most once a second, since
-    /// a count walks the whole outbox and a draining publisher would spend its time counting.
+    /// Refreshes the backlog metrics: always when `now`, else at most once a second; a gauge
+    /// does not need a store round trip per batch while draining.
     async fn refresh_backlog(&mut self, now: bool) -> Result<(), StoreError> {
         if !now
             && self
