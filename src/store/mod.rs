@@ -483,15 +483,14 @@ impl Db {
     }
 
     /// Brings `presence_current_folded` and `presence_history_by_account` up to date with the
-    /// history,
-    /// at most `limit` history rows per call (one transaction each, so that other work on this
-    /// connection interleaves). Returns how many rows it folded; 0 means up to date.
+    /// history, at most `limit` history rows per call (one transaction each, so that other work
+    /// on this connection interleaves). Returns how many rows it folded; 0 means up to date.
     ///
     /// Idempotent and order-safe: a row only replaces an account's current state when its seq
     /// is higher, and a not-found mark written after the row's observation survives it.
     pub fn fold(&mut self, limit: usize) -> Result<usize, StoreError> {
         // Derived data, rebuilt from the history if a power cut loses it (the mark goes with it).
-        self.without_fsync(|conn| {
+        let folded = self.without_fsync(|conn| {
             let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
             let from = mark(&tx, "folded")?;
             let Some(through): Option<i64> = tx.query_row(
@@ -502,7 +501,7 @@ impl Db {
                 |r| r.get(0),
             )?
             else {
-                return Ok(0);
+                return Ok(Ok(0));
             };
             // In account order, so each page of the account-keyed tables is visited once.
             let folded = tx
@@ -511,7 +510,14 @@ impl Db {
                      SELECT user_id, seq, history_id FROM presence_history
                      WHERE history_id > ?1 AND history_id <= ?2 ORDER BY user_id, seq",
                 )?
-                .execute([from, through])?;
+                .execute([from, through]);
+            let folded = match folded {
+                Ok(n) => n,
+                Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation) => {
+                    return Ok(Err(duplicate_seq(&tx, from, through)?));
+                }
+                Err(e) => return Err(e),
+            };
             tx.prepare_cached(
                 "INSERT INTO presence_current_folded (user_id, state, platforms, seq, observed_at, changed_at, not_found_since)
                  SELECT user_id, to_state, to_platforms, seq, observed_at, observed_at, NULL
@@ -526,7 +532,11 @@ impl Db {
             tx.prepare_cached("UPDATE store_marks SET history_id = ?1 WHERE mark = 'folded'")?
                 .execute([through])?;
             tx.commit()?;
-            Ok(folded)
+            Ok(Ok(folded))
+        });
+        folded?.map_err(|(user_id, seq)| StoreError::Corrupt {
+            user_id,
+            message: format!("two history rows with seq {seq}; current state cannot be folded"),
         })
     }
 
@@ -756,6 +766,23 @@ impl Db {
         tx.commit()?;
         Ok(pruned.len())
     }
+}
+
+/// The (account, seq) that a fold of `(from, through]` found twice: within those rows, or once
+/// there and once already folded. A bug that wrote a transition twice; the error names the
+/// account so that the history can be repaired by hand.
+fn duplicate_seq(conn: &Connection, from: i64, through: i64) -> rusqlite::Result<(String, i64)> {
+    conn.query_row(
+        "SELECT user_id, seq FROM (
+             SELECT user_id, seq FROM presence_history WHERE history_id > ?1 AND history_id <= ?2
+             UNION ALL
+             SELECT a.user_id, a.seq FROM presence_history_by_account a
+             JOIN presence_history h ON h.user_id = a.user_id AND h.seq = a.seq
+             WHERE h.history_id > ?1 AND h.history_id <= ?2)
+         GROUP BY user_id, seq HAVING COUNT(*) > 1 LIMIT 1",
+        [from, through],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
 }
 
 fn mark(conn: &Connection, name: &str) -> rusqlite::Result<i64> {
@@ -1059,6 +1086,37 @@ mod tests {
         assert_eq!(current(&db, "a").not_found_since, None, "before the fold");
         db.fold_all().unwrap();
         assert_eq!(current(&db, "a").not_found_since, None);
+    }
+
+    #[test]
+    fn a_transition_written_twice_stops_the_fold_with_the_account_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = db_with_sweep(&dir);
+        apply(
+            &mut db,
+            vec![record("a", 1, None, State::Online, 10)],
+            vec![],
+        );
+        db.fold_all().unwrap();
+        apply(
+            &mut db,
+            vec![
+                record("b", 1, None, State::Online, 20),
+                record("a", 1, None, State::Offline, 20),
+            ],
+            vec![],
+        );
+        let err = db.fold_all().unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Corrupt { user_id, message }
+                if user_id == "a" && message.contains("seq 1")),
+            "{err}"
+        );
+        assert_eq!(
+            db.unfolded().unwrap(),
+            2,
+            "nothing of the failed chunk is kept"
+        );
     }
 
     #[test]
