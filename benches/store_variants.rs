@@ -2,7 +2,9 @@
 //! 100,000/s"): 100,000 sorted transitions, 4,000 per transaction, against a copy of a database
 //! already holding 1,000,000 accounts, with raw rusqlite statements shaped like `Db::apply`.
 //!
-//! cargo bench --bench store_variants          (today's schema, automatic checkpoint)
+//! cargo bench --bench store_variants          (schema version 2, automatic checkpoint)
+//! CURRENT=none USERIDX=0 OUTBOX=0 EVIDX=0 CKPT=bg cargo bench --bench store_variants
+//!                                              (the commit path of schema version 3)
 //! CURRENT=full|slim|none USERIDX=1|0 OUTBOX=1|0 EVIDX=1|0 CKPT=1000|0|bg PAGE=4096 SYNC=FULL \
 //! UPD=0|1 TX=4000 N=1000000 DIR=target/store-variants cargo bench --bench store_variants
 //!
