@@ -1,5 +1,5 @@
-//! Schema variants for the store's 10% case (docs/BENCHMARKS.md, "Why the 10% case is far from
-//! 100,000/s"): 100,000 sorted transitions, 4,000 per transaction, against a copy of a database
+//! Schema variants for the store's 10% case (docs/BENCHMARKS.md, "How the 10% case went from
+//! 36,000/s to over 100,000/s"): 100,000 sorted transitions, 4,000 per transaction, against a copy of a database
 //! already holding 1,000,000 accounts, with raw rusqlite statements shaped like `Db::apply`.
 //!
 //! cargo bench --bench store_variants          (schema version 2, automatic checkpoint)
