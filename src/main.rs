@@ -67,6 +67,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Apply pending schema migrations now (ahead of restarting the service after an upgrade).
+    Migrate {
+        #[command(flatten)]
+        db: DbArgs,
+    },
     /// Re-publish recorded transitions (with their original event ids) for a new consumer.
     Replay {
         #[command(flatten)]
@@ -211,6 +216,7 @@ fn main() -> ExitCode {
             json,
         } => with_db(&db, |db| history(db, &account, since, until, json)),
         Command::Stats { db, json } => with_db(&db, |db| stats(db, json)),
+        Command::Migrate { db } => migrate(&db),
         Command::Replay {
             config: ConfigArg { config },
             since,
@@ -406,23 +412,61 @@ fn run_sim(args: SimArgs) -> ExitCode {
     })
 }
 
-fn with_db(args: &DbArgs, f: impl FnOnce(&mut Db) -> Result<(), String>) -> ExitCode {
-    let path = match (&args.db, &args.config) {
-        (Some(p), _) => p.clone(),
+/// The database a command works on: `--db`, else the configuration's `store.path`.
+fn db_path(args: &DbArgs) -> Result<PathBuf, ExitCode> {
+    match (&args.db, &args.config) {
+        (Some(p), _) => Ok(p.clone()),
         (None, Some(c)) => {
-            let text = match std::fs::read_to_string(c) {
-                Ok(t) => t,
-                Err(e) => {
-                    eprintln!("presenced: cannot read {}: {e}", c.display());
-                    return ExitCode::from(EXIT_CONFIG);
-                }
-            };
-            match Config::from_toml(&text, c, &std::env::vars().collect::<Vec<_>>()) {
-                Ok(cfg) => cfg.store.path,
-                Err(e) => return fail_config(&e),
-            }
+            let text = std::fs::read_to_string(c).map_err(|e| {
+                eprintln!("presenced: cannot read {}: {e}", c.display());
+                ExitCode::from(EXIT_CONFIG)
+            })?;
+            Config::from_toml(&text, c, &std::env::vars().collect::<Vec<_>>())
+                .map(|cfg| cfg.store.path)
+                .map_err(|e| fail_config(&e))
         }
-        (None, None) => Config::default().store.path,
+        (None, None) => Ok(Config::default().store.path),
+    }
+}
+
+/// Applies pending schema migrations and says what it did: ahead of a restart, so that a long one
+/// does not run inside the service's start.
+fn migrate(args: &DbArgs) -> ExitCode {
+    let path = match db_path(args) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    match presenced::store::migrate::pending(&path) {
+        Ok(p) if p.names.is_empty() => {
+            println!("{}: schema up to date", path.display());
+            return ExitCode::SUCCESS;
+        }
+        Ok(p) => println!(
+            "{}: applying {} ({} history rows to carry along)",
+            path.display(),
+            p.names.join(", "),
+            p.history_rows
+        ),
+        Err(e) => {
+            eprintln!("presenced: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let started = std::time::Instant::now();
+    with_db(args, |_| {
+        println!(
+            "done in {:.1} s; schema version {}",
+            started.elapsed().as_secs_f64(),
+            presenced::store::migrate::latest_version()
+        );
+        Ok(())
+    })
+}
+
+fn with_db(args: &DbArgs, f: impl FnOnce(&mut Db) -> Result<(), String>) -> ExitCode {
+    let path = match db_path(args) {
+        Ok(p) => p,
+        Err(code) => return code,
     };
     let mut db = match Db::open(&path, Duration::from_secs(5)) {
         Ok(db) => db,

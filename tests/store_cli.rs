@@ -187,3 +187,40 @@ fn history_and_stats_commands() {
     assert!(text.contains("Online            1"), "{text}");
     assert!(text.contains("PushOnline        0"), "{text}");
 }
+
+#[test]
+fn migrate_upgrades_a_version_2_database_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v2.db");
+    {
+        let mut conn = rusqlite::Connection::open(&path).unwrap();
+        presenced::store::migrate::apply_through(&mut conn, 2).unwrap();
+        conn.execute_batch(
+            "INSERT INTO sweeps (sweep_id, started_at) VALUES (1, 0);
+             INSERT INTO presence_history (history_id, event_id, user_id, seq, kind, to_state, to_platforms, observed_at, sweep_id)
+             VALUES (1, '01900000-0000-7000-8000-000000000001', 'a', 1, 'initial', 'Online', '[]', 10, 1);
+             INSERT INTO presence_current (user_id, state, platforms, seq, observed_at, changed_at)
+             VALUES ('a', 'Online', '[]', 1, 10, 10);",
+        )
+        .unwrap();
+    }
+    let bin = env!("CARGO_BIN_EXE_presenced");
+    let migrate = || {
+        let out = Command::new(bin)
+            .args(["migrate", "--db"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let first = migrate();
+    assert!(
+        first.contains("applying 0003_append_only_commits.sql (1 history rows"),
+        "{first}"
+    );
+    assert!(first.contains("schema version 3"), "{first}");
+    assert!(migrate().contains("schema up to date"));
+    let db = Db::open(&path, Duration::from_secs(5)).unwrap();
+    assert_eq!(db.history("a", None, None).unwrap().len(), 1);
+}

@@ -95,11 +95,30 @@ pub async fn load_watch_list(config: &Config, store: &Store) -> Result<Vec<Strin
     Ok(ids)
 }
 
+/// Says so before a migration that carries a history along, and gives systemd's start timeout
+/// room for it (30 s per million rows, three times what it takes here, plus a minute).
+fn announce_migrations(path: &std::path::Path) {
+    let Ok(pending) = crate::store::migrate::pending(path) else {
+        return; // opening the store reports the problem
+    };
+    if pending.names.is_empty() || pending.history_rows == 0 {
+        return;
+    }
+    tracing::info!(
+        migrations = ?pending.names,
+        history_rows = pending.history_rows,
+        "migrating the database schema; a large history takes a while (`presenced migrate` does it ahead of a restart)"
+    );
+    let budget = 60 + pending.history_rows.unsigned_abs() * 30 / 1_000_000;
+    notify::extend_start_timeout(Duration::from_secs(budget));
+}
+
 pub async fn run(config: Config, mut options: RunOptions) -> Result<(), ServiceError> {
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(http::Health::default());
     let shutdown = options.shutdown.take().unwrap_or_default();
 
+    announce_migrations(&config.store.path);
     let store = Store::open(
         &config.store.path,
         Duration::from_millis(config.store.busy_timeout_ms),

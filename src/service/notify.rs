@@ -14,6 +14,12 @@ pub fn status(status: &str) {
     let _ = sd_notify::notify(false, &[NotifyState::Status(status)]);
 }
 
+/// Asks systemd to wait `longer` for READY than its start timeout (a long schema migration).
+pub fn extend_start_timeout(longer: Duration) {
+    let usec = u32::try_from(longer.as_micros()).unwrap_or(u32::MAX);
+    let _ = sd_notify::notify(false, &[NotifyState::ExtendTimeoutUsec(usec)]);
+}
+
 pub fn stopping() {
     let _ = sd_notify::notify(
         false,

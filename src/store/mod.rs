@@ -1139,20 +1139,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("p.db");
         {
-            let conn = Connection::open(&path).unwrap();
-            conn.execute_batch(
-                "CREATE TABLE schema_migrations (
-                     version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL) STRICT;",
-            )
-            .unwrap();
-            for (version, name, sql) in &migrate::MIGRATIONS[..2] {
-                conn.execute_batch(sql).unwrap();
-                conn.execute(
-                    "INSERT INTO schema_migrations VALUES (?1, ?2, 0)",
-                    params![version, name],
-                )
-                .unwrap();
-            }
+            let mut conn = Connection::open(&path).unwrap();
+            migrate::apply_through(&mut conn, 2).unwrap();
             conn.execute_batch(
                 "INSERT INTO sweeps (sweep_id, started_at) VALUES (1, 0);
                  INSERT INTO presence_history (history_id, event_id, user_id, seq, kind, to_state, to_platforms, observed_at, sweep_id)
