@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Every benchmark, with its output kept in target/bench-results.txt. Starts a local tansu broker
 # for the Kafka scenario (install it first with scripts/test.sh or `cargo install tansu`).
-# Usage: scripts/bench.sh [SCENARIO ...]   (client-rate client-ceiling store kafka e2e import diff publish)
+# Usage: scripts/bench.sh [SCENARIO ...]   (client-rate client-ceiling store kafka e2e import diff publish migrate)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 out=target/bench-results.txt
 mkdir -p target
 scenarios=("$@")
-[ ${#scenarios[@]} -gt 0 ] || scenarios=(client-rate client-ceiling store kafka e2e import diff publish)
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(client-rate client-ceiling store kafka e2e import diff publish migrate)
 
 cargo build --release --quiet
 cargo bench --no-run --quiet --bench throughput --bench diff --bench publish
@@ -28,6 +28,7 @@ export PRESENCED_TANSU="$(command -v tansu)"
   for s in "${scenarios[@]}"; do
     case "$s" in
       diff | publish) cargo bench --quiet --bench "$s" 2>&1 | grep -E '^[a-z_]+/|time:|thrpt:' ;;
+      migrate) echo; echo "## migrate"; python3 scripts/bench-migration.py ;;
       import)
         echo; echo "## import"
         seq -f 'user%.0f' 0 999999 > "$tmp/ids.txt"

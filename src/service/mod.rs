@@ -96,7 +96,7 @@ pub async fn load_watch_list(config: &Config, store: &Store) -> Result<Vec<Strin
 }
 
 /// Says so before a migration that carries a history along, and gives systemd's start timeout
-/// room for it (30 s per million rows, three times what it takes here, plus a minute).
+/// room for it (30 s per million rows, five times what it takes here, plus a minute).
 fn announce_migrations(path: &std::path::Path) {
     let Ok(pending) = crate::store::migrate::pending(path) else {
         return; // opening the store reports the problem

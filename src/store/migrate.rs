@@ -23,8 +23,9 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
 ];
 
 /// What opening a database would migrate: the names of the pending migrations and the size of
-/// the history they carry along (the newest history id). Version 3 rebuilds the history, about
-/// 10 s per million rows here, which a service manager's start timeout needs to know about.
+/// the history they carry along (the newest history id). Version 3 rebuilds the history (6 s
+/// per million rows here, `scripts/bench.sh migrate`): a service manager's start timeout needs
+/// to know.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pending {
     pub names: Vec<&'static str>,
