@@ -961,14 +961,11 @@ mod tests {
         db
     }
 
-    fn apply(db: &mut Db, transitions: Vec<TransitionRecord>, not_found: Vec<(&str, Option<i64>)>) {
-        let not_found = not_found
-            .into_iter()
-            .map(|(u, t)| (u.to_owned(), t))
-            .collect();
+    /// Commits transitions as one sweep group.
+    fn commit(db: &mut Db, transitions: Vec<TransitionRecord>) {
         db.apply(&WriteSet {
             transitions,
-            not_found,
+            not_found: vec![],
         })
         .unwrap();
     }
@@ -997,20 +994,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut db = db_with_sweep(&dir);
         // Several sweeps' rows for one account, unfolded (as after a crash), in two chunks.
-        apply(
-            &mut db,
-            vec![record("a", 1, None, State::Online, 10)],
-            vec![],
-        );
-        apply(
+        commit(&mut db, vec![record("a", 1, None, State::Online, 10)]);
+        commit(
             &mut db,
             vec![record("a", 2, Some(State::Online), State::Offline, 20)],
-            vec![],
         );
-        apply(
+        commit(
             &mut db,
             vec![record("a", 3, Some(State::Offline), State::PushOnline, 30)],
-            vec![],
         );
         assert_eq!(folded_seq(&db, "a"), None, "commits only append");
         let latest = |db: &Db| {
@@ -1034,21 +1025,12 @@ mod tests {
     fn an_accounts_history_includes_rows_not_folded_yet() {
         let dir = tempfile::tempdir().unwrap();
         let mut db = db_with_sweep(&dir);
-        apply(
-            &mut db,
-            vec![record("a", 1, None, State::Online, 10)],
-            vec![],
-        );
-        apply(
-            &mut db,
-            vec![record("b", 1, None, State::Online, 10)],
-            vec![],
-        );
+        commit(&mut db, vec![record("a", 1, None, State::Online, 10)]);
+        commit(&mut db, vec![record("b", 1, None, State::Online, 10)]);
         db.fold_all().unwrap();
-        apply(
+        commit(
             &mut db,
             vec![record("a", 2, Some(State::Online), State::Offline, 20)],
-            vec![],
         );
         let seqs: Vec<u64> = db
             .history("a", None, None)
@@ -1064,12 +1046,12 @@ mod tests {
     fn a_not_found_mark_after_an_unfolded_row_survives_the_fold() {
         let dir = tempfile::tempdir().unwrap();
         let mut db = db_with_sweep(&dir);
-        apply(
-            &mut db,
-            vec![record("a", 1, None, State::Online, 10)],
-            vec![],
-        );
-        apply(&mut db, vec![], vec![("a", Some(20))]);
+        commit(&mut db, vec![record("a", 1, None, State::Online, 10)]);
+        db.apply(&WriteSet {
+            transitions: vec![],
+            not_found: vec![("a".into(), Some(20))],
+        })
+        .unwrap();
         assert_eq!(
             current(&db, "a").not_found_since,
             Some(20),
@@ -1078,10 +1060,9 @@ mod tests {
         db.fold_all().unwrap();
         assert_eq!(current(&db, "a").not_found_since, Some(20));
         // Seen again with another state: the transition, later than the mark, clears it.
-        apply(
+        commit(
             &mut db,
             vec![record("a", 2, Some(State::Online), State::Offline, 30)],
-            vec![],
         );
         assert_eq!(current(&db, "a").not_found_since, None, "before the fold");
         db.fold_all().unwrap();
@@ -1092,19 +1073,14 @@ mod tests {
     fn a_transition_written_twice_stops_the_fold_with_the_account_named() {
         let dir = tempfile::tempdir().unwrap();
         let mut db = db_with_sweep(&dir);
-        apply(
-            &mut db,
-            vec![record("a", 1, None, State::Online, 10)],
-            vec![],
-        );
+        commit(&mut db, vec![record("a", 1, None, State::Online, 10)]);
         db.fold_all().unwrap();
-        apply(
+        commit(
             &mut db,
             vec![
                 record("b", 1, None, State::Online, 20),
                 record("a", 1, None, State::Offline, 20),
             ],
-            vec![],
         );
         let err = db.fold_all().unwrap_err();
         assert!(
@@ -1123,11 +1099,7 @@ mod tests {
     fn forgetting_an_account_is_not_undone_by_a_later_fold() {
         let dir = tempfile::tempdir().unwrap();
         let mut db = db_with_sweep(&dir);
-        apply(
-            &mut db,
-            vec![record("a", 1, None, State::Online, 10)],
-            vec![],
-        );
+        commit(&mut db, vec![record("a", 1, None, State::Online, 10)]);
         db.forget(&["a".to_owned()]).unwrap();
         db.fold_all().unwrap();
         let a = current(&db, "a");
@@ -1166,10 +1138,9 @@ mod tests {
         assert_eq!(db.unfolded().unwrap(), 0);
         assert_eq!(db.history("a", None, None).unwrap().len(), 2);
         // The next transition continues the history.
-        apply(
+        commit(
             &mut db,
             vec![record("a", 3, Some(State::Offline), State::Online, 30)],
-            vec![],
         );
         db.fold_all().unwrap();
         assert_eq!(current(&db, "a").seq, 3);
