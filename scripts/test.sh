@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian machine with only the Rust toolchain: installs the
-# system packages the build and tests need, installs and starts the test Kafka broker (tansu),
-# then runs formatting and lint checks and every test.
+# system packages the build and tests need, fetches and starts the Apache Kafka test brokers
+# (scripts/kafka.sh), then runs formatting and lint checks and every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,39 +9,43 @@ log() { printf '\n==> %s\n' "$*" >&2; }
 
 # --- system packages --------------------------------------------------------------------------
 # Besides the build's own: python3 plays the analyst's second process; systemd provides
-# systemd-analyze for the unit tests.
-scripts/install-deps.sh python3 systemd
+# systemd-analyze for the unit tests; Java, Maven and openssl fetch and run the Kafka brokers.
+scripts/install-deps.sh python3 systemd openssl
+command -v java >/dev/null 2>&1 || scripts/install-deps.sh openjdk-17-jre-headless
+command -v mvn >/dev/null 2>&1 || scripts/install-deps.sh maven
 
-# --- the test broker ----------------------------------------------------------------------------
-TANSU_VERSION=0.6.0
-if ! command -v tansu >/dev/null 2>&1 || ! tansu --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
-  log "installing tansu $TANSU_VERSION (about 8 minutes the first time)"
-  cargo install tansu --version "$TANSU_VERSION" --features libsql,dynostore --locked --quiet
-fi
-export PATH="$HOME/.cargo/bin:$PATH"
-export PRESENCED_TANSU="$(command -v tansu)"
+# --- the test brokers: Apache Kafka, one node and a three-node cluster ---------------------------
+# Started in the background while the code builds; the first run downloads about 55 MB of jars.
+scripts/kafka.sh fetch
+kafka_dir=$(mktemp -d)
+trap 'scripts/kafka.sh stop "$kafka_dir/single" >/dev/null 2>&1 || true
+      scripts/kafka.sh stop "$kafka_dir/cluster" >/dev/null 2>&1 || true
+      rm -rf "$kafka_dir"' EXIT
+log "starting Apache Kafka: one node and a three-node cluster (logs in $kafka_dir)"
+scripts/kafka.sh start "$kafka_dir/single" 1 >"$kafka_dir/single.log" 2>&1 &
+single_pid=$!
+scripts/kafka.sh start "$kafka_dir/cluster" 3 >"$kafka_dir/cluster.log" 2>&1 &
+cluster_pid=$!
+export PRESENCED_TEST_KAFKA_DIR="$kafka_dir/single"
+export PRESENCED_TEST_KAFKA_CLUSTER_DIR="$kafka_dir/cluster"
 
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-broker_dir=$(mktemp -d)
-log "starting tansu on 127.0.0.1:$port"
-tansu broker --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" \
-  --storage-engine memory://tansu/ >"$broker_dir/broker.log" 2>&1 &
-broker_pid=$!
-trap 'kill "$broker_pid" 2>/dev/null || true; rm -rf "$broker_dir"' EXIT
-for _ in $(seq 1 100); do
-  (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
-  sleep 0.1
-done
-(exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || { cat "$broker_dir/broker.log"; echo "tansu did not start" >&2; exit 1; }
-export PRESENCED_TEST_KAFKA="127.0.0.1:$port"
-
-# --- checks and tests ---------------------------------------------------------------------------
+# --- checks ---------------------------------------------------------------------------------------
 log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --quiet -- -D warnings
+log "building the tests"
+cargo test --no-run --quiet
+
+wait "$single_pid" || { cat "$kafka_dir/single.log" >&2; echo "the Kafka test broker did not start" >&2; exit 1; }
+wait "$cluster_pid" || { cat "$kafka_dir/cluster.log" >&2; echo "the Kafka test cluster did not start" >&2; exit 1; }
+# shellcheck disable=SC1091
+. "$kafka_dir/single/env"
+export PRESENCED_TEST_KAFKA="$KAFKA_BOOTSTRAP"
+
+# --- tests --------------------------------------------------------------------------------------
 log "cargo test"
-results="$broker_dir/test-output.txt"
+results="$kafka_dir/test-output.txt"
 set +e
 cargo test --no-fail-fast 2>&1 | tee "$results"
 status=${PIPESTATUS[0]}

@@ -190,13 +190,22 @@ pub struct KafkaConfig {
     pub compression: String,
     pub create_topic: bool,
     pub topic_partitions: i32,
+    /// Replicas of a created topic; -1 takes the broker's `default.replication.factor`.
+    pub topic_replication_factor: i32,
+    /// `min.insync.replicas` of a created topic; 0 takes the broker's default.
+    pub topic_min_insync_replicas: u32,
     /// Optional compacted topic keyed by account with its current state; a tombstone when an
     /// account leaves the watch list. Empty: off.
     pub state_topic: String,
+    /// Extra topic configs for the state topic when it is created (it is always compacted).
+    pub state_topic_config: BTreeMap<String, String>,
     /// Outbox rows read and sent per round.
     pub batch_size: usize,
     pub linger_ms: u64,
-    pub message_timeout_ms: u64,
+    /// No longer used: messages wait in librdkafka until acknowledged (a local timeout could
+    /// reorder an account's events). Accepted so that older files still load; a warning says so.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message_timeout_ms: Option<u64>,
     /// Bound on how long shutdown waits for acknowledgements.
     pub flush_timeout_secs: f64,
     /// Free-form librdkafka properties (SASL, TLS, ...). Values of keys that look secret are
@@ -214,10 +223,13 @@ impl Default for KafkaConfig {
             compression: "lz4".into(),
             create_topic: false,
             topic_partitions: 6,
+            topic_replication_factor: -1,
+            topic_min_insync_replicas: 0,
             state_topic: String::new(),
+            state_topic_config: BTreeMap::new(),
             batch_size: 5_000,
             linger_ms: 5,
-            message_timeout_ms: 300_000,
+            message_timeout_ms: None,
             flush_timeout_secs: 10.0,
             properties: BTreeMap::new(),
         }
@@ -514,6 +526,26 @@ impl Config {
         }
         if self.kafka.batch_size == 0 {
             return fail("kafka.batch_size", "must be at least 1".into());
+        }
+        if self.kafka.topic_partitions < 1 {
+            return fail(
+                "kafka.topic_partitions",
+                format!("must be at least 1, got {}", self.kafka.topic_partitions),
+            );
+        }
+        let replicas = self.kafka.topic_replication_factor;
+        if !(replicas == -1 || (1..=i32::from(i16::MAX)).contains(&replicas)) {
+            return fail(
+                "kafka.topic_replication_factor",
+                format!("must be -1 (the broker's default) or from 1 to 32767, got {replicas}"),
+            );
+        }
+        let min_isr = self.kafka.topic_min_insync_replicas;
+        if replicas > 0 && i64::from(min_isr) > i64::from(replicas) {
+            return fail(
+                "kafka.topic_min_insync_replicas",
+                format!("{min_isr} is more than kafka.topic_replication_factor ({replicas}): nothing could be written"),
+            );
         }
         if !self.service.metrics_listen.is_empty()
             && self

@@ -28,8 +28,11 @@ fn example_documents_every_option() {
             text.contains(&format!("[{section}]")),
             "section [{section}] undocumented"
         );
-        for key in table.as_table().unwrap().keys() {
-            if key == "properties" {
+        for (key, value) in table.as_table().unwrap() {
+            if value.is_table() {
+                if !text.contains(&format!("[{section}.{key}]")) {
+                    missing.push(format!("[{section}.{key}]"));
+                }
                 continue;
             }
             if !text

@@ -219,7 +219,7 @@ fn migrate_upgrades_a_version_2_database_and_says_so() {
         first.contains("applying 0003_append_only_commits.sql (1 history rows"),
         "{first}"
     );
-    assert!(first.contains("schema version 3"), "{first}");
+    assert!(first.contains("schema version 4"), "{first}");
     assert!(migrate().contains("schema up to date"));
     let db = Db::open(&path, Duration::from_secs(5)).unwrap();
     assert_eq!(db.history("a", None, None).unwrap().len(), 1);

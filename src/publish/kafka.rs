@@ -1,17 +1,25 @@
 //! The Kafka sink: an idempotent producer (acks=all), enqueued strictly in outbox order so that
 //! one account's events keep their order on its partition.
+//!
+//! Messages never time out in librdkafka's queue (`message.timeout.ms=0`): a timed-out message
+//! leaves a gap that later messages of the same partition skip over (librdkafka's
+//! INTRODUCTION.md, "Message timeout considerations"), and re-sending it from the outbox would
+//! put an account's seq 2 after its seq 4. Other errors that could leave a gap are fatal
+//! (`enable.gapless.guarantee`), and a fatal error re-creates the producer. A broker outage is
+//! therefore a wait, not a failure: the outbox holds everything meanwhile.
 
+use super::broker_health::{BrokerHealth, ProducerHealthContext};
 use super::event::{cloudevents_headers, cloudevents_source, EventV1, StateV1};
 use super::DeliveryError;
 use crate::config::KafkaConfig;
 use crate::store::{OutboxEvent, TransitionRecord};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -33,9 +41,13 @@ impl std::fmt::Debug for Enqueued {
     }
 }
 
+type HealthProducer = FutureProducer<ProducerHealthContext>;
+
 pub struct KafkaSink {
-    producer: FutureProducer,
-    settings: KafkaConfig,
+    producer: HealthProducer,
+    health: Arc<BrokerHealth>,
+    // Boxed: the sink is a variant of `Sink`, whose other variants are small.
+    settings: Box<KafkaConfig>,
     sdkappid: u64,
     /// Rounds in a row in which the broker refused everything (not merely timed out).
     refused_rounds: u32,
@@ -49,33 +61,64 @@ impl std::fmt::Debug for KafkaSink {
     }
 }
 
-/// The librdkafka configuration. Free-form properties go last so an operator can override any
-/// default, except the two settings no-loss delivery depends on.
+/// The librdkafka configuration of the admin client: the brokers, the client id and the
+/// operator's properties (security settings among them).
 pub fn client_config(k: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &k.brokers)
+        .set("client.id", &k.client_id);
+    for (key, value) in &k.properties {
+        c.set(key, value);
+    }
+    c
+}
+
+/// The producer's configuration. Free-form properties go after the tunable defaults so an
+/// operator can override them, but not the settings that no loss and per-account order depend
+/// on: idempotence with acks from every in-sync replica, no local message timeout, and a fatal
+/// error instead of a gap.
+pub fn producer_config(k: &KafkaConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &k.brokers)
         .set("client.id", &k.client_id)
         .set("compression.type", &k.compression)
-        .set("linger.ms", k.linger_ms.to_string())
-        .set("message.timeout.ms", k.message_timeout_ms.to_string());
+        .set("linger.ms", k.linger_ms.to_string());
     for (key, value) in &k.properties {
         c.set(key, value);
     }
-    c.set("enable.idempotence", "true").set("acks", "all");
+    c.set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("message.timeout.ms", "0")
+        .set("enable.gapless.guarantee", "true");
     c
+}
+
+fn create_producer(
+    settings: &KafkaConfig,
+    health: &Arc<BrokerHealth>,
+) -> Result<HealthProducer, KafkaError> {
+    producer_config(settings).create_with_context(ProducerHealthContext {
+        health: health.clone(),
+        brokers: settings.brokers.clone(),
+    })
 }
 
 impl KafkaSink {
     pub fn new(settings: &KafkaConfig, sdkappid: u64) -> Result<Self, KafkaSetupError> {
-        let producer = client_config(settings)
-            .create()
-            .map_err(KafkaSetupError::Client)?;
+        let health = Arc::new(BrokerHealth::default());
+        let producer = create_producer(settings, &health).map_err(KafkaSetupError::Client)?;
         Ok(KafkaSink {
             producer,
-            settings: settings.clone(),
+            health,
+            settings: Box::new(settings.clone()),
             sdkappid,
             refused_rounds: 0,
         })
+    }
+
+    /// What the producer learnt about the brokers: outages and refused credentials.
+    pub fn health(&self) -> Arc<BrokerHealth> {
+        self.health.clone()
     }
 
     /// Checks that the topic exists, creating it when configured to. `Ok(false)` means the
@@ -135,16 +178,26 @@ impl KafkaSink {
     }
 
     async fn create_topic(&self, name: &str, compacted: bool) -> Result<(), KafkaSetupError> {
-        let admin: AdminClient<DefaultClientContext> = client_config(&self.settings)
-            .create()
+        let admin: AdminClient<ProducerHealthContext> = client_config(&self.settings)
+            .create_with_context(ProducerHealthContext {
+                health: self.health.clone(),
+                brokers: self.settings.brokers.clone(),
+            })
             .map_err(KafkaSetupError::Client)?;
+        let min_isr = self.settings.topic_min_insync_replicas.to_string();
         let mut topic = NewTopic::new(
             name,
             self.settings.topic_partitions,
-            TopicReplication::Fixed(1),
+            TopicReplication::Fixed(self.settings.topic_replication_factor),
         );
+        if self.settings.topic_min_insync_replicas > 0 {
+            topic = topic.set("min.insync.replicas", &min_isr);
+        }
         if compacted {
             topic = topic.set("cleanup.policy", "compact");
+            for (key, value) in &self.settings.state_topic_config {
+                topic = topic.set(key, value);
+            }
         }
         let fail = |message: String| KafkaSetupError::CreateTopic {
             topic: name.to_owned(),
@@ -166,6 +219,8 @@ impl KafkaSink {
         tracing::info!(
             topic = name,
             partitions = self.settings.topic_partitions,
+            replication_factor = self.settings.topic_replication_factor,
+            min_insync_replicas = self.settings.topic_min_insync_replicas,
             compacted,
             "created Kafka topic"
         );
@@ -285,7 +340,7 @@ impl KafkaSink {
             None => return,
         };
         tracing::error!(%reason, "re-creating the Kafka producer");
-        match client_config(&self.settings).create() {
+        match create_producer(&self.settings, &self.health) {
             Ok(p) => {
                 self.producer = p;
                 self.refused_rounds = 0;

@@ -2,6 +2,7 @@
 //! moves past it) only after its delivery and every delivery before it succeeded, so a sink that
 //! is down means a backlog, never a loss.
 
+pub mod broker_health;
 pub mod event;
 pub mod kafka;
 
@@ -108,6 +109,19 @@ impl Encoder {
 }
 
 impl Sink {
+    /// Whether pending tombstones go anywhere (a Kafka sink with a state topic).
+    fn has_state_topic(&self) -> bool {
+        matches!(self, Sink::Kafka(k) if k.has_state_topic())
+    }
+
+    /// The Kafka producer's view of its brokers, for a Kafka sink.
+    pub fn broker_health(&self) -> Option<Arc<broker_health::BrokerHealth>> {
+        match self {
+            Sink::Kafka(k) => Some(k.health()),
+            Sink::Stdout { .. } => None,
+        }
+    }
+
     pub fn encoder(&self) -> Encoder {
         match self {
             Sink::Kafka(k) => Encoder::Kafka(k.encoder()),
@@ -258,6 +272,8 @@ pub struct Publisher {
     marking: Option<Submitted<()>>,
     /// When the backlog metrics were last refreshed.
     backlog_counted: Option<Instant>,
+    /// The Kafka producer's view of its brokers; a delivery after an outage is logged.
+    broker_health: Option<Arc<broker_health::BrokerHealth>>,
 }
 
 impl Publisher {
@@ -269,6 +285,7 @@ impl Publisher {
         wake: Arc<Notify>,
     ) -> Self {
         Publisher {
+            broker_health: sink.broker_health(),
             store,
             sink,
             batch_size,
@@ -281,12 +298,21 @@ impl Publisher {
         }
     }
 
-    /// Queues the read and encoding of the batch after `after` on the store thread.
+    /// Queues the read and encoding of the batch after `after` on the store thread. With a state
+    /// topic, the read stops at a pending tombstone's barrier; it is read in the same closure so
+    /// that a removal committed after it bounds nothing this read returned.
     async fn read_batch(&self, after: i64) -> Result<Submitted<Batch>, StoreError> {
         let limit = self.batch_size;
         let encoder = self.sink.encoder();
+        let with_state = self.sink.has_state_topic();
         self.store
-            .submit(move |db| Ok(encoder.encode(db.outbox_batch(after, limit)?)))
+            .submit(move |db| {
+                let upto = match with_state {
+                    true => db.tombstone_barrier()?.unwrap_or(i64::MAX),
+                    false => i64::MAX,
+                };
+                Ok(encoder.encode(db.outbox_batch_upto(after, upto, limit)?))
+            })
             .await
     }
 
@@ -315,11 +341,18 @@ impl Publisher {
         flush_timeout: Duration,
     ) -> Result<(), StoreError> {
         let mut failures = 0u32;
+        let mut interrupted = false;
         loop {
-            if shutdown.is_cancelled() {
-                break;
-            }
-            match self.drain_once().await? {
+            // A round may wait long for acknowledgements (messages do not time out while the
+            // brokers are down), so a stop does not wait for the round to end.
+            let round = tokio::select! {
+                round = self.drain_once() => round?,
+                _ = shutdown.cancelled() => {
+                    interrupted = true;
+                    break;
+                }
+            };
+            match round {
                 Drained::Some => failures = 0,
                 Drained::Empty => {
                     failures = 0;
@@ -338,6 +371,15 @@ impl Publisher {
                     }
                 }
             }
+            if shutdown.is_cancelled() {
+                break;
+            }
+        }
+        if interrupted {
+            // The interrupted round may have taken a batch out of the window without settling
+            // it; settling the later ones would move the mark past it. Start again from the mark.
+            self.inflight.clear();
+            self.prefetch = None;
         }
         // A last drain within the bound, so a clean stop leaves as little behind as possible.
         let deadline = tokio::time::Instant::now() + flush_timeout;
@@ -357,16 +399,21 @@ impl Publisher {
     /// One round: read a batch, deliver it, mark what was acknowledged.
     pub async fn drain_once(&mut self) -> Result<Drained, StoreError> {
         let limit = self.batch_size;
-        // Tombstones first: an account removed and added again gets its tombstone before its new
-        // state record.
+        if self.inflight.is_empty() {
+            // The mark of the last settled batch decides which tombstones are due.
+            self.marked().await?;
+        }
+        let with_state = self.sink.has_state_topic();
         let tombstones = self
             .store
-            .call(move |db| db.pending_tombstones(limit))
+            .call(move |db| db.tombstones_due(limit, !with_state))
             .await?;
+        let mut tombstone_failed = false;
         if !tombstones.is_empty() {
             let done: Vec<String> = match &mut self.sink {
-                Sink::Kafka(k) if k.has_state_topic() => {
+                Sink::Kafka(k) if with_state => {
                     let results = k.deliver_tombstones(&tombstones).await;
+                    tombstone_failed = results.iter().any(Result::is_err);
                     tombstones
                         .into_iter()
                         .zip(results)
@@ -403,7 +450,10 @@ impl Publisher {
         let Some((events, pending)) = self.inflight.pop_front() else {
             self.marked().await?;
             self.refresh_backlog(true).await?;
-            return Ok(Drained::Empty);
+            return Ok(match tombstone_failed {
+                true => Drained::Failed,
+                false => Drained::Empty,
+            });
         };
         let results = self.sink.finish(pending).await;
         let failed = self.settled(&events, &results).await?;
@@ -440,6 +490,9 @@ impl Publisher {
         }
         let through = published_through(events, results);
         let failed = results.iter().filter(|r| r.is_err()).count();
+        if failed < results.len() {
+            self.after_delivery().await?;
+        }
         if failed > 0 {
             let first = results.iter().find_map(|r| r.as_ref().err()).cloned();
             tracing::warn!(failed, error = ?first, "some events were not acknowledged; they and the events after them stay in the outbox");
@@ -457,6 +510,21 @@ impl Publisher {
             );
         }
         Ok(failed)
+    }
+
+    /// A delivery succeeded: if the brokers had been unreachable, say for how long and what
+    /// waits to go out.
+    async fn after_delivery(&mut self) -> Result<(), StoreError> {
+        let Some(down_for) = self.broker_health.as_ref().and_then(|h| h.delivered()) else {
+            return Ok(());
+        };
+        let (backlog, _) = self.store.call(|db| db.outbox_backlog()).await?;
+        tracing::info!(
+            down_for_secs = down_for.as_secs(),
+            backlog,
+            "Kafka brokers are reachable again; sending the backlog"
+        );
+        Ok(())
     }
 
     /// Refreshes the backlog metrics: always when `now`, else at most once a second; a gauge

@@ -1,6 +1,7 @@
 //! `/metrics`, `/healthz` and `/readyz`, bound to localhost by default.
 
 use crate::metrics::Metrics;
+use crate::publish::broker_health::BrokerHealth;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
@@ -15,6 +16,16 @@ use tokio_util::sync::CancellationToken;
 pub struct Health {
     /// Set once start-up finished and cleared when sweeping stops for a configuration error.
     pub ready: AtomicBool,
+    /// The Kafka producer's view of its brokers: not ready while they refuse our credentials.
+    pub kafka: std::sync::OnceLock<Arc<BrokerHealth>>,
+}
+
+impl Health {
+    /// Whether `/readyz` answers 200.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+            && !self.kafka.get().is_some_and(|k| k.credentials_refused())
+    }
 }
 
 #[derive(Clone)]
@@ -55,7 +66,7 @@ async fn metrics_text(State(s): State<AppState>) -> ([(&'static str, &'static st
 }
 
 async fn ready(State(s): State<AppState>) -> (StatusCode, &'static str) {
-    if s.health.ready.load(Ordering::Relaxed) {
+    if s.health.is_ready() {
         (StatusCode::OK, "ready\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")

@@ -153,7 +153,11 @@ pub async fn run(config: Config, mut options: RunOptions) -> Result<(), ServiceE
     sweeper.notify_commits(wake.clone());
     let sink = match config.sink.kind {
         SinkKind::Kafka => {
+            if config.kafka.message_timeout_ms.is_some() {
+                tracing::warn!("kafka.message_timeout_ms is ignored: events wait in the producer until Kafka acknowledges them (a timeout could reorder an account's events); remove it from the configuration");
+            }
             let sink = KafkaSink::new(&config.kafka, config.im.sdkappid)?;
+            let _ = health.kafka.set(sink.health());
             sink.check_topic().await?;
             Some(Sink::Kafka(sink))
         }

@@ -20,6 +20,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "0003_append_only_commits.sql",
         include_str!("../../migrations/0003_append_only_commits.sql"),
     ),
+    (
+        4,
+        "0004_tombstone_order.sql",
+        include_str!("../../migrations/0004_tombstone_order.sql"),
+    ),
 ];
 
 /// What opening a database would migrate: the names of the pending migrations and the size of

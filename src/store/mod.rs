@@ -352,9 +352,13 @@ impl Db {
                 "UPDATE presence_current_folded SET state = NULL, platforms = NULL, observed_at = NULL,
                  not_found_since = NULL WHERE user_id = ?1",
             )?;
+            // The tombstone waits for every event already in the outbox (see pending
+            // tombstones): the newest history id is a bound on the account's own.
             let mut tombstone = tx.prepare_cached(
-                "INSERT INTO state_tombstones (user_id, removed_at) VALUES (?1, ?2)
-                 ON CONFLICT (user_id) DO UPDATE SET removed_at = excluded.removed_at",
+                "INSERT INTO state_tombstones (user_id, removed_at, after_history_id)
+                 VALUES (?1, ?2, (SELECT COALESCE(MAX(history_id), 0) FROM presence_history))
+                 ON CONFLICT (user_id) DO UPDATE SET removed_at = excluded.removed_at,
+                     after_history_id = excluded.after_history_id",
             )?;
             let now = crate::model::now_millis();
             for id in ids {
@@ -368,20 +372,38 @@ impl Db {
 
     /// Accounts waiting for a tombstone on the state topic, oldest first.
     pub fn pending_tombstones(&self, limit: usize) -> Result<Vec<String>, StoreError> {
-        // The publisher asks every round and there is almost never one: the ordered query
-        // below builds a sorter even over an empty table, which cost more than reading a batch.
-        let any: bool = self
-            .conn
-            .prepare_cached("SELECT EXISTS (SELECT 1 FROM state_tombstones)")?
-            .query_row([], |r| r.get(0))?;
-        if !any {
-            return Ok(Vec::new());
-        }
         let mut stmt = self.conn.prepare_cached(
             "SELECT user_id FROM state_tombstones ORDER BY removed_at, user_id LIMIT ?1",
         )?;
         let rows = stmt.query_map([limit as i64], |r| r.get(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The tombstones the publisher may send now, oldest first: every one when `all` (no state
+    /// topic, so order does not matter), else those whose account's events committed before its
+    /// removal are all published, so its last state record is on the topic before its tombstone.
+    pub fn tombstones_due(&self, limit: usize, all: bool) -> Result<Vec<String>, StoreError> {
+        if self.tombstone_barrier()?.is_none() {
+            return Ok(Vec::new());
+        }
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT user_id FROM state_tombstones
+             WHERE ?2 OR after_history_id <= (SELECT history_id FROM store_marks WHERE mark = 'published')
+             ORDER BY after_history_id, removed_at, user_id LIMIT ?1",
+        )?;
+        let rows = stmt.query_map(params![limit as i64, all], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// While a tombstone is pending, the history id the outbox may be read up to: no further,
+    /// so that the state records of an account removed and added again follow its tombstone.
+    pub fn tombstone_barrier(&self) -> Result<Option<i64>, StoreError> {
+        // Asked every publisher round; MIN over the (almost always empty) table is one lookup,
+        // where an ordered query would build a sorter even over nothing.
+        Ok(self
+            .conn
+            .prepare_cached("SELECT MIN(after_history_id) FROM state_tombstones")?
+            .query_row([], |r| r.get(0))?)
     }
 
     pub fn delete_tombstones(&mut self, ids: &[String]) -> Result<(), StoreError> {
@@ -565,14 +587,25 @@ impl Db {
 
     /// The oldest pending events after `after`, in commit order (which is per-account order).
     pub fn outbox_batch(&self, after: i64, limit: usize) -> Result<Vec<OutboxEvent>, StoreError> {
+        self.outbox_batch_upto(after, i64::MAX, limit)
+    }
+
+    /// [`Db::outbox_batch`], reading no event after `upto`.
+    pub fn outbox_batch_upto(
+        &self,
+        after: i64,
+        upto: i64,
+        limit: usize,
+    ) -> Result<Vec<OutboxEvent>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT history_id, committed_at, event_id, user_id, seq, from_state, to_state,
                     from_platforms, to_platforms, observed_at, previous_observed_at, sweep_id
              FROM presence_history
              WHERE history_id > MAX(?1, (SELECT history_id FROM store_marks WHERE mark = 'published'))
+               AND history_id <= ?3
              ORDER BY history_id LIMIT ?2",
         )?;
-        let mut rows = stmt.query([after, limit as i64])?;
+        let mut rows = stmt.query([after, limit as i64, upto])?;
         let mut out = Vec::new();
         while let Some(r) = rows.next()? {
             out.push(read_event(r)?);

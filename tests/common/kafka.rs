@@ -1,126 +1,180 @@
-//! Kafka helpers: the test broker's address, a broker process of a test's own, and a consumer
-//! that reads a topic back.
+//! Kafka helpers: the Apache Kafka nodes that scripts/test.sh started (scripts/kafka.sh), topic
+//! creation, and a consumer that reads a topic back.
 #![allow(dead_code)]
 
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
-use std::collections::BTreeMap;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// The shared test broker started by scripts/test.sh. Kafka tests fail, never skip, without it.
+/// A running set of Apache Kafka nodes, as `scripts/kafka.sh start DIR` left them in DIR.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    pub dir: PathBuf,
+    env: HashMap<String, String>,
+}
+
+impl Cluster {
+    /// The nodes whose directory is in the environment variable `var`. Kafka tests fail, never
+    /// skip, when the suite was started without them.
+    fn from_env(var: &str) -> Cluster {
+        let dir = std::env::var(var).unwrap_or_else(|_| {
+            panic!("{var} is not set: run the suite with scripts/test.sh, which starts the Apache Kafka test brokers")
+        });
+        let dir = PathBuf::from(dir);
+        let text = std::fs::read_to_string(dir.join("env"))
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.join("env").display()));
+        let env = text
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.trim_matches('"').to_owned()))
+            .collect();
+        Cluster { dir, env }
+    }
+
+    fn get(&self, key: &str) -> &str {
+        &self.env[key]
+    }
+
+    /// PLAINTEXT bootstrap addresses.
+    pub fn bootstrap(&self) -> String {
+        self.get("KAFKA_BOOTSTRAP").to_owned()
+    }
+
+    /// SASL_SSL (SCRAM-SHA-512) bootstrap addresses.
+    pub fn sasl_bootstrap(&self) -> String {
+        self.get("KAFKA_SASL_BOOTSTRAP").to_owned()
+    }
+
+    /// The CA certificate that signed the brokers' certificates.
+    pub fn ca(&self) -> String {
+        self.get("KAFKA_CA").to_owned()
+    }
+
+    pub fn scram_user(&self) -> String {
+        self.get("KAFKA_SCRAM_USER").to_owned()
+    }
+
+    pub fn scram_password(&self) -> String {
+        self.get("KAFKA_SCRAM_PASSWORD").to_owned()
+    }
+
+    pub fn node_ids(&self) -> Vec<i32> {
+        self.get("KAFKA_NODES")
+            .split_whitespace()
+            .map(|s| s.parse().unwrap())
+            .collect()
+    }
+
+    fn script(&self, args: &[&str]) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka.sh");
+        let status = Command::new(script)
+            .args(args)
+            .status()
+            .expect("scripts/kafka.sh runs");
+        assert!(status.success(), "scripts/kafka.sh {args:?} failed");
+    }
+
+    /// SIGKILLs node `id`.
+    pub fn kill_node(&self, id: i32) {
+        self.script(&["kill-node", self.dir.to_str().unwrap(), &id.to_string()]);
+    }
+
+    /// Starts node `id` again and waits until it serves.
+    pub fn start_node(&self, id: i32) {
+        self.script(&["start-node", self.dir.to_str().unwrap(), &id.to_string()]);
+    }
+
+    /// The node that leads `partition` of `topic` now, if the metadata names one.
+    pub fn leader(&self, topic: &str, partition: i32) -> Option<i32> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", self.bootstrap())
+            .create()
+            .unwrap();
+        let metadata = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .ok()?;
+        let t = metadata.topics().iter().find(|t| t.name() == topic)?;
+        let p = t.partitions().iter().find(|p| p.id() == partition)?;
+        (p.leader() >= 0).then_some(p.leader())
+    }
+}
+
+/// The single test broker.
+pub fn single() -> Cluster {
+    Cluster::from_env("PRESENCED_TEST_KAFKA_DIR")
+}
+
+/// The three-node test cluster, for failover, outage and exactly-once tests. Tests that stop its
+/// nodes hold [`cluster_lock`] so they do not overlap.
+pub fn cluster() -> Cluster {
+    Cluster::from_env("PRESENCED_TEST_KAFKA_CLUSTER_DIR")
+}
+
+/// The single test broker's PLAINTEXT address.
 pub fn broker() -> String {
-    std::env::var("PRESENCED_TEST_KAFKA").expect(
-        "PRESENCED_TEST_KAFKA is not set: run the suite with scripts/test.sh, which installs and starts the test broker",
-    )
+    single().bootstrap()
 }
 
-pub fn tansu_binary() -> String {
-    std::env::var("PRESENCED_TANSU").unwrap_or_else(|_| "tansu".into())
+/// Serialises the tests of one binary that stop and start the cluster's nodes.
+pub fn cluster_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A tansu broker of a test's own, with SQLite storage so that its data survives a restart.
-pub struct Tansu {
-    pub port: u16,
-    dir: std::path::PathBuf,
-    child: Option<Child>,
+/// Runs a future to completion on a runtime of its own, so that blocking helpers can be called
+/// from any test, async or not.
+fn block_on<F: std::future::Future + Send>(f: F) -> F::Output
+where
+    F::Output: Send,
+{
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(f)
+        })
+        .join()
+        .unwrap()
+    })
 }
 
-impl Tansu {
-    pub fn new(dir: &Path) -> Tansu {
-        Tansu {
-            port: super::free_port(),
-            dir: dir.to_owned(),
-            child: None,
-        }
+/// Creates a topic with `partitions` partitions, `replicas` replicas and these topic configs.
+pub fn create_topic_with(
+    addr: &str,
+    name: &str,
+    partitions: i32,
+    replicas: i32,
+    configs: &[(&str, &str)],
+) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", addr)
+        .create()
+        .unwrap();
+    let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(replicas));
+    for (k, v) in configs {
+        topic = topic.set(k, v);
     }
-
-    pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    pub fn start(&mut self) {
-        let url = format!("tcp://127.0.0.1:{}", self.port);
-        let child = Command::new(tansu_binary())
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "sqlite://tansu.db"])
-            .current_dir(&self.dir)
-            .stdout(Stdio::null())
-            .stderr(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(self.dir.join("broker.log"))
-                    .unwrap(),
-            )
-            .spawn()
-            .expect("tansu is installed (scripts/test.sh installs it)");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "tansu did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// The broker's own log, for failure messages.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("broker.log")).unwrap_or_default()
-    }
-
-    /// Stops the broker the way an operator would (SIGTERM), so its storage is closed cleanly.
-    pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(c.id().to_string())
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    pub fn create_topic(&self, name: &str, partitions: u32) {
-        create_topic(&self.addr(), name, partitions);
+    let results = block_on(admin.create_topics(
+        [&topic],
+        &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+    ))
+    .unwrap();
+    for r in results {
+        r.unwrap_or_else(|(t, e)| panic!("creating topic {t}: {e}"));
     }
 }
 
-impl Drop for Tansu {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-pub fn create_topic(addr: &str, name: &str, partitions: u32) {
-    let out = Command::new(tansu_binary())
-        .args([
-            "topic",
-            "create",
-            name,
-            "--partitions",
-            &partitions.to_string(),
-            "--broker",
-            &format!("tcp://{addr}"),
-        ])
-        .output()
-        .expect("tansu topic create runs");
-    assert!(
-        out.status.success(),
-        "creating topic {name}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// Creates a topic with one replica.
+pub fn create_topic(addr: &str, name: &str, partitions: i32) {
+    create_topic_with(addr, name, partitions, 1, &[]);
 }
 
 #[derive(Debug, Clone)]
@@ -135,13 +189,27 @@ pub struct Consumed {
 /// Reads the topic from the beginning until `expected` messages arrived and a quiet second
 /// passed (so extras would be seen too), or the timeout.
 pub fn consume(addr: &str, topic: &str, expected: usize, timeout: Duration) -> Vec<Consumed> {
-    let consumer: BaseConsumer = ClientConfig::new()
+    consume_with(addr, topic, expected, timeout, &[])
+}
+
+/// [`consume`] with extra consumer properties (e.g. `isolation.level`).
+pub fn consume_with(
+    addr: &str,
+    topic: &str,
+    expected: usize,
+    timeout: Duration,
+    properties: &[(&str, &str)],
+) -> Vec<Consumed> {
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", addr)
         .set("group.id", format!("test-{}", uuid::Uuid::now_v7()))
         .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
+        .set("enable.auto.commit", "false");
+    for (k, v) in properties {
+        config.set(*k, *v);
+    }
+    let consumer: BaseConsumer = config.create().unwrap();
     consumer.subscribe(&[topic]).unwrap();
     let deadline = Instant::now() + timeout;
     let mut out = Vec::new();

@@ -313,3 +313,4 @@ pub fn signal(child: &std::process::Child, name: &str) {
 }
 
 pub mod kafka;
+pub mod pipeline;

@@ -1,0 +1,134 @@
+//! What the Kafka producer learns about its brokers, told to the operator once per change rather
+//! than once per librdkafka callback: an hour-long outage is two lines (down, back) plus a
+//! reminder every few minutes, not tens of thousands. Authentication and TLS failures are
+//! configuration problems: said once (and again every few minutes), and they fail readiness
+//! until a delivery succeeds.
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How often an outage that goes on is mentioned again.
+pub const OUTAGE_REMINDER: Duration = Duration::from_secs(300);
+
+/// The brokers' health as the producer saw it; shared with the publisher and the readiness check.
+#[derive(Debug, Default)]
+pub struct BrokerHealth {
+    /// Set while the brokers refuse our credentials or certificates; cleared by a delivery.
+    credentials_refused: AtomicBool,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    down_since: Option<Instant>,
+    reminded: Option<Instant>,
+    /// When refused credentials were last reported: librdkafka reports them at every
+    /// reconnection, with timings in the text, so repeats are reminders at most.
+    refused_reported: Option<Instant>,
+}
+
+impl BrokerHealth {
+    /// Whether the brokers currently refuse the configured credentials or TLS settings.
+    pub fn credentials_refused(&self) -> bool {
+        self.credentials_refused.load(Ordering::Relaxed)
+    }
+
+    /// Since when every broker has been unreachable, if they are.
+    pub fn down_since(&self) -> Option<Instant> {
+        self.lock().down_since
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Called for every librdkafka error callback.
+    fn on_error(&self, brokers: &str, error: &KafkaError, reason: &str) {
+        let code = error.rdkafka_error_code();
+        tracing::debug!(brokers, ?code, reason, "librdkafka error");
+        match code {
+            Some(RDKafkaErrorCode::AllBrokersDown) => {
+                let mut s = self.lock();
+                let now = Instant::now();
+                match s.down_since {
+                    None => {
+                        s.down_since = Some(now);
+                        s.reminded = Some(now);
+                        tracing::warn!(brokers, "Kafka brokers are unreachable; events wait in the outbox until they are back");
+                    }
+                    Some(since) if s.reminded.is_none_or(|r| now - r >= OUTAGE_REMINDER) => {
+                        s.reminded = Some(now);
+                        tracing::warn!(
+                            brokers,
+                            down_for_secs = (now - since).as_secs(),
+                            "Kafka brokers are still unreachable; events wait in the outbox"
+                        );
+                    }
+                    Some(_) => {}
+                }
+            }
+            Some(
+                RDKafkaErrorCode::Authentication
+                | RDKafkaErrorCode::SaslAuthenticationFailed
+                | RDKafkaErrorCode::SSL,
+            ) => {
+                self.credentials_refused.store(true, Ordering::Relaxed);
+                let mut s = self.lock();
+                let now = Instant::now();
+                if s.refused_reported
+                    .is_none_or(|r| now - r >= OUTAGE_REMINDER)
+                {
+                    s.refused_reported = Some(now);
+                    // librdkafka's reason names the broker and the mechanism; it never holds the
+                    // password, which librdkafka does not put in messages.
+                    tracing::error!(brokers, reason, "Kafka refused the connection: check kafka.properties (security.protocol, sasl.*, ssl.*); events wait in the outbox");
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Called when a delivery succeeded: the brokers are reachable and accept us. Returns how
+    /// long they had been unreachable, if they had.
+    pub fn delivered(&self) -> Option<Duration> {
+        if self.credentials_refused.swap(false, Ordering::Relaxed) {
+            tracing::info!("Kafka accepts the configured credentials again");
+            self.lock().refused_reported = None;
+        }
+        let mut s = self.lock();
+        let since = s.down_since.take()?;
+        s.reminded = None;
+        Some(since.elapsed())
+    }
+}
+
+/// The producer's librdkafka context: error callbacks go to [`BrokerHealth`], librdkafka's own
+/// log lines to `debug` (its errors arrive through the error callback as well).
+#[derive(Debug, Clone)]
+pub struct ProducerHealthContext {
+    pub health: Arc<BrokerHealth>,
+    /// The configured bootstrap servers, named in log lines.
+    pub brokers: String,
+}
+
+impl ClientContext for ProducerHealthContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical => {
+                tracing::error!(fac, message, "librdkafka")
+            }
+            RDKafkaLogLevel::Warning if fac.starts_with("CONF") => {
+                tracing::warn!(fac, message, "librdkafka")
+            }
+            _ => tracing::debug!(fac, message, "librdkafka"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.health.on_error(&self.brokers, &error, reason);
+    }
+}
