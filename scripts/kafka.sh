@@ -8,7 +8,8 @@
 #                                          on 127.0.0.1; waits until every node serves; writes DIR/env
 #   scripts/kafka.sh kill-node DIR ID      SIGKILL one node (failover tests)
 #   scripts/kafka.sh stop-node DIR ID      SIGTERM one node and wait for it to exit
-#   scripts/kafka.sh start-node DIR ID     start a stopped node again and wait until it serves
+#   scripts/kafka.sh start-node DIR ID...  start stopped nodes again and wait until they serve (a
+#                                          node waits for a quorum, so a cluster restarts together)
 #   scripts/kafka.sh stop DIR              stop every node (SIGTERM, then SIGKILL) and keep DIR
 #
 # Each node has three listeners: PLAINTEXT (clients and brokers), SASL_SSL with SCRAM-SHA-512
@@ -146,8 +147,10 @@ wait_node() {
   local dir=$1 id=$2 before=$3
   local node="$dir/node$id"
   for _ in $(seq 1 1200); do
+    # One reader, no pipe: with pipefail, `tail | grep -q` fails when grep stops reading early.
     if [ -f "$node/broker.log" ] &&
-      tail -n +"$((before + 1))" "$node/broker.log" | grep -q 'Kafka Server started'; then
+      awk -v n="$before" 'NR > n && /Kafka Server started/ { found = 1; exit } END { exit !found }' \
+        "$node/broker.log"; then
       return
     fi
     kill -0 "$(cat "$node/pid")" 2>/dev/null || {
@@ -237,10 +240,11 @@ case "$cmd" in
   kill-node) [ $# -eq 3 ] || die "usage: kill-node DIR ID"; signal_node "$2" "$3" KILL ;;
   stop-node) [ $# -eq 3 ] || die "usage: stop-node DIR ID"; signal_node "$2" "$3" TERM ;;
   start-node)
-    [ $# -eq 3 ] || die "usage: start-node DIR ID"
-    before=$(log_lines "$2/node$3")
-    start_node "$2" "$3"
-    wait_node "$2" "$3" "$before"
+    [ $# -ge 3 ] || die "usage: start-node DIR ID..."
+    dir=$2; shift 2
+    declare -A before
+    for id in "$@"; do before[$id]=$(log_lines "$dir/node$id"); start_node "$dir" "$id"; done
+    for id in "$@"; do wait_node "$dir" "$id" "${before[$id]}"; done
     ;;
   stop) [ $# -eq 2 ] || die "usage: stop DIR"; stop_cluster "$2" ;;
   *) sed -n '2,24p' "$0" >&2; exit 2 ;;

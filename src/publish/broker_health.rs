@@ -121,7 +121,11 @@ impl ClientContext for ProducerHealthContext {
             RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical => {
                 tracing::error!(fac, message, "librdkafka")
             }
-            RDKafkaLogLevel::Warning if fac.starts_with("CONF") => {
+            // The gapless guarantee is set on purpose (see kafka.rs); librdkafka calls it
+            // experimental at every start, which an operator can do nothing about.
+            RDKafkaLogLevel::Warning
+                if fac.starts_with("CONF") && !message.contains("enable.gapless.guarantee") =>
+            {
                 tracing::warn!(fac, message, "librdkafka")
             }
             _ => tracing::debug!(fac, message, "librdkafka"),

@@ -87,7 +87,15 @@ impl Cluster {
 
     /// Starts node `id` again and waits until it serves.
     pub fn start_node(&self, id: i32) {
-        self.script(&["start-node", self.dir.to_str().unwrap(), &id.to_string()]);
+        self.start_nodes(&[id]);
+    }
+
+    /// Starts these nodes together (a node waits for a quorum) and waits until they serve.
+    pub fn start_nodes(&self, ids: &[i32]) {
+        let ids: Vec<String> = ids.iter().map(i32::to_string).collect();
+        let mut args = vec!["start-node", self.dir.to_str().unwrap()];
+        args.extend(ids.iter().map(String::as_str));
+        self.script(&args);
     }
 
     /// The node that leads `partition` of `topic` now, if the metadata names one.
