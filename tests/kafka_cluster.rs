@@ -61,7 +61,7 @@ fn all_nodes_up(c: &Cluster) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partition_leaders_killed_during_churn_lose_nothing_and_keep_order() {
-    let _serial = cluster_lock();
+    let _serial = cluster_lock().await;
     let c = cluster();
     all_nodes_up(&c);
     let addr = c.bootstrap();
@@ -172,7 +172,7 @@ async fn partition_leaders_killed_during_churn_lose_nothing_and_keep_order() {
 /// librdkafka callback.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_outage_longer_than_the_message_timeout_loses_nothing_and_keeps_order() {
-    let _serial = cluster_lock();
+    let _serial = cluster_lock().await;
     let c = cluster();
     all_nodes_up(&c);
     let addr = c.bootstrap();

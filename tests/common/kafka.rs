@@ -129,10 +129,11 @@ pub fn broker() -> String {
     single().bootstrap()
 }
 
-/// Serialises the tests of one binary that stop and start the cluster's nodes.
-pub fn cluster_lock() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+/// Serialises the tests of one binary that stop and start the cluster's nodes (each test has a
+/// runtime of its own; tokio's mutex does not mind).
+pub async fn cluster_lock() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
 }
 
 /// Runs a future to completion on a runtime of its own, so that blocking helpers can be called
