@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Every benchmark, with its output kept in target/bench-results.txt. Starts a local tansu broker
-# for the Kafka scenario (install it first with scripts/test.sh or `cargo install tansu`).
+# Every benchmark, with its output kept in target/bench-results.txt. Starts a local Apache Kafka
+# broker (scripts/kafka.sh) for the Kafka scenario.
 # Usage: scripts/bench.sh [SCENARIO ...]   (client-rate client-ceiling store kafka e2e import diff publish migrate)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,18 +13,19 @@ scenarios=("$@")
 cargo build --release --quiet
 cargo bench --no-run --quiet --bench throughput --bench diff --bench publish
 
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-tansu broker --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" \
-  --storage-engine memory://tansu/ >/dev/null 2>&1 &
-broker=$!
-export PRESENCED_BENCH_KAFKA_PID=$broker
 tmp=$(mktemp -d)
-trap 'kill $broker 2>/dev/null || true; rm -rf "$tmp"' EXIT
-export PRESENCED_BENCH_KAFKA="127.0.0.1:$port"
-export PRESENCED_TANSU="$(command -v tansu)"
+trap 'scripts/kafka.sh stop "$tmp/kafka" >/dev/null 2>&1 || true; rm -rf "$tmp"' EXIT
+if printf '%s\n' "${scenarios[@]}" | grep -qx kafka; then
+  scripts/kafka.sh start "$tmp/kafka" 1
+  # shellcheck disable=SC1091
+  . "$tmp/kafka/env"
+  export PRESENCED_BENCH_KAFKA="$KAFKA_BOOTSTRAP"
+  export PRESENCED_BENCH_KAFKA_PID="$(cat "$tmp/kafka/node1/pid")"
+  export PRESENCED_BENCH_KAFKA_VERSION="$KAFKA_VERSION"
+fi
 
 {
-  echo "# $(date -u +%FT%TZ) on $(nproc) cores, $(git rev-parse --short HEAD)"
+  echo "# $(date -u +%FT%TZ) on $(nproc) cores, $(git rev-parse --short HEAD)${PRESENCED_BENCH_KAFKA_VERSION:+, Apache Kafka $PRESENCED_BENCH_KAFKA_VERSION}"
   for s in "${scenarios[@]}"; do
     case "$s" in
       diff | publish) cargo bench --quiet --bench "$s" 2>&1 | grep -E '^[a-z_]+/|time:|thrpt:' ;;

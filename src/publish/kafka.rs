@@ -116,6 +116,24 @@ impl KafkaSink {
         })
     }
 
+    /// Replaces the producer with one made from `settings` (brokers, credentials, TLS, tuning;
+    /// the topics stay as they are). Messages the old producer still held are dropped with it:
+    /// they are in the outbox, and the publisher sends them again from its mark.
+    pub fn reconfigure(&mut self, settings: &KafkaConfig) -> Result<(), KafkaError> {
+        let settings = KafkaConfig {
+            topic: self.settings.topic.clone(),
+            state_topic: self.settings.state_topic.clone(),
+            ..settings.clone()
+        };
+        let producer = create_producer(&settings, &self.health)?;
+        let old = std::mem::replace(&mut self.producer, producer);
+        // Destroying a producer whose brokers are unreachable can block for a moment.
+        tokio::task::spawn_blocking(move || drop(old));
+        *self.settings = settings;
+        self.refused_rounds = 0;
+        Ok(())
+    }
+
     /// What the producer learnt about the brokers: outages and refused credentials.
     pub fn health(&self) -> Arc<BrokerHealth> {
         self.health.clone()

@@ -274,6 +274,20 @@ pub struct Publisher {
     backlog_counted: Option<Instant>,
     /// The Kafka producer's view of its brokers; a delivery after an outage is logged.
     broker_health: Option<Arc<broker_health::BrokerHealth>>,
+    /// New Kafka settings from a reload (SIGHUP), applied by re-creating the producer.
+    reconfigure: Option<tokio::sync::watch::Receiver<crate::config::KafkaConfig>>,
+}
+
+/// The next Kafka settings a reload sends; pending forever without a channel or a sender.
+async fn next_settings(
+    rx: &mut Option<tokio::sync::watch::Receiver<crate::config::KafkaConfig>>,
+) -> crate::config::KafkaConfig {
+    if let Some(rx) = rx {
+        if rx.changed().await.is_ok() {
+            return rx.borrow_and_update().clone();
+        }
+    }
+    std::future::pending().await
 }
 
 impl Publisher {
@@ -286,6 +300,7 @@ impl Publisher {
     ) -> Self {
         Publisher {
             broker_health: sink.broker_health(),
+            reconfigure: None,
             store,
             sink,
             batch_size,
@@ -295,6 +310,32 @@ impl Publisher {
             prefetch: None,
             marking: None,
             backlog_counted: None,
+        }
+    }
+
+    /// Re-creates the Kafka producer with the settings a reload sends on `settings`.
+    pub fn reconfigure_with(
+        mut self,
+        settings: tokio::sync::watch::Receiver<crate::config::KafkaConfig>,
+    ) -> Self {
+        self.reconfigure = Some(settings);
+        self
+    }
+
+    /// Applies reloaded Kafka settings between rounds: what was in flight is forgotten (it is
+    /// still in the outbox) and the next round starts again from the mark with the new producer.
+    fn apply_settings(&mut self, settings: &crate::config::KafkaConfig) {
+        self.inflight.clear();
+        self.prefetch = None;
+        if let Sink::Kafka(k) = &mut self.sink {
+            match k.reconfigure(settings) {
+                Ok(()) => {
+                    tracing::info!(brokers = %settings.brokers, "Kafka settings reloaded; unacknowledged events are sent again")
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "Kafka settings not reloaded: the new ones are rejected; keeping the running producer")
+                }
+            }
         }
     }
 
@@ -342,33 +383,41 @@ impl Publisher {
     ) -> Result<(), StoreError> {
         let mut failures = 0u32;
         let mut interrupted = false;
+        let mut reconfigure = self.reconfigure.take();
         loop {
             // A round may wait long for acknowledgements (messages do not time out while the
-            // brokers are down), so a stop does not wait for the round to end.
+            // brokers are down or refuse us), so a stop or new settings do not wait for it.
             let round = tokio::select! {
                 round = self.drain_once() => round?,
                 _ = shutdown.cancelled() => {
                     interrupted = true;
                     break;
                 }
+                settings = next_settings(&mut reconfigure) => {
+                    self.apply_settings(&settings);
+                    continue;
+                }
             };
-            match round {
-                Drained::Some => failures = 0,
+            let wait = match round {
+                Drained::Some => {
+                    failures = 0;
+                    None
+                }
                 Drained::Empty => {
                     failures = 0;
-                    tokio::select! {
-                        _ = self.wake.notified() => {}
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                        _ = shutdown.cancelled() => {}
-                    }
+                    Some(Duration::from_secs(1))
                 }
                 Drained::Failed => {
                     failures += 1;
-                    let delay = Duration::from_millis(200 * 2u64.pow(failures.min(7)));
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = shutdown.cancelled() => {}
-                    }
+                    Some(Duration::from_millis(200 * 2u64.pow(failures.min(7))))
+                }
+            };
+            if let Some(wait) = wait {
+                tokio::select! {
+                    _ = self.wake.notified(), if round == Drained::Empty => {}
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.cancelled() => {}
+                    settings = next_settings(&mut reconfigure) => self.apply_settings(&settings),
                 }
             }
             if shutdown.is_cancelled() {

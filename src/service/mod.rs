@@ -168,6 +168,7 @@ pub async fn run(config: Config, mut options: RunOptions) -> Result<(), ServiceE
         SinkKind::None => None,
     };
     let publisher_stop = CancellationToken::new();
+    let (kafka_settings, kafka_reloads) = tokio::sync::watch::channel(config.kafka.clone());
     let publisher = sink.map(|sink| {
         let p = Publisher::new(
             store.clone(),
@@ -175,7 +176,8 @@ pub async fn run(config: Config, mut options: RunOptions) -> Result<(), ServiceE
             config.kafka.batch_size,
             metrics.clone(),
             wake.clone(),
-        );
+        )
+        .reconfigure_with(kafka_reloads);
         tokio::spawn(p.run(
             publisher_stop.clone(),
             Duration::from_secs_f64(config.kafka.flush_timeout_secs),
@@ -259,7 +261,7 @@ pub async fn run(config: Config, mut options: RunOptions) -> Result<(), ServiceE
                 _ = tokio::time::sleep(step) => {}
                 _ = shutdown.cancelled() => break,
                 _ = hangups.recv() => {
-                    match reload(&mut options, &mut live_config, &store, &mut sweeper).await {
+                    match reload(&mut options, &mut live_config, &store, &mut sweeper, &kafka_settings).await {
                         Ok(()) => {
                             if config_error {
                                 config_error = false;
@@ -372,6 +374,7 @@ async fn reload(
     live: &mut Config,
     store: &Store,
     sweeper: &mut Sweeper,
+    kafka: &tokio::sync::watch::Sender<crate::config::KafkaConfig>,
 ) -> Result<(), ServiceError> {
     if let Some(path) = &options.config_path {
         match Config::load(path) {
@@ -384,6 +387,7 @@ async fn reload(
                 live.watch = new.watch;
                 live.service.log_filter = new.service.log_filter;
                 live.store.retention_days = new.store.retention_days;
+                reload_kafka(live, new.kafka, kafka);
             }
             Err(e) => {
                 tracing::error!(error = %e, "configuration not reloaded; keeping the running one")
@@ -400,6 +404,28 @@ async fn reload(
         "watch list reloaded"
     );
     Ok(())
+}
+
+/// Hands changed `[kafka]` settings (brokers, credentials, TLS, tuning) to the publisher, which
+/// re-creates its producer. The topics are what the outbox was published to so far: changing
+/// them takes a restart.
+fn reload_kafka(
+    live: &mut Config,
+    new: crate::config::KafkaConfig,
+    kafka: &tokio::sync::watch::Sender<crate::config::KafkaConfig>,
+) {
+    if new.topic != live.kafka.topic || new.state_topic != live.kafka.state_topic {
+        tracing::warn!("kafka.topic and kafka.state_topic changes take effect at the next restart");
+    }
+    let new = crate::config::KafkaConfig {
+        topic: live.kafka.topic.clone(),
+        state_topic: live.kafka.state_topic.clone(),
+        ..new
+    };
+    if new != live.kafka {
+        live.kafka = new.clone();
+        kafka.send_replace(new);
+    }
 }
 
 fn spawn_signal_handlers(shutdown: CancellationToken) -> Result<(), ServiceError> {
