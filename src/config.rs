@@ -181,7 +181,8 @@ impl Default for SinkConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+/// `Debug` is written by hand: a derived one would print `properties` with the SASL password.
+#[derive(Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaConfig {
     pub brokers: String,
@@ -212,6 +213,45 @@ pub struct KafkaConfig {
     /// redacted wherever configuration is shown.
     #[serde(serialize_with = "redact_properties")]
     pub properties: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        struct Redacted<'a>(&'a BTreeMap<String, String>);
+        impl std::fmt::Debug for Redacted<'_> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_map()
+                    .entries(self.0.iter().map(|(k, v)| {
+                        (
+                            k,
+                            if is_secret_property(k) {
+                                REDACTED
+                            } else {
+                                v.as_str()
+                            },
+                        )
+                    }))
+                    .finish()
+            }
+        }
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("topic", &self.topic)
+            .field("client_id", &self.client_id)
+            .field("compression", &self.compression)
+            .field("create_topic", &self.create_topic)
+            .field("topic_partitions", &self.topic_partitions)
+            .field("topic_replication_factor", &self.topic_replication_factor)
+            .field("topic_min_insync_replicas", &self.topic_min_insync_replicas)
+            .field("state_topic", &self.state_topic)
+            .field("state_topic_config", &self.state_topic_config)
+            .field("batch_size", &self.batch_size)
+            .field("linger_ms", &self.linger_ms)
+            .field("message_timeout_ms", &self.message_timeout_ms)
+            .field("flush_timeout_secs", &self.flush_timeout_secs)
+            .field("properties", &Redacted(&self.properties))
+            .finish()
+    }
 }
 
 impl Default for KafkaConfig {
@@ -666,7 +706,12 @@ mod tests {
             "{shown}"
         );
         assert!(shown.contains("bob"));
-        assert!(!format!("{c:?}").contains("topsecretkey"));
+        let debug = format!("{c:?} {:?}", c.kafka);
+        assert!(
+            !debug.contains("topsecretkey") && !debug.contains("pw123456"),
+            "{debug}"
+        );
+        assert!(debug.contains("bob"), "{debug}");
         c.im.secret_key = Secret::default();
         assert!(c
             .validate("x")
