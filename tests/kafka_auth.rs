@@ -5,13 +5,12 @@
 
 mod common;
 
-use common::kafka::{consume, create_topic, single, Cluster};
+use common::kafka::{create_topic, single, Cluster};
 use common::pipeline::*;
 use common::*;
 use presenced::config::KafkaConfig;
 use presenced::publish::kafka::KafkaSink;
 use presenced::sim::SimConfig;
-use presenced::store::Db;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -57,12 +56,7 @@ async fn the_right_scram_credentials_publish_over_tls() {
     assert!(!health.credentials_refused());
     let history = all_history(&p.db_path);
     let addr = k.bootstrap();
-    let consumed = tokio::task::spawn_blocking({
-        let n = history.len();
-        move || consume(&addr, &topic, n, Duration::from_secs(60))
-    })
-    .await
-    .unwrap();
+    let consumed = consume_async(&addr, &topic, history.len()).await;
     assert_matches_history(&consumed, &history, 1_400_000_000);
     p.sim.stop().await;
 }
@@ -133,20 +127,8 @@ async fn a_wrong_password_is_one_clear_error_fails_readiness_and_loses_nothing()
     };
     let db = dir.path().join("presence.db");
     let ids: Vec<String> = (0..30).map(|i| format!("user{i}")).collect();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_presenced"))
-        .args(["users", "--db"])
-        .arg(&db)
-        .arg("add")
-        .args(&ids)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let count = |sql: &str| -> i64 {
-        Db::open(&db, Duration::from_secs(5))
-            .ok()
-            .and_then(|d| d.connection().query_row(sql, [], |r| r.get(0)).ok())
-            .unwrap_or(-1)
-    };
+    add_watched(&db, &ids);
+    let count = |sql: &str| query_number(&db, sql);
 
     let daemon = Daemon::start(&write_config(wrong), dir.path().join("wrong.log"));
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -211,11 +193,6 @@ async fn a_wrong_password_is_one_clear_error_fails_readiness_and_loses_nothing()
 
     let history = all_history(&db);
     let addr = k.bootstrap();
-    let consumed = tokio::task::spawn_blocking({
-        let n = history.len();
-        move || consume(&addr, &topic, n, Duration::from_secs(60))
-    })
-    .await
-    .unwrap();
+    let consumed = consume_async(&addr, &topic, history.len()).await;
     assert_matches_history(&consumed, &history, SimConfig::default().sdkappid);
 }

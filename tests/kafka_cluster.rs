@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::kafka::{cluster, cluster_lock, consume, Cluster, Consumed};
+use common::kafka::{cluster, cluster_lock, Cluster, Consumed};
 use common::pipeline::*;
 use common::*;
 use presenced::config::KafkaConfig;
@@ -15,7 +15,6 @@ use presenced::metrics::Metrics;
 use presenced::publish::kafka::KafkaSink;
 use presenced::publish::{Publisher, Sink};
 use presenced::sim::SimConfig;
-use presenced::store::Db;
 use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -144,12 +143,7 @@ async fn partition_leaders_killed_during_churn_lose_nothing_and_keep_order() {
     publishing.await.unwrap().unwrap();
 
     let history = all_history(&db_path);
-    let consumed = tokio::task::spawn_blocking({
-        let n = history.len();
-        move || consume(&addr, &topic, n, Duration::from_secs(120))
-    })
-    .await
-    .unwrap();
+    let consumed = consume_async(&addr, &topic, history.len()).await;
     eprintln!(
         "failover: leaders killed {killed:?}; {} transitions, {} records on the topic, {} duplicates",
         history.len(),
@@ -195,14 +189,7 @@ async fn a_cluster_outage_longer_than_the_message_timeout_loses_nothing_and_keep
     std::fs::write(&config, text).unwrap();
     let db = dir.path().join("presence.db");
     let ids: Vec<String> = (0..200).map(|i| format!("user{i}")).collect();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_presenced"))
-        .args(["users", "--db"])
-        .arg(&db)
-        .arg("add")
-        .args(&ids)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    add_watched(&db, &ids);
     let log_path = dir.path().join("daemon.log");
     let mut daemon = std::process::Command::new(env!("CARGO_BIN_EXE_presenced"))
         .args(["run", "--config"])
@@ -210,26 +197,9 @@ async fn a_cluster_outage_longer_than_the_message_timeout_loses_nothing_and_keep
         .stderr(std::fs::File::create(&log_path).unwrap())
         .spawn()
         .unwrap();
-    let backlog = || -> i64 {
-        Db::open(&db, Duration::from_secs(5))
-            .ok()
-            .and_then(|d| {
-                d.connection()
-                    .query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))
-                    .ok()
-            })
-            .unwrap_or(i64::MAX)
-    };
-    let history_rows = || -> i64 {
-        Db::open(&db, Duration::from_secs(5))
-            .ok()
-            .and_then(|d| {
-                d.connection()
-                    .query_row("SELECT COUNT(*) FROM presence_history", [], |r| r.get(0))
-                    .ok()
-            })
-            .unwrap_or(0)
-    };
+    // -1 while the database cannot be read: never mistaken for an empty outbox.
+    let backlog = || query_number(&db, "SELECT COUNT(*) FROM outbox");
+    let history_rows = || query_number(&db, "SELECT COUNT(*) FROM presence_history");
     let wait = |what: &str, secs: u64, f: &dyn Fn() -> bool| {
         let deadline = Instant::now() + Duration::from_secs(secs);
         while !f() {
@@ -288,12 +258,7 @@ async fn a_cluster_outage_longer_than_the_message_timeout_loses_nothing_and_keep
     );
 
     let history = all_history(&db);
-    let consumed = tokio::task::spawn_blocking({
-        let n = history.len();
-        move || consume(&addr, &topic, n, Duration::from_secs(120))
-    })
-    .await
-    .unwrap();
+    let consumed = consume_async(&addr, &topic, history.len()).await;
     eprintln!(
         "outage: {} transitions, {} records on the topic, {} duplicates",
         history.len(),

@@ -188,3 +188,34 @@ pub async fn wait_for_empty_outbox(store: &Store, timeout: Duration) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Reads `topic` from the start on a blocking thread until `expected` records arrived (or two
+/// minutes passed), for async tests.
+pub async fn consume_async(addr: &str, topic: &str, expected: usize) -> Vec<Consumed> {
+    let (addr, topic) = (addr.to_owned(), topic.to_owned());
+    tokio::task::spawn_blocking(move || {
+        super::kafka::consume(&addr, &topic, expected, Duration::from_secs(120))
+    })
+    .await
+    .unwrap()
+}
+
+/// Adds accounts to the watch list of the database at `db` through `presenced users add`.
+pub fn add_watched(db: &std::path::Path, ids: &[String]) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_presenced"))
+        .args(["users", "--db"])
+        .arg(db)
+        .arg("add")
+        .args(ids)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// One number from the database at `db` (a daemon may hold it open), or -1 if it cannot be read.
+pub fn query_number(db: &std::path::Path, sql: &str) -> i64 {
+    Db::open(db, Duration::from_secs(5))
+        .ok()
+        .and_then(|d| d.connection().query_row(sql, [], |r| r.get(0)).ok())
+        .unwrap_or(-1)
+}
