@@ -7,6 +7,9 @@ use serde::{Deserialize, Serialize, Serializer};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+/// The longest retention accepted: a thousand years. Anything meant as "forever" is 0.
+pub const MAX_RETENTION_DAYS: u64 = 365_000;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read configuration file {path}: {source}")]
@@ -340,6 +343,25 @@ fn redact_properties<S: Serializer>(p: &BTreeMap<String, String>, s: S) -> Resul
     shown.serialize(s)
 }
 
+/// Sets `[section] key = value` in a parsed configuration document.
+fn set_override(
+    doc: &mut toml::Table,
+    section: &str,
+    key: &str,
+    value: toml::Value,
+) -> Result<(), String> {
+    match doc
+        .entry(section.to_owned())
+        .or_insert_with(|| toml::Value::Table(Default::default()))
+    {
+        toml::Value::Table(t) => {
+            t.insert(key.to_owned(), value);
+            Ok(())
+        }
+        _ => Err(format!("[{section}] is not a table")),
+    }
+}
+
 impl Config {
     /// Reads, applies environment overrides, resolves the secret key and validates.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -387,32 +409,48 @@ impl Config {
                     message: "expected PRESENCED_SECTION__KEY".into(),
                 });
             };
-            // A value that reads as a TOML scalar (number, bool, array) is taken as such.
-            let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
+            // The value is read as the type of the field it sets: as a TOML scalar (number,
+            // bool, array) where it reads as one and the field takes it, else as text, so a
+            // numeric secret key or administrator stays text.
+            let scalar = toml::from_str::<toml::Table>(&format!("v = {value}"))
                 .ok()
                 .and_then(|mut t| t.remove("v"))
-                .unwrap_or_else(|| toml::Value::String(value.clone()));
-            let table = doc
-                .entry(section.to_owned())
-                .or_insert_with(|| toml::Value::Table(Default::default()));
-            match table {
-                toml::Value::Table(t) => {
-                    t.insert(key.to_owned(), parsed);
-                }
-                _ => {
-                    return Err(ConfigError::Env {
+                .filter(|v| !v.is_str());
+            let mut rejected = None;
+            for candidate in scalar
+                .into_iter()
+                .chain([toml::Value::String(value.clone())])
+            {
+                set_override(&mut doc, section, key, candidate).map_err(|message| {
+                    ConfigError::Env {
                         var: var.clone(),
-                        message: format!("[{section}] is not a table"),
-                    })
+                        message,
+                    }
+                })?;
+                // Checked one variable at a time, so that an error names its variable.
+                match toml::Value::Table(doc.clone()).try_into::<Config>() {
+                    Ok(_) => {
+                        rejected = None;
+                        break;
+                    }
+                    Err(e) => rejected = Some(e),
                 }
             }
+            if let Some(e) = rejected {
+                // Rebuilt without the value, which may be a secret.
+                let expected = e
+                    .message()
+                    .split_once("expected ")
+                    .map_or_else(String::new, |(_, x)| format!(": expected {x}"));
+                return Err(ConfigError::Env {
+                    var: var.clone(),
+                    message: format!("not a valid value for {section}.{key}{expected}"),
+                });
+            }
         }
-        toml::Value::Table(doc)
+        Ok(toml::Value::Table(doc)
             .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Env {
-                var: "PRESENCED_*".into(),
-                message: e.to_string(),
-            })
+            .expect("every override was checked"))
     }
 
     /// Fills `im.secret_key` from the file or the systemd credential when it is not inline.
@@ -564,6 +602,15 @@ impl Config {
                 );
             }
         }
+        if self.store.retention_days > MAX_RETENTION_DAYS {
+            return fail(
+                "store.retention_days",
+                format!(
+                    "must be from 0 (keep everything) to {MAX_RETENTION_DAYS} days, got {}",
+                    self.store.retention_days
+                ),
+            );
+        }
         if self.kafka.batch_size == 0 {
             return fail("kafka.batch_size", "must be at least 1".into());
         }
@@ -695,6 +742,29 @@ mod tests {
     }
 
     #[test]
+    fn environment_overrides_take_the_type_of_their_field_and_never_echo_the_value() {
+        let env = vec![
+            (
+                "PRESENCED_IM__SECRET_KEY".to_string(),
+                "314159265358979".to_string(),
+            ),
+            ("PRESENCED_IM__IDENTIFIER".to_string(), "10001".to_string()),
+        ];
+        let c = Config::from_toml("[im]\nsdkappid = 1\n", Path::new("x"), &env).unwrap();
+        assert_eq!(c.im.secret_key.expose(), "314159265358979");
+        assert_eq!(c.im.identifier, "10001");
+        let bad = vec![(
+            "PRESENCED_IM__CALLS_PER_SECOND".to_string(),
+            "fast-please-271828".to_string(),
+        )];
+        let err = Config::from_toml("[im]\nsdkappid = 1\n", Path::new("x"), &bad)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("PRESENCED_IM__CALLS_PER_SECOND"), "{err}");
+        assert!(!err.contains("271828"), "the value is echoed: {err}");
+    }
+
+    #[test]
     fn secrets_never_shown() {
         let mut c = parse(
             "[im]\nsdkappid = 1\nsecret_key = \"topsecretkey\"\n[kafka.properties]\n\"sasl.password\" = \"pw123456\"\n\"sasl.username\" = \"bob\"\n",
@@ -718,6 +788,20 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("im.secret_key"));
+    }
+
+    #[test]
+    fn a_retention_meant_as_forever_is_rejected_not_wrapped() {
+        let c = parse(&format!(
+            "[im]\nsdkappid = 1\nsecret_key = \"k\"\n[store]\nretention_days = {}\n",
+            i64::MAX
+        ))
+        .unwrap();
+        let err = c.validate("f.toml").unwrap_err().to_string();
+        assert!(err.contains("store.retention_days"), "{err}");
+        let c = parse("[im]\nsdkappid = 1\nsecret_key = \"k\"\n[store]\nretention_days = 365000\n")
+            .unwrap();
+        c.validate("f.toml").unwrap();
     }
 
     #[test]

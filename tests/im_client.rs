@@ -312,3 +312,52 @@ async fn simulator_enforces_the_call_rate() {
     assert!(stats.answered_ok >= 1);
     sim.stop().await;
 }
+
+/// A `base_url` (a proxy, say) that answers 307 towards another host: the client does not
+/// follow, so neither the request with its UserSig nor a `Referer` carrying it reaches the other
+/// host, and the call fails.
+#[tokio::test]
+async fn a_redirect_is_not_followed_and_the_usersig_stays_home() {
+    use axum::routing::any;
+    use std::sync::{Arc, Mutex};
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let other = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let other_addr = other.local_addr().unwrap();
+    let record = seen.clone();
+    let landing = axum::Router::new().fallback(any(move |req: axum::extract::Request| {
+        let record = record.clone();
+        async move {
+            record
+                .lock()
+                .unwrap()
+                .push(format!("{} {:?}", req.uri(), req.headers()));
+            "{}"
+        }
+    }));
+    tokio::spawn(async move { axum::serve(other, landing).await.unwrap() });
+    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_addr = proxy.local_addr().unwrap();
+    let redirect = axum::Router::new().fallback(any(move || async move {
+        (
+            axum::http::StatusCode::TEMPORARY_REDIRECT,
+            [("location", format!("http://{other_addr}/landing"))],
+        )
+    }));
+    tokio::spawn(async move { axum::serve(proxy, redirect).await.unwrap() });
+
+    let sim = SimConfig::default();
+    let im = presenced::config::ImConfig {
+        sdkappid: sim.sdkappid,
+        identifier: sim.admin.clone(),
+        secret_key: sim.secret_key.clone(),
+        base_url: Some(format!("http://{proxy_addr}/")),
+        backoff_initial_ms: 5,
+        backoff_max_ms: 50,
+        ..presenced::config::ImConfig::default()
+    };
+    let result = client(&im).query(&ids("user", 3)).await;
+    assert!(result.is_err(), "a redirect is a failed call: {result:?}");
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let seen = seen.lock().unwrap();
+    assert!(seen.is_empty(), "the other host was called: {seen:?}");
+}

@@ -143,7 +143,11 @@ pub struct ImClient {
 
 impl ImClient {
     pub fn new(settings: ClientSettings, metrics: Arc<Metrics>) -> Result<Self, QueryError> {
+        // Never follow a redirect, and never say where a request came from: the URL carries
+        // the UserSig, which is for IM (or the configured proxy) and no one else.
         let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .referer(false)
             .timeout(settings.timeout)
             .pool_max_idle_per_host(settings.max_in_flight)
             .tcp_nodelay(true)
@@ -301,6 +305,20 @@ impl ImClient {
             .await
             .map_err(transport_error)?;
         let status = response.status();
+        if status.is_redirection() {
+            // Only the target's origin is shown: a Location may carry anything.
+            let target = response
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|l| l.to_str().ok())
+                .and_then(|l| reqwest::Url::parse(l).ok())
+                .map_or_else(|| "?".to_owned(), |u| u.origin().ascii_serialization());
+            tracing::warn!(
+                status = status.as_u16(),
+                target,
+                "IM answered with a redirect, which is not followed (the request carries the UserSig); point im.base_url at the final address"
+            );
+        }
         if !status.is_success() {
             return Err(CallError::Http(status.as_u16()));
         }

@@ -348,10 +348,16 @@ async fn prune(
     store: &Store,
     shutdown: &CancellationToken,
 ) -> Result<(), StoreError> {
-    if config.store.retention_days == 0 {
+    // Validation bounds the days; the cut-off is still computed so that it cannot wrap into the
+    // future, where it would prune everything.
+    let Some(age) = i64::try_from(config.store.retention_days)
+        .ok()
+        .filter(|d| *d > 0)
+        .and_then(|d| d.checked_mul(86_400_000))
+    else {
         return Ok(());
-    }
-    let before = now_millis() - config.store.retention_days as i64 * 86_400_000;
+    };
+    let before = now_millis().saturating_sub(age);
     let mut total = 0;
     while !shutdown.is_cancelled() {
         let n = store
