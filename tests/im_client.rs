@@ -361,3 +361,51 @@ async fn a_redirect_is_not_followed_and_the_usersig_stays_home() {
     let seen = seen.lock().unwrap();
     assert!(seen.is_empty(), "the other host was called: {seen:?}");
 }
+
+/// When no account of a call exists, IM answers a top-level ErrorCode 70107 with the ErrorList
+/// (the top-level code is non-zero only when every account failed). That is an answer, not a
+/// failed call: one call, every account not found, no retries.
+#[tokio::test]
+async fn a_call_whose_every_account_is_unknown_is_answered_not_retried() {
+    let cfg = quiet_sim(5);
+    let sim = start_sim(cfg.clone()).await;
+    let control = Control::new(&sim);
+    let raw: serde_json::Value = reqwest::Client::new()
+        .post(format!(
+            "{}v4/openim/query_online_status?sdkappid={}&identifier={}&usersig={}&random=1&contenttype=json",
+            sim.base_url(),
+            cfg.sdkappid,
+            cfg.admin,
+            presenced::im::usersig::generate(&cfg.secret_key, &cfg.admin, cfg.sdkappid, presenced::model::now_millis() / 1000, 3600).expose()
+        ))
+        .json(&serde_json::json!({"To_Account": ["ghost-a"], "IsNeedDetail": 1}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        raw["ErrorCode"], 70107,
+        "the simulator answers as IM does: {raw}"
+    );
+    assert_eq!(raw["ErrorList"][0]["To_Account"], "ghost-a", "{raw}");
+
+    let before = control.stats().await.calls;
+    let client = client(&im_config(&sim, &cfg));
+    let asked = vec!["ghost-b".to_string(), "ghost-c".into()];
+    let answer = client.query(&asked).await.unwrap();
+    assert!(
+        answer
+            .outcomes
+            .iter()
+            .all(|(_, o)| *o == AccountOutcome::NotFound),
+        "{answer:?}"
+    );
+    assert_eq!(
+        control.stats().await.calls - before,
+        1,
+        "one call, no retries"
+    );
+    sim.stop().await;
+}

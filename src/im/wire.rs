@@ -93,6 +93,11 @@ pub fn parse_answer(body: &[u8]) -> Result<QueryResponse, AnswerError> {
     let code = resp
         .error_code
         .ok_or_else(|| AnswerError::Malformed("no ErrorCode".into()))?;
+    // IM's top-level code is non-zero only when every account failed; with an ErrorList beside
+    // it (70107 for each when none exists) the answer still says what happened to each account.
+    if code != 0 && resp.query_result.is_empty() && !resp.error_list.is_empty() {
+        return Ok(resp);
+    }
     if code != 0 {
         return Err(AnswerError::Api {
             code,

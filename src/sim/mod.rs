@@ -373,6 +373,15 @@ async fn query(
             }
         }
     }
+    // As IM does: the top-level code is non-zero only when every account failed, and then it
+    // is the accounts' own code (70107 when none of them exists), with the ErrorList beside it.
+    if response.query_result.is_empty() {
+        if let Some(first) = response.error_list.first() {
+            response.error_code = Some(first.error_code);
+            response.action_status = Some("FAIL".into());
+            response.error_info = Some("no account of the request could be queried".into());
+        }
+    }
     {
         let mut stats = state.stats.lock().expect("stats");
         stats.answered_ok += 1;
