@@ -343,6 +343,51 @@ fn redact_properties<S: Serializer>(p: &BTreeMap<String, String>, s: S) -> Resul
     shown.serialize(s)
 }
 
+/// Says where an invalid value came from: the environment variable that set it, or the line of
+/// the file that holds it.
+fn locate(e: ConfigError, path: &Path, text: &str, env: &[(String, String)]) -> ConfigError {
+    let ConfigError::Invalid { key, message, .. } = e else {
+        return e;
+    };
+    let (section, name) = key.split_once('.').unwrap_or(("", key));
+    let var = format!(
+        "PRESENCED_{}__{}",
+        section.to_ascii_uppercase(),
+        name.to_ascii_uppercase()
+    );
+    let origin = if env.iter().any(|(k, _)| *k == var) {
+        format!("environment variable {var}")
+    } else {
+        match line_of(text, section, name) {
+            Some(line) => format!("{}, line {line}", path.display()),
+            None => path.display().to_string(),
+        }
+    };
+    ConfigError::Invalid {
+        origin,
+        key,
+        message,
+    }
+}
+
+/// The 1-based line of `key = ...` inside `[section]`, if the file sets it.
+fn line_of(text: &str, section: &str, key: &str) -> Option<usize> {
+    let mut current = String::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if let Some(header) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            current = header.trim().to_owned();
+        } else if current == section
+            && line
+                .split_once('=')
+                .is_some_and(|(k, _)| k.trim().trim_matches('"') == key)
+        {
+            return Some(i + 1);
+        }
+    }
+    None
+}
+
 /// Sets `[section] key = value` in a parsed configuration document.
 fn set_override(
     doc: &mut toml::Table,
@@ -375,7 +420,9 @@ impl Config {
             path,
             std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from),
         )?;
-        config.validate(&path.display().to_string())?;
+        config
+            .validate(&path.display().to_string())
+            .map_err(|e| locate(e, path, &text, &env))?;
         Ok(config)
     }
 
@@ -487,6 +534,96 @@ impl Config {
         Ok(())
     }
 
+    /// Every numeric option with its accepted range, inclusive, as config.example.toml documents
+    /// them: whatever passes can be converted and multiplied without overflow or panic.
+    fn numeric_ranges(&self) -> [(&'static str, f64, f64, f64); 21] {
+        let (im, sweep, kafka) = (&self.im, &self.sweep, &self.kafka);
+        [
+            // SDKAppIDs are 32-bit numbers; 0 is reported as missing below.
+            ("im.sdkappid", im.sdkappid as f64, 0.0, f64::from(u32::MAX)),
+            ("im.timeout_secs", im.timeout_secs, 0.001, 3_600.0),
+            ("im.calls_per_second", im.calls_per_second, 0.001, 100_000.0),
+            ("im.batch_size", im.batch_size as f64, 1.0, 500.0),
+            ("im.max_in_flight", im.max_in_flight as f64, 1.0, 4_096.0),
+            ("im.max_attempts", f64::from(im.max_attempts), 1.0, 100.0),
+            (
+                "im.backoff_initial_ms",
+                im.backoff_initial_ms as f64,
+                0.0,
+                3_600_000.0,
+            ),
+            (
+                "im.backoff_max_ms",
+                im.backoff_max_ms as f64,
+                0.0,
+                3_600_000.0,
+            ),
+            (
+                "im.usersig_ttl_secs",
+                im.usersig_ttl_secs as f64,
+                60.0,
+                315_360_000.0,
+            ),
+            (
+                "im.signature_lock_wait_secs",
+                im.signature_lock_wait_secs as f64,
+                0.0,
+                3_600.0,
+            ),
+            ("sweep.interval_secs", sweep.interval_secs, 0.001, 86_400.0),
+            ("sweep.jitter_secs", sweep.jitter_secs, 0.0, 86_400.0),
+            (
+                "sweep.batches_per_transaction",
+                sweep.batches_per_transaction as f64,
+                1.0,
+                10_000.0,
+            ),
+            (
+                "store.busy_timeout_ms",
+                self.store.busy_timeout_ms as f64,
+                0.0,
+                600_000.0,
+            ),
+            (
+                "store.retention_days",
+                self.store.retention_days as f64,
+                0.0,
+                MAX_RETENTION_DAYS as f64,
+            ),
+            (
+                "kafka.topic_partitions",
+                f64::from(kafka.topic_partitions),
+                1.0,
+                100_000.0,
+            ),
+            (
+                "kafka.topic_min_insync_replicas",
+                f64::from(kafka.topic_min_insync_replicas),
+                0.0,
+                32_767.0,
+            ),
+            (
+                "kafka.batch_size",
+                kafka.batch_size as f64,
+                1.0,
+                1_000_000.0,
+            ),
+            ("kafka.linger_ms", kafka.linger_ms as f64, 0.0, 900_000.0),
+            (
+                "kafka.flush_timeout_secs",
+                kafka.flush_timeout_secs,
+                0.0,
+                3_600.0,
+            ),
+            (
+                "service.shutdown_timeout_secs",
+                self.service.shutdown_timeout_secs,
+                0.0,
+                3_600.0,
+            ),
+        ]
+    }
+
     pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
         let fail = |key: &'static str, message: String| {
             Err(ConfigError::Invalid {
@@ -495,6 +632,11 @@ impl Config {
                 message,
             })
         };
+        for (key, value, min, max) in self.numeric_ranges() {
+            if !(value.is_finite() && (min..=max).contains(&value)) {
+                return fail(key, format!("must be from {min} to {max}, got {value}"));
+            }
+        }
         let im = &self.im;
         if im.sdkappid == 0 {
             return fail("im.sdkappid", "is required (the app's SDKAppID)".into());
