@@ -150,20 +150,26 @@ struct DemoArgs {
 
 #[derive(Args)]
 struct SimArgs {
+    /// Address the simulated IM API listens on.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: std::net::SocketAddr,
     /// TOML file with SimConfig fields (population, churn_per_second, faults, ...).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Accounts that exist (ids PREFIX0, PREFIX1, ...; default 10000, prefix "user").
     #[arg(long)]
     population: Option<usize>,
+    /// Share of the population that changes state per second, from 0 to 10: 0.01 at 100000
+    /// accounts is 1000 changes a second (not a count of changes).
     #[arg(long)]
     churn: Option<f64>,
     /// Calls per second before 60011 (0: unlimited).
     #[arg(long)]
     rate: Option<f64>,
+    /// Latency added to every answer, in milliseconds (0 to 600000).
     #[arg(long)]
     latency_ms: Option<f64>,
+    /// The SDKAppID whose UserSigs the simulator accepts.
     #[arg(long)]
     sdkappid: Option<u64>,
     /// File holding the secret key the simulator verifies UserSigs with.
@@ -390,6 +396,10 @@ fn run_sim(args: SimArgs) -> ExitCode {
                 return ExitCode::from(EXIT_CONFIG);
             }
         }
+    }
+    if let Err(e) = sim::check_churn(config.churn_per_second).and(config.faults.check()) {
+        eprintln!("presenced sim: {e}");
+        return ExitCode::from(EXIT_CONFIG);
     }
     runtime().block_on(async move {
         let population = config.population;

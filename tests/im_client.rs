@@ -409,3 +409,37 @@ async fn a_call_whose_every_account_is_unknown_is_answered_not_retried() {
     );
     sim.stop().await;
 }
+
+/// The simulator's control API refuses values that would wedge it (a churn loop spinning under
+/// its lock) or panic its query handlers (a latency no timer can hold), and keeps answering.
+#[tokio::test]
+async fn the_simulator_control_api_rejects_out_of_range_values() {
+    let cfg = quiet_sim(5);
+    let sim = start_sim(cfg.clone()).await;
+    let http = reqwest::Client::new();
+    for (path, body) in [
+        (
+            "control/churn",
+            serde_json::json!({"churn_per_second": 1e300}),
+        ),
+        (
+            "control/churn",
+            serde_json::json!({"churn_per_second": -1.0}),
+        ),
+        ("control/faults", serde_json::json!({"latency_ms": 1e300})),
+        ("control/faults", serde_json::json!({"http_502": 2.0})),
+    ] {
+        let r = http
+            .put(format!("{}{path}", sim.base_url()))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 400, "{path} {body}");
+        let text = r.text().await.unwrap();
+        assert!(!text.is_empty(), "{path}: the 400 says why");
+    }
+    let answer = client(&im_config(&sim, &cfg)).query(&ids("user", 5)).await;
+    assert!(answer.is_ok(), "the simulator still answers: {answer:?}");
+    sim.stop().await;
+}

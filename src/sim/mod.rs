@@ -552,9 +552,12 @@ async fn get_faults(State(state): State<Arc<SimState>>) -> Json<Faults> {
 async fn put_faults(
     State(state): State<Arc<SimState>>,
     Json(faults): Json<Faults>,
-) -> Json<Faults> {
+) -> Result<Json<Faults>, (StatusCode, String)> {
+    faults
+        .check()
+        .map_err(|e| (StatusCode::BAD_REQUEST, format!("{e}\n")))?;
     state.config.lock().expect("config").faults = faults.clone();
-    Json(faults)
+    Ok(Json(faults))
 }
 
 #[derive(Serialize, Deserialize)]
@@ -562,7 +565,58 @@ struct Churn {
     churn_per_second: f64,
 }
 
-async fn put_churn(State(state): State<Arc<SimState>>, Json(churn): Json<Churn>) -> Json<Churn> {
+async fn put_churn(
+    State(state): State<Arc<SimState>>,
+    Json(churn): Json<Churn>,
+) -> Result<Json<Churn>, (StatusCode, String)> {
+    check_churn(churn.churn_per_second).map_err(|e| (StatusCode::BAD_REQUEST, format!("{e}\n")))?;
     state.config.lock().expect("config").churn_per_second = churn.churn_per_second;
-    Json(churn)
+    Ok(Json(churn))
+}
+
+/// The highest churn accepted: every account changing ten times a second is far past anything
+/// a test needs, and a larger share spins the churn loop while it holds the population.
+pub const MAX_CHURN_PER_SECOND: f64 = 10.0;
+
+/// Checks a churn rate (a share of the population per second).
+pub fn check_churn(share: f64) -> Result<(), String> {
+    if share.is_finite() && (0.0..=MAX_CHURN_PER_SECOND).contains(&share) {
+        Ok(())
+    } else {
+        Err(format!(
+            "churn_per_second is a share of the population changing per second, from 0 to {MAX_CHURN_PER_SECOND}; got {share}"
+        ))
+    }
+}
+
+impl Faults {
+    /// Latencies from 0 to ten minutes, probabilities from 0 to 1: anything else would hang or
+    /// panic the query handlers.
+    pub fn check(&self) -> Result<(), String> {
+        for (name, ms) in [
+            ("latency_ms", self.latency_ms),
+            ("latency_jitter_ms", self.latency_jitter_ms),
+        ] {
+            if !(ms.is_finite() && (0.0..=600_000.0).contains(&ms)) {
+                return Err(format!("{name} must be from 0 to 600000, got {ms}"));
+            }
+        }
+        let mut probabilities = vec![
+            ("http_502", self.http_502),
+            ("truncated_body", self.truncated_body),
+            ("html_body", self.html_body),
+        ];
+        probabilities.extend(self.error_codes.iter().map(|(_, p)| ("error_codes", *p)));
+        probabilities.extend(
+            self.account_error
+                .iter()
+                .map(|(_, p)| ("account_error", *p)),
+        );
+        for (name, p) in probabilities {
+            if !(p.is_finite() && (0.0..=1.0).contains(&p)) {
+                return Err(format!("{name}: a probability is from 0 to 1, got {p}"));
+            }
+        }
+        Ok(())
+    }
 }
