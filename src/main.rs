@@ -213,15 +213,23 @@ fn main() -> ExitCode {
             }
             Err(e) => fail_config(&e),
         },
-        Command::Users { db, action } => with_db(&db, |db| users(db, action)),
+        Command::Users { db, action } => {
+            let access = match action {
+                UsersAction::List => Access::ReadOnly,
+                _ => Access::ReadWrite,
+            };
+            with_db(&db, access, |db| users(db, action))
+        }
         Command::History {
             db,
             account,
             since,
             until,
             json,
-        } => with_db(&db, |db| history(db, &account, since, until, json)),
-        Command::Stats { db, json } => with_db(&db, |db| stats(db, json)),
+        } => with_db(&db, Access::ReadOnly, |db| {
+            history(db, &account, since, until, json)
+        }),
+        Command::Stats { db, json } => with_db(&db, Access::ReadOnly, |db| stats(db, json)),
         Command::Migrate { db } => migrate(&db),
         Command::Replay {
             config: ConfigArg { config },
@@ -463,7 +471,7 @@ fn migrate(args: &DbArgs) -> ExitCode {
         }
     }
     let started = std::time::Instant::now();
-    with_db(args, |_| {
+    with_db(args, Access::ReadWrite, |_| {
         println!(
             "done in {:.1} s; schema version {}",
             started.elapsed().as_secs_f64(),
@@ -473,12 +481,27 @@ fn migrate(args: &DbArgs) -> ExitCode {
     })
 }
 
-fn with_db(args: &DbArgs, f: impl FnOnce(&mut Db) -> Result<(), String>) -> ExitCode {
+/// Whether a command writes the database (and may create and migrate it) or only reads it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Access {
+    ReadOnly,
+    ReadWrite,
+}
+
+fn with_db(
+    args: &DbArgs,
+    access: Access,
+    f: impl FnOnce(&mut Db) -> Result<(), String>,
+) -> ExitCode {
     let path = match db_path(args) {
         Ok(p) => p,
         Err(code) => return code,
     };
-    let mut db = match Db::open(&path, Duration::from_secs(5)) {
+    let opened = match access {
+        Access::ReadOnly => Db::open_read_only(&path, Duration::from_secs(5)),
+        Access::ReadWrite => Db::open(&path, Duration::from_secs(5)),
+    };
+    let mut db = match opened {
         Ok(db) => db,
         Err(e) => {
             eprintln!("presenced: {e}");

@@ -216,11 +216,64 @@ fn migrate_upgrades_a_version_2_database_and_says_so() {
     };
     let first = migrate();
     assert!(
-        first.contains("applying 0003_append_only_commits.sql (1 history rows"),
+        first.contains(
+            "applying 0003_append_only_commits.sql, 0004_tombstone_order.sql (1 history rows"
+        ),
         "{first}"
     );
     assert!(first.contains("schema version 4"), "{first}");
     assert!(migrate().contains("schema up to date"));
     let db = Db::open(&path, Duration::from_secs(5)).unwrap();
     assert_eq!(db.history("a", None, None).unwrap().len(), 1);
+}
+
+/// `stats`, `history` and `users list` only read: on a database an older daemon still runs they
+/// migrate nothing and say what to do; on one a newer presenced wrote they say so.
+#[test]
+fn read_only_commands_never_migrate_and_name_the_schema_mismatch() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v3.db");
+    {
+        let mut conn = rusqlite::Connection::open(&path).unwrap();
+        presenced::store::migrate::apply_through(&mut conn, 3).unwrap();
+    }
+    let version = || -> i64 {
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .query_row("SELECT MAX(version) FROM schema_migrations", [], |r| {
+                r.get(0)
+            })
+            .unwrap()
+    };
+    let bin = env!("CARGO_BIN_EXE_presenced");
+    for args in [
+        vec!["stats", "--db"],
+        vec!["history", "alice", "--db"],
+        vec!["users", "--db", path.to_str().unwrap(), "list"],
+    ] {
+        let mut cmd = Command::new(bin);
+        cmd.args(&args);
+        if args[0] != "users" {
+            cmd.arg(&path);
+        }
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}: {out:?}");
+        assert!(
+            err.contains("older") && err.contains("presenced migrate"),
+            "{args:?}: {err}"
+        );
+        assert_eq!(version(), 3, "{args:?} migrated the database");
+    }
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch("INSERT INTO schema_migrations VALUES (999, 'future.sql', 0)")
+        .unwrap();
+    let out = Command::new(bin)
+        .args(["stats", "--db"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("newer"), "{err}");
 }

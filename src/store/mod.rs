@@ -34,8 +34,10 @@ pub enum StoreError {
         name: &'static str,
         source: rusqlite::Error,
     },
-    #[error("the database was written by a newer presenced (schema version {found}; this build knows up to {supported}); refusing to touch it")]
+    #[error("the database was written by a newer presenced (schema version {found}; this build knows up to {supported}); refusing to touch it: use the newer presenced")]
     TooNew { found: i64, supported: i64 },
+    #[error("the database has an older schema (version {found}; this build reads version {supported}) and this command only reads: run `presenced migrate` with this build, or restart the daemon with it, first")]
+    TooOld { found: i64, supported: i64 },
     #[error("corrupt row for account {user_id:?}: {message}")]
     Corrupt { user_id: String, message: String },
     #[error("the store thread has stopped")]
@@ -209,6 +211,41 @@ impl Db {
         conn.pragma_update(None, "temp_store", "MEMORY")?;
         migrate::apply(&mut conn)?;
         conn.set_prepared_statement_cache_capacity(64);
+        Ok(Db {
+            checkpointer: None,
+            conn,
+        })
+    }
+
+    /// Opens an existing database for reading only: nothing is created or migrated, so a new
+    /// binary's read-only command does not change the schema under the daemon that runs.
+    pub fn open_read_only(path: &Path, busy_timeout: Duration) -> Result<Db, StoreError> {
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|source| StoreError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
+        conn.busy_timeout(busy_timeout)?;
+        let found: i64 = conn
+            .query_row(
+                "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|source| StoreError::Open {
+                path: path.to_owned(),
+                source,
+            })?;
+        let supported = migrate::latest_version();
+        if found > supported {
+            return Err(StoreError::TooNew { found, supported });
+        }
+        if found < supported {
+            return Err(StoreError::TooOld { found, supported });
+        }
         Ok(Db {
             checkpointer: None,
             conn,
