@@ -315,3 +315,72 @@ fn users_import_reports_bad_lines_and_keeps_the_rest() {
         .unwrap();
     assert!(!out.status.success());
 }
+
+/// A sweep that waits out IM's 70050 lock (a minute in production, 5 s here) is patient, not
+/// hung: systemd's watchdog keeps getting its pings, at a WatchdogSec shorter than the wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_waiting_out_70050_keeps_feeding_the_watchdog() {
+    use common::pipeline::{add_watched, query_number};
+    use std::os::unix::net::UnixDatagram;
+    let sim = SimProcess::start(&["--population", "10", "--churn", "0", "--rate", "0"]);
+    sim.control()
+        .faults(&presenced::sim::Faults {
+            script: ["70050".to_string()].into_iter().collect(),
+            ..presenced::sim::Faults::default()
+        })
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_daemon_config(dir.path(), &sim.base_url(), "[sink]\nkind = \"none\"\n");
+    let db = dir.path().join("presence.db");
+    add_watched(
+        &db,
+        &(0..10).map(|i| format!("user{i}")).collect::<Vec<_>>(),
+    );
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(std::time::Duration::from_millis(100)))
+        .unwrap();
+    let watchdog = std::time::Duration::from_millis(1_500);
+    // systemd names the watched process in WATCHDOG_PID: a shell that execs the daemon keeps
+    // its own pid, $$, for it.
+    let mut daemon = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "WATCHDOG_PID=$$ exec '{}' run --config '{}'",
+            env!("CARGO_BIN_EXE_presenced"),
+            config.display()
+        ))
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", watchdog.as_micros().to_string())
+        .env("PRESENCED_IM__SIGNATURE_LOCK_WAIT_SECS", "5")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut pings = Vec::new();
+    let mut buf = [0u8; 4096];
+    while started.elapsed() < std::time::Duration::from_secs(9) {
+        if let Ok(n) = socket.recv(&mut buf) {
+            if String::from_utf8_lossy(&buf[..n]).contains("WATCHDOG=1") {
+                pings.push(started.elapsed());
+            }
+        }
+    }
+    let swept = query_number(&db, "SELECT COUNT(*) FROM sweeps");
+    signal(&daemon, "TERM");
+    assert!(daemon.wait().unwrap().success());
+    let mut log = String::new();
+    std::io::Read::read_to_string(daemon.stderr.as_mut().unwrap(), &mut log).unwrap();
+    assert!(swept >= 1, "the sweep completed after the lock: {log}");
+    assert!(
+        !log.contains("withholding"),
+        "the watchdog was starved: {log}"
+    );
+    assert!(pings.len() >= 4, "pings: {pings:?}");
+    let gaps: Vec<_> = pings.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(
+        gaps.iter().all(|g| *g < watchdog),
+        "a gap between pings reached WatchdogSec: {gaps:?}"
+    );
+}

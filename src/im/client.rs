@@ -139,6 +139,9 @@ pub struct ImClient {
     limiter: RateLimiter,
     sig: Mutex<Option<CachedSig>>,
     metrics: Arc<Metrics>,
+    /// Unix ms of the last moment a deliberate wait (a backoff, 70050's lock) was still on
+    /// schedule: a sweep waiting a minute for IM is alive, not hung, for the watchdog.
+    waiting: Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl ImClient {
@@ -175,7 +178,29 @@ impl ImClient {
             sig: Mutex::new(None),
             metrics,
             settings,
+            waiting: Arc::new(std::sync::atomic::AtomicI64::new(0)),
         })
+    }
+
+    /// When a deliberate wait last showed it was on schedule (Unix ms), for the watchdog.
+    pub fn waiting(&self) -> Arc<std::sync::atomic::AtomicI64> {
+        self.waiting.clone()
+    }
+
+    /// Sleeps `delay` in steps of at most a second, marking each as progress.
+    async fn wait(&self, delay: Duration) {
+        let until = tokio::time::Instant::now() + delay;
+        loop {
+            self.waiting.store(
+                crate::model::now_millis(),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            tokio::time::sleep(left.min(Duration::from_secs(1))).await;
+        }
     }
 
     pub fn settings(&self) -> &ClientSettings {
@@ -247,7 +272,7 @@ impl ImClient {
                 self.backoff(attempt)
             };
             tracing::debug!(attempt, error = %err, class = class.as_str(), delay_ms = delay.as_millis() as u64, "retrying IM call");
-            tokio::time::sleep(delay).await;
+            self.wait(delay).await;
         }
     }
 

@@ -126,6 +126,7 @@ pub async fn run(config: Config, mut options: RunOptions) -> Result<(), ServiceE
     .await?;
     let settings = ClientSettings::from_config(&config.im).map_err(ServiceError::Client)?;
     let client = Arc::new(ImClient::new(settings, metrics.clone()).map_err(ServiceError::Client)?);
+    let client_waiting = client.waiting();
     let mut sweeper = Sweeper::new(
         client,
         store.clone(),
@@ -201,7 +202,7 @@ pub async fn run(config: Config, mut options: RunOptions) -> Result<(), ServiceE
 
     spawn_signal_handlers(shutdown.clone())?;
     let mut hangups = hangup_stream()?;
-    notify::spawn_watchdog(sweeper.progress(), shutdown.clone());
+    notify::spawn_watchdog(vec![sweeper.progress(), client_waiting], shutdown.clone());
     health.ready.store(true, Ordering::Relaxed);
     notify::ready(&format!("watching {} accounts", sweeper.watch_list().len()));
 

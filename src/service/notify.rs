@@ -27,9 +27,10 @@ pub fn stopping() {
     );
 }
 
-/// When `WatchdogSec=` is set, pings systemd only while `progress` (Unix ms of the last sign of
-/// life from the scheduler or the sweep) is recent, so a hung sweep trips the watchdog.
-pub fn spawn_watchdog(progress: Arc<AtomicI64>, shutdown: CancellationToken) {
+/// When `WatchdogSec=` is set, pings systemd only while the newest of `progress` (Unix ms of the
+/// last sign of life from the scheduler, the sweep, or a deliberate wait for IM) is recent, so a
+/// hung sweep trips the watchdog and a patient one does not.
+pub fn spawn_watchdog(progress: Vec<Arc<AtomicI64>>, shutdown: CancellationToken) {
     let mut usec = 0;
     if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
         return;
@@ -41,7 +42,12 @@ pub fn spawn_watchdog(progress: Arc<AtomicI64>, shutdown: CancellationToken) {
                 _ = tokio::time::sleep(timeout / 3) => {}
                 _ = shutdown.cancelled() => return,
             }
-            let idle_ms = crate::model::now_millis() - progress.load(Ordering::Relaxed);
+            let newest = progress
+                .iter()
+                .map(|p| p.load(Ordering::Relaxed))
+                .max()
+                .unwrap_or(0);
+            let idle_ms = crate::model::now_millis() - newest;
             if idle_ms < timeout.as_millis() as i64 {
                 let _ = sd_notify::notify(false, &[NotifyState::Watchdog]);
             } else {
