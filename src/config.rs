@@ -287,6 +287,8 @@ pub struct ServiceConfig {
     pub log_format: LogFormat,
     pub log_filter: String,
     pub shutdown_timeout_secs: f64,
+    /// `/readyz` fails after this many sweeps in a row that observed nothing.
+    pub unready_after_failed_sweeps: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -303,6 +305,7 @@ impl Default for ServiceConfig {
             log_format: LogFormat::Human,
             log_filter: "info".into(),
             shutdown_timeout_secs: 15.0,
+            unready_after_failed_sweeps: 3,
         }
     }
 }
@@ -536,7 +539,7 @@ impl Config {
 
     /// Every numeric option with its accepted range, inclusive, as config.example.toml documents
     /// them: whatever passes can be converted and multiplied without overflow or panic.
-    fn numeric_ranges(&self) -> [(&'static str, f64, f64, f64); 21] {
+    fn numeric_ranges(&self) -> [(&'static str, f64, f64, f64); 22] {
         let (im, sweep, kafka) = (&self.im, &self.sweep, &self.kafka);
         [
             // SDKAppIDs are 32-bit numbers; 0 is reported as missing below.
@@ -620,6 +623,12 @@ impl Config {
                 self.service.shutdown_timeout_secs,
                 0.0,
                 3_600.0,
+            ),
+            (
+                "service.unready_after_failed_sweeps",
+                f64::from(self.service.unready_after_failed_sweeps),
+                1.0,
+                1_000.0,
             ),
         ]
     }

@@ -384,3 +384,70 @@ async fn a_sweep_waiting_out_70050_keeps_feeding_the_watchdog() {
         "a gap between pings reached WatchdogSec: {gaps:?}"
     );
 }
+
+/// A base_url where every call is answered 404 (a wrong path, or a proxy's 401 or 403): each
+/// sweep observes nothing, which is a failed sweep with its cause in the log, counted as such,
+/// last_sweep_success never set, and /readyz failing after two in a row here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sweeps_that_observe_nothing_are_failures_and_fail_readiness() {
+    use common::pipeline::add_watched;
+    let nowhere = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let nowhere_url = format!("http://{}/", nowhere.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(nowhere, axum::Router::new()).await.unwrap() });
+    let dir = tempfile::tempdir().unwrap();
+    let metrics_port = free_port();
+    let config = write_daemon_config(dir.path(), &nowhere_url, "[sink]\nkind = \"none\"\n");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "metrics_listen = \"\"",
+        &format!("metrics_listen = \"127.0.0.1:{metrics_port}\"\nunready_after_failed_sweeps = 2"),
+    );
+    std::fs::write(&config, text).unwrap();
+    add_watched(
+        &dir.path().join("presence.db"),
+        &["alice".into(), "bob".into()],
+    );
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_presenced"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("NO_COLOR", "1")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let get = |path: &'static str| {
+        let url = format!("http://127.0.0.1:{metrics_port}{path}");
+        async move {
+            let r = reqwest::get(url).await.ok()?;
+            Some((r.status().as_u16(), r.text().await.ok()?))
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some((503, _)) = get("/readyz").await {
+            break;
+        }
+        assert!(Instant::now() < deadline, "/readyz never failed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, metrics) = get("/metrics").await.unwrap();
+    signal(&daemon, "TERM");
+    assert!(daemon.wait().unwrap().success());
+    let mut log = String::new();
+    std::io::Read::read_to_string(daemon.stderr.as_mut().unwrap(), &mut log).unwrap();
+    assert!(
+        log.contains("nothing was observed") && log.contains("HTTP status 404"),
+        "the cause is logged: {log}"
+    );
+    let failed = metrics
+        .lines()
+        .find(|l| l.starts_with("presenced_sweeps_total{result=\"failed\"}"))
+        .unwrap_or_else(|| panic!("no failed sweeps counted:\n{metrics}"));
+    assert!(!failed.ends_with(" 0"), "{failed}");
+    let last_success = metrics
+        .lines()
+        .find(|l| l.starts_with("presenced_last_successful_sweep_timestamp_seconds"))
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(
+        last_success.ends_with(" 0.0") || last_success.ends_with(" 0"),
+        "a sweep that observed nothing is no success: {last_success}"
+    );
+}

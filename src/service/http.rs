@@ -18,12 +18,15 @@ pub struct Health {
     pub ready: AtomicBool,
     /// The Kafka producer's view of its brokers: not ready while they refuse our credentials.
     pub kafka: std::sync::OnceLock<Arc<BrokerHealth>>,
+    /// Set after `service.unready_after_failed_sweeps` sweeps in a row observed nothing.
+    pub sweeps_failing: AtomicBool,
 }
 
 impl Health {
     /// Whether `/readyz` answers 200.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
+            && !self.sweeps_failing.load(Ordering::Relaxed)
             && !self.kafka.get().is_some_and(|k| k.credentials_refused())
     }
 }

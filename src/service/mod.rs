@@ -208,6 +208,7 @@ pub async fn run(config: Config, mut options: RunOptions) -> Result<(), ServiceE
 
     let interval = Duration::from_secs_f64(config.sweep.interval_secs);
     let mut sweeps_done = 0u64;
+    let mut failed_in_a_row = 0u32;
     let mut config_error = false;
     let mut live_config = config.clone();
     loop {
@@ -220,7 +221,15 @@ pub async fn run(config: Config, mut options: RunOptions) -> Result<(), ServiceE
                 Ok(report) => {
                     sweeps_done += 1;
                     wake.notify_one();
-                    after_sweep(&report, &metrics, interval, started.elapsed());
+                    if after_sweep(&report, &metrics, interval, started.elapsed()) {
+                        failed_in_a_row += 1;
+                        if failed_in_a_row >= live_config.service.unready_after_failed_sweeps {
+                            health.sweeps_failing.store(true, Ordering::Relaxed);
+                        }
+                    } else {
+                        failed_in_a_row = 0;
+                        health.sweeps_failing.store(false, Ordering::Relaxed);
+                    }
                     if report.outcome == SweepOutcome::Stopped {
                         break;
                     }
@@ -302,9 +311,17 @@ pub async fn run(config: Config, mut options: RunOptions) -> Result<(), ServiceE
     Ok(())
 }
 
-fn after_sweep(report: &SweepReport, metrics: &Metrics, interval: Duration, elapsed: Duration) {
+/// Records a sweep in the metrics and the log; says whether it observed nothing (a failed sweep).
+fn after_sweep(
+    report: &SweepReport,
+    metrics: &Metrics,
+    interval: Duration,
+    elapsed: Duration,
+) -> bool {
     let c = &report.counts;
+    let failed = report.observed_nothing();
     let label = match report.outcome {
+        SweepOutcome::Completed if failed => "failed",
         SweepOutcome::Completed => "completed",
         SweepOutcome::Stopped => "stopped",
     };
@@ -317,7 +334,7 @@ fn after_sweep(report: &SweepReport, metrics: &Metrics, interval: Duration, elap
     metrics.sweep_duration.observe(elapsed.as_secs_f64());
     let lag = elapsed.saturating_sub(interval).as_secs_f64();
     metrics.sweep_lag_seconds.set(lag);
-    if report.outcome == SweepOutcome::Completed {
+    if report.outcome == SweepOutcome::Completed && !failed {
         metrics
             .last_sweep_success
             .set(report.finished_at as f64 / 1000.0);
@@ -332,7 +349,13 @@ fn after_sweep(report: &SweepReport, metrics: &Metrics, interval: Duration, elap
         c.not_found,
         c.transitions
     );
-    if lag > 0.0 {
+    if failed {
+        let cause = report.first_failure.as_deref().unwrap_or("no answer");
+        tracing::warn!(
+            cause,
+            "{summary}; nothing was observed: check im.base_url and what answers there"
+        );
+    } else if lag > 0.0 {
         tracing::warn!(
             lag_seconds = lag,
             "{summary}; the sweep took longer than the interval"
@@ -341,6 +364,7 @@ fn after_sweep(report: &SweepReport, metrics: &Metrics, interval: Duration, elap
         tracing::info!("{summary}");
     }
     notify::status(&summary);
+    failed
 }
 
 /// Prunes history past the retention age in small chunks, each its own transaction.

@@ -38,13 +38,27 @@ pub enum SweepOutcome {
     Stopped,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct SweepReport {
     pub sweep_id: i64,
     pub counts: SweepCounts,
     pub outcome: SweepOutcome,
     pub started_at: i64,
     pub finished_at: i64,
+    /// Why the first failed batch yielded nothing (an HTTP status, an IM error code, ...).
+    pub first_failure: Option<String>,
+}
+
+impl SweepReport {
+    /// A sweep that asked for accounts and learnt nothing about any of them (a wrong base_url,
+    /// a proxy refusing us): a failed sweep, however orderly its calls.
+    pub fn observed_nothing(&self) -> bool {
+        let c = &self.counts;
+        self.outcome == SweepOutcome::Completed
+            && c.asked > 0
+            && c.observed == 0
+            && c.not_found == 0
+    }
 }
 
 /// Owns the snapshot; runs sweeps one at a time.
@@ -162,6 +176,7 @@ impl Sweeper {
         let mut group = WriteSet::default();
         let mut group_batches = 0;
         let mut fatal = None;
+        let mut first_failure: Option<String> = None;
         while let Some((ids, result)) = answers_rx.recv().await {
             self.progress.store(now_millis(), Ordering::Relaxed);
             match result {
@@ -186,6 +201,7 @@ impl Sweeper {
                 Err(e) => {
                     counts.failed += ids.len() as u64;
                     tracing::debug!(error = %e, accounts = ids.len(), "batch yielded no observations");
+                    first_failure.get_or_insert_with(|| e.to_string());
                 }
             }
             group_batches += 1;
@@ -211,10 +227,11 @@ impl Sweeper {
         if outcome == SweepOutcome::Stopped && answered < asked {
             counts.failed += asked - answered;
         }
-        let label = if outcome == SweepOutcome::Completed {
-            "completed"
-        } else {
-            "stopped"
+        // The sweeps table keeps "completed" for a sweep that observed nothing (its counts say
+        // so); the metrics and the log call it failed.
+        let label = match outcome {
+            SweepOutcome::Completed => "completed",
+            SweepOutcome::Stopped => "stopped",
         };
         self.store
             .call(move |db| db.finish_sweep(sweep_id, finished_at, counts, label))
@@ -238,6 +255,7 @@ impl Sweeper {
             outcome,
             started_at,
             finished_at,
+            first_failure,
         })
     }
 
