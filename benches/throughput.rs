@@ -27,7 +27,14 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let all = ["client-rate", "client-ceiling", "store", "kafka", "e2e"];
+    let all = [
+        "client-rate",
+        "client-ceiling",
+        "store",
+        "prune",
+        "kafka",
+        "e2e",
+    ];
     let chosen: Vec<&str> = if args.is_empty() {
         all.to_vec()
     } else {
@@ -39,6 +46,7 @@ fn main() {
             "client-rate" => rt.block_on(client_rate()),
             "client-ceiling" => rt.block_on(client_ceiling()),
             "store" => store(),
+            "prune" => prune(),
             "kafka" => rt.block_on(kafka()),
             "e2e" => e2e(),
             other => panic!("unknown scenario {other}; expected one of {all:?}"),
@@ -428,6 +436,78 @@ fn store() {
         "ratio durable transitions / plain inserts: {:.2}",
         per_sec / plain_per_sec
     );
+}
+
+/// Retention's cost per sweep with 1,000,000 idle accounts: every account has one row, 60 days
+/// old and published; each sweep adds 1,000 changes; the retention is 30 days. A prune after a
+/// sweep should cost what the sweep added, not what sits idle.
+fn prune() {
+    const ACCOUNTS: usize = 1_000_000;
+    const DAY: i64 = 86_400_000;
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = Db::open(&dir.path().join("p.db"), Duration::from_secs(5)).unwrap();
+    db.begin_sweep(0, 0).unwrap();
+    let now = presenced::model::now_millis();
+    let ids: Vec<usize> = (0..ACCOUNTS).collect();
+    for chunk in ids.chunks(50_000) {
+        let transitions = chunk
+            .iter()
+            .map(|i| transition(format!("user{i}"), 1, None, State::Online, now - 60 * DAY))
+            .collect();
+        db.apply(&WriteSet {
+            transitions,
+            not_found: vec![],
+        })
+        .unwrap();
+    }
+    let settle = |db: &mut Db| {
+        db.fold_all().unwrap();
+        let newest: i64 = db
+            .connection()
+            .query_row("SELECT MAX(history_id) FROM presence_history", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        db.mark_published(newest).unwrap();
+    };
+    settle(&mut db);
+    let before = now - 30 * DAY;
+    let prune_all = |db: &mut Db| {
+        let started = Instant::now();
+        while db.prune_history(before, 2_000, true).unwrap() > 0 {}
+        started.elapsed()
+    };
+    println!(
+        "first prune of {ACCOUNTS} idle accounts' history: {:.3} s",
+        prune_all(&mut db).as_secs_f64()
+    );
+    for sweep in 2..=4u64 {
+        let transitions = (0..1_000)
+            .map(|i| {
+                transition(
+                    format!("user{}", i * 997 % ACCOUNTS),
+                    sweep,
+                    Some(State::Online),
+                    State::Offline,
+                    now,
+                )
+            })
+            .collect();
+        db.apply(&WriteSet {
+            transitions,
+            not_found: vec![],
+        })
+        .unwrap();
+        settle(&mut db);
+        let rows: i64 = db
+            .connection()
+            .query_row("SELECT COUNT(*) FROM presence_history", [], |r| r.get(0))
+            .unwrap();
+        println!(
+            "prune after a sweep of 1,000 changes ({rows} history rows): {:.4} s",
+            prune_all(&mut db).as_secs_f64()
+        );
+    }
 }
 
 /// Sends `records` (with their encoded `payloads`) through a plain producer, headers built per

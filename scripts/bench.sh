@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Every benchmark, with its output kept in target/bench-results.txt. Starts a local Apache Kafka
 # broker (scripts/kafka.sh) for the Kafka scenario.
-# Usage: scripts/bench.sh [SCENARIO ...]   (client-rate client-ceiling store kafka e2e import diff publish migrate)
+# Usage: scripts/bench.sh [SCENARIO ...]   (client-rate client-ceiling store prune kafka e2e import diff publish migrate)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 out=target/bench-results.txt
 mkdir -p target
 scenarios=("$@")
-[ ${#scenarios[@]} -gt 0 ] || scenarios=(client-rate client-ceiling store kafka e2e import diff publish migrate)
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(client-rate client-ceiling store prune kafka e2e import diff publish migrate)
 
 cargo build --release --quiet
 cargo bench --no-run --quiet --bench throughput --bench diff --bench publish

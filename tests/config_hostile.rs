@@ -101,14 +101,16 @@ fn every_numeric_option_rejects_hostile_values_or_runs_with_them() {
             section.to_ascii_uppercase(),
             key.to_ascii_uppercase()
         );
-        let mut daemon = Command::new(env!("CARGO_BIN_EXE_presenced"))
-            .args(["run", "--config"])
-            .arg(&config)
-            .env(&var, value)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut daemon = Reaped(
+            Command::new(env!("CARGO_BIN_EXE_presenced"))
+                .args(["run", "--config"])
+                .arg(&config)
+                .env(&var, value)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
         // Two sweeps, or five seconds alive (an app id IM does not know stops sweeping with a
         // configuration error and keeps the daemon up, as designed).
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -127,11 +129,11 @@ fn every_numeric_option_rejects_hostile_values_or_runs_with_them() {
             assert!(Instant::now() < deadline, "{var}={value}: did not stop");
             std::thread::sleep(Duration::from_millis(50));
         };
-        let out = daemon.wait_with_output().unwrap();
+        let mut log = String::new();
+        std::io::Read::read_to_string(daemon.stderr.as_mut().unwrap(), &mut log).unwrap();
         assert!(
             status.success(),
-            "{var}={value}: stopped with {status}: {}",
-            String::from_utf8_lossy(&out.stderr)
+            "{var}={value}: stopped with {status}: {log}"
         );
     }
 }

@@ -344,19 +344,21 @@ async fn a_sweep_waiting_out_70050_keeps_feeding_the_watchdog() {
     let watchdog = std::time::Duration::from_millis(1_500);
     // systemd names the watched process in WATCHDOG_PID: a shell that execs the daemon keeps
     // its own pid, $$, for it.
-    let mut daemon = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "WATCHDOG_PID=$$ exec '{}' run --config '{}'",
-            env!("CARGO_BIN_EXE_presenced"),
-            config.display()
-        ))
-        .env("NOTIFY_SOCKET", &socket_path)
-        .env("WATCHDOG_USEC", watchdog.as_micros().to_string())
-        .env("PRESENCED_IM__SIGNATURE_LOCK_WAIT_SECS", "5")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut daemon = Reaped(
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "WATCHDOG_PID=$$ exec '{}' run --config '{}'",
+                env!("CARGO_BIN_EXE_presenced"),
+                config.display()
+            ))
+            .env("NOTIFY_SOCKET", &socket_path)
+            .env("WATCHDOG_USEC", watchdog.as_micros().to_string())
+            .env("PRESENCED_IM__SIGNATURE_LOCK_WAIT_SECS", "5")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let started = std::time::Instant::now();
     let mut pings = Vec::new();
     let mut buf = [0u8; 4096];
@@ -406,13 +408,15 @@ async fn sweeps_that_observe_nothing_are_failures_and_fail_readiness() {
         &dir.path().join("presence.db"),
         &["alice".into(), "bob".into()],
     );
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_presenced"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("NO_COLOR", "1")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut daemon = Reaped(
+        Command::new(env!("CARGO_BIN_EXE_presenced"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("NO_COLOR", "1")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let get = |path: &'static str| {
         let url = format!("http://127.0.0.1:{metrics_port}{path}");
         async move {
@@ -450,4 +454,53 @@ async fn sweeps_that_observe_nothing_are_failures_and_fail_readiness() {
         last_success.ends_with(" 0.0") || last_success.ends_with(" 0"),
         "a sweep that observed nothing is no success: {last_success}"
     );
+}
+
+/// With sink.kind = "none" nothing ever publishes: an account that leaves the watch list leaves
+/// no tombstone waiting forever.
+#[test]
+fn without_a_sink_tombstones_do_not_pile_up() {
+    use common::pipeline::{add_watched, query_number};
+    let sim = SimProcess::start(&["--population", "5", "--churn", "0", "--rate", "0"]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_daemon_config(dir.path(), &sim.base_url(), "[sink]\nkind = \"none\"\n");
+    let db = dir.path().join("presence.db");
+    add_watched(&db, &["user1".into(), "user2".into()]);
+    let mut daemon = Reaped(
+        Command::new(env!("CARGO_BIN_EXE_presenced"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let wait = |what: &str, f: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait("two initial events", &|| {
+        query_number(&db, "SELECT COUNT(*) FROM presence_history") == 2
+    });
+    let out = Command::new(env!("CARGO_BIN_EXE_presenced"))
+        .args(["users", "--db"])
+        .arg(&db)
+        .args(["remove", "user2"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    signal(&daemon, "HUP");
+    let sweeps = query_number(&db, "SELECT COUNT(*) FROM sweeps");
+    wait("two more sweeps", &|| {
+        query_number(&db, "SELECT COUNT(*) FROM sweeps") >= sweeps + 2
+    });
+    assert_eq!(
+        query_number(&db, "SELECT COUNT(*) FROM state_tombstones"),
+        0,
+        "a tombstone waits for a sink that does not exist"
+    );
+    signal(&daemon, "TERM");
+    assert!(daemon.wait().unwrap().success());
 }

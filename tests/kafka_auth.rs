@@ -62,7 +62,7 @@ async fn the_right_scram_credentials_publish_over_tls() {
 }
 
 struct Daemon {
-    child: std::process::Child,
+    child: Reaped,
     log: std::path::PathBuf,
 }
 
@@ -74,7 +74,10 @@ impl Daemon {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        Daemon { child, log }
+        Daemon {
+            child: Reaped(child),
+            log,
+        }
     }
 
     fn log(&self) -> String {

@@ -191,12 +191,14 @@ async fn a_cluster_outage_longer_than_the_message_timeout_loses_nothing_and_keep
     let ids: Vec<String> = (0..200).map(|i| format!("user{i}")).collect();
     add_watched(&db, &ids);
     let log_path = dir.path().join("daemon.log");
-    let mut daemon = std::process::Command::new(env!("CARGO_BIN_EXE_presenced"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .spawn()
-        .unwrap();
+    let mut daemon = Reaped(
+        std::process::Command::new(env!("CARGO_BIN_EXE_presenced"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .spawn()
+            .unwrap(),
+    );
     // -1 while the database cannot be read: never mistaken for an empty outbox.
     let backlog = || query_number(&db, "SELECT COUNT(*) FROM outbox");
     let history_rows = || query_number(&db, "SELECT COUNT(*) FROM presence_history");

@@ -55,12 +55,16 @@ fn retention_prunes_in_chunks_but_keeps_unsent_and_latest_rows() {
     let path = populated(dir.path());
     let mut db = Db::open(&path, Duration::from_secs(5)).unwrap();
     let before = presenced::model::now_millis() - 30 * DAY;
+    // Prunes in chunks of one row walked; returns how many history rows went.
     let prune = |db: &mut Db| {
-        let mut chunks = 0;
-        while db.prune_history(before, 1).unwrap() > 0 {
-            chunks += 1;
-        }
-        chunks
+        let rows = |db: &Db| -> i64 {
+            db.connection()
+                .query_row("SELECT COUNT(*) FROM presence_history", [], |r| r.get(0))
+                .unwrap()
+        };
+        let before_rows = rows(db);
+        while db.prune_history(before, 1, true).unwrap() > 0 {}
+        before_rows - rows(db)
     };
     let left = |db: &Db, table: &str| -> Vec<(String, i64)> {
         db.connection()
@@ -84,7 +88,18 @@ fn retention_prunes_in_chunks_but_keeps_unsent_and_latest_rows() {
     ];
     assert_eq!(left(&db, "presence_history"), expected);
     assert_eq!(left(&db, "presence_history_by_account"), expected);
-    // Once they are published, alice's 2 and 3 go too, one chunk each.
+    // Without a sink (nothing will ever publish them) the unsent rows may go too.
+    {
+        let copy = dir.path().join("copy.db");
+        db.connection()
+            .execute("VACUUM INTO ?1", [copy.to_str().unwrap()])
+            .unwrap();
+        let mut unsinked = Db::open(&copy, Duration::from_secs(5)).unwrap();
+        while unsinked.prune_history(before, 1, false).unwrap() > 0 {}
+        let expected: Vec<(String, i64)> = vec![("alice".into(), 4), ("bob".into(), 1)];
+        assert_eq!(left(&unsinked, "presence_history"), expected);
+    }
+    // Once they are published, alice's 2 and 3 go too.
     db.mark_published(5).unwrap();
     assert_eq!(prune(&mut db), 2);
     let expected: Vec<(String, i64)> = vec![("alice".into(), 4), ("bob".into(), 1)];
@@ -217,11 +232,11 @@ fn migrate_upgrades_a_version_2_database_and_says_so() {
     let first = migrate();
     assert!(
         first.contains(
-            "applying 0003_append_only_commits.sql, 0004_tombstone_order.sql (1 history rows"
+            "applying 0003_append_only_commits.sql, 0004_tombstone_order.sql, 0005_prune_cursor.sql (1 history rows"
         ),
         "{first}"
     );
-    assert!(first.contains("schema version 4"), "{first}");
+    assert!(first.contains("schema version 5"), "{first}");
     assert!(migrate().contains("schema up to date"));
     let db = Db::open(&path, Duration::from_secs(5)).unwrap();
     assert_eq!(db.history("a", None, None).unwrap().len(), 1);

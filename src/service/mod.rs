@@ -373,6 +373,17 @@ async fn prune(
     store: &Store,
     shutdown: &CancellationToken,
 ) -> Result<(), StoreError> {
+    // Without a sink nothing is ever published: retention does not wait for it, and the
+    // tombstones of removed accounts have nowhere to go.
+    let wait_for_publish = config.sink.kind != SinkKind::None;
+    if !wait_for_publish {
+        store
+            .call(|db| {
+                let pending = db.tombstones_due(usize::MAX, true)?;
+                db.delete_tombstones(&pending)
+            })
+            .await?;
+    }
     // Validation bounds the days; the cut-off is still computed so that it cannot wrap into the
     // future, where it would prune everything.
     let Some(age) = i64::try_from(config.store.retention_days)
@@ -386,7 +397,7 @@ async fn prune(
     let mut total = 0;
     while !shutdown.is_cancelled() {
         let n = store
-            .call(move |db| db.prune_history(before, 2_000))
+            .call(move |db| db.prune_history(before, 2_000, wait_for_publish))
             .await?;
         total += n;
         if n == 0 {

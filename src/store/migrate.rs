@@ -25,6 +25,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "0004_tombstone_order.sql",
         include_str!("../../migrations/0004_tombstone_order.sql"),
     ),
+    (
+        5,
+        "0005_prune_cursor.sql",
+        include_str!("../../migrations/0005_prune_cursor.sql"),
+    ),
 ];
 
 /// What opening a database would migrate: the names of the pending migrations and the size of

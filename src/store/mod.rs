@@ -804,37 +804,65 @@ impl Db {
 
     // ---- retention --------------------------------------------------------------------------
 
-    /// Deletes up to `chunk` history rows observed before `before`, never one still in the
-    /// outbox or not yet folded, and never an account's latest row (it anchors the open
-    /// session). Returns how many went; call repeatedly so no single transaction holds the
-    /// write lock for long.
-    pub fn prune_history(&mut self, before: i64, chunk: usize) -> Result<usize, StoreError> {
+    /// Retention, one chunk: walks the history in order from where the last call stopped (at
+    /// most `chunk` rows, each folded) and deletes, for each row, the row before it of the same
+    /// account, if that one was observed before `before` and, when `wait_for_publish`, was
+    /// published. So an account's latest row always stays (it anchors the open session), and a
+    /// call costs the rows added since the last one, not the idle accounts' old rows. The walk
+    /// stops at a row whose predecessor is too young or unpublished and goes on from there next
+    /// time. Returns how many rows it walked; call until 0, each call its own short transaction.
+    pub fn prune_history(
+        &mut self,
+        before: i64,
+        chunk: usize,
+        wait_for_publish: bool,
+    ) -> Result<usize, StoreError> {
         let tx = self.conn.transaction()?;
-        let pruned: Vec<(String, i64)> = tx
+        let cursor: i64 = tx.query_row("SELECT history_id FROM prune_cursor", [], |r| r.get(0))?;
+        let folded = mark(&tx, "folded")?;
+        let published = match wait_for_publish {
+            true => mark(&tx, "published")?,
+            false => i64::MAX,
+        };
+        let rows: Vec<(i64, String, i64)> = tx
             .prepare_cached(
-                "DELETE FROM presence_history WHERE history_id IN (
-                     SELECT h.history_id FROM presence_history h
-                     WHERE h.observed_at < ?1
-                       AND h.history_id <= (SELECT MIN(history_id) FROM store_marks)
-                       AND EXISTS (SELECT 1 FROM presence_history_by_account n
-                                   WHERE n.user_id = h.user_id AND n.seq > h.seq)
-                     ORDER BY h.observed_at LIMIT ?2)
-                 RETURNING user_id, seq",
+                "SELECT history_id, user_id, seq FROM presence_history
+                 WHERE history_id > ?1 AND history_id <= ?2 ORDER BY history_id LIMIT ?3",
             )?
-            .query_map(params![before, chunk as i64], |r| {
-                Ok((r.get(0)?, r.get(1)?))
+            .query_map(params![cursor, folded, chunk as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
             })?
             .collect::<Result<_, _>>()?;
+        let mut walked_to = cursor;
+        let mut walked = 0;
         {
-            let mut index = tx.prepare_cached(
+            let mut predecessor = tx.prepare_cached(
+                "SELECT a.history_id, h.observed_at FROM presence_history_by_account a
+                 JOIN presence_history h USING (history_id) WHERE a.user_id = ?1 AND a.seq = ?2",
+            )?;
+            let mut delete_row =
+                tx.prepare_cached("DELETE FROM presence_history WHERE history_id = ?1")?;
+            let mut delete_index = tx.prepare_cached(
                 "DELETE FROM presence_history_by_account WHERE user_id = ?1 AND seq = ?2",
             )?;
-            for (user_id, seq) in &pruned {
-                index.execute(params![user_id, seq])?;
+            for (history_id, user_id, seq) in rows {
+                let previous: Option<(i64, i64)> = predecessor
+                    .query_row(params![user_id, seq - 1], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()?;
+                if let Some((previous_id, observed_at)) = previous {
+                    if observed_at >= before || previous_id > published {
+                        break;
+                    }
+                    delete_row.execute([previous_id])?;
+                    delete_index.execute(params![user_id, seq - 1])?;
+                }
+                walked_to = history_id;
+                walked += 1;
             }
         }
+        tx.execute("UPDATE prune_cursor SET history_id = ?1", [walked_to])?;
         tx.commit()?;
-        Ok(pruned.len())
+        Ok(walked)
     }
 }
 

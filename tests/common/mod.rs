@@ -314,3 +314,27 @@ pub fn signal(child: &std::process::Child, name: &str) {
 
 pub mod kafka;
 pub mod pipeline;
+
+/// A child process that is killed when the test lets go of it, passed or failed: a panicking
+/// test must not leave a daemon running (cargo would wait for the output pipes it holds).
+pub struct Reaped(pub std::process::Child);
+
+impl std::ops::Deref for Reaped {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Reaped {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
