@@ -120,7 +120,7 @@ pub fn decode(sig: &str) -> Result<(SigClaims, String), SigError> {
         .to_owned();
     let claims = SigClaims {
         identifier,
-        sdkappid: field_i64("TLS.sdkappid")? as u64,
+        sdkappid: u64::try_from(field_i64("TLS.sdkappid")?).map_err(|_| SigError::Malformed)?,
         time: field_i64("TLS.time")?,
         expire: field_i64("TLS.expire")?,
     };
@@ -156,7 +156,12 @@ pub fn verify(
     if expected != hmac {
         return Err(SigError::BadHmac);
     }
-    if now > claims.time + claims.expire {
+    // Both come from the request: a sum past i64 is no validity, it is expired.
+    if claims
+        .time
+        .checked_add(claims.expire)
+        .is_none_or(|until| now > until)
+    {
         return Err(SigError::Expired);
     }
     Ok(claims)
@@ -165,6 +170,27 @@ pub fn verify(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hostile_numbers_in_a_usersig_are_rejected_not_overflowed() {
+        let key = Secret::new("k");
+        let sig = generate(&key, "admin", 1, i64::MAX, i64::MAX);
+        assert!(matches!(
+            verify(sig.expose(), &key, 1, "admin", 0),
+            Err(SigError::Expired)
+        ));
+        let json = r#"{"TLS.ver":"2.0","TLS.identifier":"a","TLS.sdkappid":-1,"TLS.time":1,"TLS.expire":1,"TLS.sig":"x"}"#;
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        std::io::Write::write_all(&mut z, json.as_bytes()).unwrap();
+        let b64 = base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            z.finish().unwrap(),
+        )
+        .replace('+', "*")
+        .replace('/', "-")
+        .replace('=', "_");
+        assert!(matches!(decode(&b64), Err(SigError::Malformed)));
+    }
 
     const KEY: &str = "5bd2850fff3ecb11d7c805251c51ee463a25727bddc2385f3fa8bfee1bb93b5e";
 
