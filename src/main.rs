@@ -179,6 +179,13 @@ struct SimArgs {
 
 type FilterHandle = reload::Handle<EnvFilter, tracing_subscriber::Registry>;
 
+/// Colour only for a person at a terminal: a pipe, a file or the journal gets plain text (the
+/// journal stores lines with escape codes as binary blobs), and NO_COLOR turns it off anywhere.
+fn colour_logs() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 fn init_logging(filter: &str, format: LogFormat) -> FilterHandle {
     let filter =
         EnvFilter::try_from_env("PRESENCED_LOG").unwrap_or_else(|_| EnvFilter::new(filter));
@@ -193,7 +200,11 @@ fn init_logging(filter: &str, format: LogFormat) -> FilterHandle {
             )
             .init(),
         LogFormat::Human => registry
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(colour_logs())
+                    .with_writer(std::io::stderr),
+            )
             .init(),
     }
     handle

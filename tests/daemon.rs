@@ -504,3 +504,42 @@ fn without_a_sink_tombstones_do_not_pile_up() {
     signal(&daemon, "TERM");
     assert!(daemon.wait().unwrap().success());
 }
+
+/// Logs written to a pipe (a file, the journal) carry no terminal escape codes.
+#[test]
+fn logs_to_a_pipe_have_no_escape_codes() {
+    use common::pipeline::{add_watched, query_number};
+    let sim = SimProcess::start(&["--population", "3", "--churn", "0", "--rate", "0"]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_daemon_config(dir.path(), &sim.base_url(), "[sink]\nkind = \"none\"\n");
+    let db = dir.path().join("presence.db");
+    add_watched(&db, &["user1".into()]);
+    let mut daemon = Reaped(
+        Command::new(env!("CARGO_BIN_EXE_presenced"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .env_remove("NO_COLOR")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while query_number(&db, "SELECT COUNT(*) FROM sweeps") < 1 {
+        assert!(Instant::now() < deadline, "no sweep");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    signal(&daemon, "TERM");
+    assert!(daemon.wait().unwrap().success());
+    let mut log = Vec::new();
+    std::io::Read::read_to_end(daemon.stderr.as_mut().unwrap(), &mut log).unwrap();
+    assert!(
+        log.len() > 100,
+        "the daemon logged: {}",
+        String::from_utf8_lossy(&log)
+    );
+    assert!(
+        !log.contains(&0x1b),
+        "escape codes in a pipe: {}",
+        String::from_utf8_lossy(&log)
+    );
+}
