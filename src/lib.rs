@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod im;
+pub mod logging;
 pub mod metrics;
 pub mod model;
 pub mod publish;

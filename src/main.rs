@@ -11,9 +11,6 @@ use presenced::watchlist;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
-use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{reload, EnvFilter};
 
 /// EX_CONFIG from sysexits.h: systemd's RestartPreventExitStatus= keeps a bad configuration from
 /// restarting in a loop.
@@ -177,39 +174,6 @@ struct SimArgs {
     secret_key_file: Option<PathBuf>,
 }
 
-type FilterHandle = reload::Handle<EnvFilter, tracing_subscriber::Registry>;
-
-/// Colour only for a person at a terminal: a pipe, a file or the journal gets plain text (the
-/// journal stores lines with escape codes as binary blobs), and NO_COLOR turns it off anywhere.
-fn colour_logs() -> bool {
-    use std::io::IsTerminal;
-    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
-}
-
-fn init_logging(filter: &str, format: LogFormat) -> FilterHandle {
-    let filter =
-        EnvFilter::try_from_env("PRESENCED_LOG").unwrap_or_else(|_| EnvFilter::new(filter));
-    let (filter, handle) = reload::Layer::new(filter);
-    let registry = tracing_subscriber::registry().with(filter);
-    match format {
-        LogFormat::Json => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .with_writer(std::io::stderr),
-            )
-            .init(),
-        LogFormat::Human => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .with_ansi(colour_logs())
-                    .with_writer(std::io::stderr),
-            )
-            .init(),
-    }
-    handle
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -269,10 +233,10 @@ fn run_daemon(path: &Path) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail_config(&e),
     };
-    let handle = init_logging(&config.service.log_filter, config.service.log_format);
+    let handle = presenced::logging::init(&config.service.log_filter, config.service.log_format);
     let options = RunOptions {
         reload_log_filter: Some(Box::new(move |f: &str| {
-            let filter = EnvFilter::try_new(f).map_err(|e| e.to_string())?;
+            let filter = tracing_subscriber::EnvFilter::try_new(f).map_err(|e| e.to_string())?;
             handle.reload(filter).map_err(|e| e.to_string())
         })),
         config_path: Some(path.to_owned()),
@@ -297,7 +261,7 @@ fn finish(result: Result<(), service::ServiceError>) -> ExitCode {
 }
 
 fn demo(args: DemoArgs) -> ExitCode {
-    init_logging("info", LogFormat::Human);
+    presenced::logging::init("info", LogFormat::Human);
     let rt = runtime();
     rt.block_on(async move {
         let sim_config = SimConfig {
@@ -375,7 +339,7 @@ fn demo(args: DemoArgs) -> ExitCode {
 }
 
 fn run_sim(args: SimArgs) -> ExitCode {
-    init_logging("info", LogFormat::Human);
+    presenced::logging::init("info", LogFormat::Human);
     let mut config = match &args.config {
         Some(path) => match std::fs::read_to_string(path) {
             Ok(text) => match toml::from_str::<SimConfig>(&text) {
@@ -684,7 +648,7 @@ fn replay(path: &Path, since: &str, until: Option<&str>, topic: Option<String>) 
         Ok(c) => c,
         Err(e) => return fail_config(&e),
     };
-    init_logging(&config.service.log_filter, config.service.log_format);
+    presenced::logging::init(&config.service.log_filter, config.service.log_format);
     let (since, until) = match (parse_time_arg(since), until.map(parse_time_arg).transpose()) {
         (Ok(s), Ok(u)) => (s, u.unwrap_or(i64::MAX)),
         (Err(e), _) | (_, Err(e)) => {

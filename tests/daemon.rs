@@ -543,3 +543,51 @@ fn logs_to_a_pipe_have_no_escape_codes() {
         String::from_utf8_lossy(&log)
     );
 }
+
+/// Under systemd (JOURNAL_STREAM names the daemon's stderr), every line starts with its syslog
+/// priority and carries no timestamp of its own: `journalctl -p warning` filters on it.
+#[test]
+fn under_the_journal_lines_carry_syslog_priorities() {
+    use common::pipeline::{add_watched, query_number};
+    use std::os::unix::fs::MetadataExt;
+    let sim = SimProcess::start(&["--population", "3", "--churn", "0", "--rate", "0"]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_daemon_config(dir.path(), &sim.base_url(), "[sink]\nkind = \"none\"\n");
+    let db = dir.path().join("presence.db");
+    add_watched(&db, &["user1".into()]);
+    let journal = dir.path().join("journal");
+    let stream = std::fs::File::create(&journal).unwrap();
+    let meta = stream.metadata().unwrap();
+    let mut daemon = Reaped(
+        Command::new(env!("CARGO_BIN_EXE_presenced"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
+            .stderr(stream)
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while query_number(&db, "SELECT COUNT(*) FROM sweeps") < 2 {
+        assert!(Instant::now() < deadline, "no sweeps");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    signal(&daemon, "TERM");
+    assert!(daemon.wait().unwrap().success());
+    let text = std::fs::read_to_string(&journal).unwrap();
+    assert!(text.lines().count() >= 3, "{text}");
+    for line in text.lines() {
+        assert!(
+            ["<3>", "<4>", "<6>", "<7>"]
+                .iter()
+                .any(|p| line.starts_with(p)),
+            "no priority prefix: {line:?}"
+        );
+        assert!(!line.contains("Z "), "a timestamp of its own: {line:?}");
+        assert!(!line.contains('\u{1b}'), "escape codes: {line:?}");
+    }
+    assert!(
+        text.contains("<6>presenced::service: stopped cleanly"),
+        "{text}"
+    );
+}
