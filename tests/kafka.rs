@@ -29,13 +29,8 @@ async fn events_on_the_broker_match_the_history() {
     let sink = KafkaSink::new(&cfg, 1_400_000_000).unwrap();
     assert!(sink.check_topic().await.unwrap(), "topic created and found");
     let mut publisher = publisher(&p, sink);
-    let shutdown = CancellationToken::new();
     p.control.churn(0.2).await;
-    for _ in 0..5 {
-        p.sweeper.sweep(&shutdown).await.unwrap();
-        drain_until_empty(&mut publisher, Duration::from_secs(30)).await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    sweep_and_publish(&mut p, &mut publisher, 5).await;
     let history = all_history(&p.db_path);
     assert!(
         history.len() > 300,
@@ -313,13 +308,8 @@ async fn state_topic_holds_current_state_and_tombstones() {
     let sink = KafkaSink::new(&cfg, 1_400_000_000).unwrap();
     assert!(sink.check_topic().await.unwrap(), "both topics created");
     let mut publisher = publisher(&p, sink);
-    let shutdown = CancellationToken::new();
     p.control.churn(0.5).await;
-    for _ in 0..3 {
-        p.sweeper.sweep(&shutdown).await.unwrap();
-        drain_until_empty(&mut publisher, Duration::from_secs(30)).await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    sweep_and_publish(&mut p, &mut publisher, 3).await;
     // Five accounts leave the watch list: their state records are tombstoned.
     p.sweeper
         .set_watch_list((5..50).map(|i| format!("user{i}")).collect())

@@ -13,7 +13,6 @@ use presenced::publish::kafka::KafkaSink;
 use presenced::sim::SimConfig;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
-use tokio_util::sync::CancellationToken;
 
 fn sasl_properties(k: &Cluster, password: &str) -> BTreeMap<String, String> {
     [
@@ -46,13 +45,8 @@ async fn the_right_scram_credentials_publish_over_tls() {
     );
     let health = sink.health();
     let mut publisher = publisher(&p, sink);
-    let shutdown = CancellationToken::new();
     p.control.churn(0.5).await;
-    for _ in 0..3 {
-        p.sweeper.sweep(&shutdown).await.unwrap();
-        drain_until_empty(&mut publisher, Duration::from_secs(30)).await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    sweep_and_publish(&mut p, &mut publisher, 3).await;
     assert!(!health.credentials_refused());
     let history = all_history(&p.db_path);
     let addr = k.bootstrap();

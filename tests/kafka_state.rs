@@ -154,13 +154,8 @@ async fn after_compaction_the_state_topic_is_the_current_state() {
     let sink = KafkaSink::new(&cfg, 1_400_000_000).unwrap();
     assert!(sink.check_topic().await.unwrap());
     let mut publisher = publisher(&p, sink);
-    let shutdown = CancellationToken::new();
     p.control.churn(1.0).await;
-    for _ in 0..6 {
-        p.sweeper.sweep(&shutdown).await.unwrap();
-        drain_until_empty(&mut publisher, Duration::from_secs(30)).await;
-        tokio::time::sleep(Duration::from_millis(400)).await;
-    }
+    sweep_and_publish(&mut p, &mut publisher, 6).await;
     p.control.churn(0.0).await;
     p.sweeper
         .set_watch_list((5..30).map(|i| format!("user{i}")).collect())

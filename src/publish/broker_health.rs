@@ -37,11 +37,6 @@ impl BrokerHealth {
         self.credentials_refused.load(Ordering::Relaxed)
     }
 
-    /// Since when every broker has been unreachable, if they are.
-    pub fn down_since(&self) -> Option<Instant> {
-        self.lock().down_since
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -379,7 +379,8 @@ async fn prune(
     if !wait_for_publish {
         store
             .call(|db| {
-                let pending = db.tombstones_due(usize::MAX, true)?;
+                // A bounded step a sweep, like the pruning below; what is left goes next time.
+                let pending = db.tombstones_due(10_000, true)?;
                 db.delete_tombstones(&pending)
             })
             .await?;

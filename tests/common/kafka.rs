@@ -198,27 +198,13 @@ pub struct Consumed {
 /// Reads the topic from the beginning until `expected` messages arrived and a quiet second
 /// passed (so extras would be seen too), or the timeout.
 pub fn consume(addr: &str, topic: &str, expected: usize, timeout: Duration) -> Vec<Consumed> {
-    consume_with(addr, topic, expected, timeout, &[])
-}
-
-/// [`consume`] with extra consumer properties (e.g. `isolation.level`).
-pub fn consume_with(
-    addr: &str,
-    topic: &str,
-    expected: usize,
-    timeout: Duration,
-    properties: &[(&str, &str)],
-) -> Vec<Consumed> {
-    let mut config = ClientConfig::new();
-    config
+    let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", addr)
         .set("group.id", format!("test-{}", uuid::Uuid::now_v7()))
         .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false");
-    for (k, v) in properties {
-        config.set(*k, *v);
-    }
-    let consumer: BaseConsumer = config.create().unwrap();
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
     consumer.subscribe(&[topic]).unwrap();
     let deadline = Instant::now() + timeout;
     let mut out = Vec::new();

@@ -219,3 +219,13 @@ pub fn query_number(db: &std::path::Path, sql: &str) -> i64 {
         .and_then(|d| d.connection().query_row(sql, [], |r| r.get(0)).ok())
         .unwrap_or(-1)
 }
+
+/// `rounds` times: a sweep, the outbox drained, then a pause for the simulator to churn.
+pub async fn sweep_and_publish(p: &mut Pipeline, publisher: &mut Publisher, rounds: usize) {
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    for _ in 0..rounds {
+        p.sweeper.sweep(&shutdown).await.unwrap();
+        drain_until_empty(publisher, Duration::from_secs(30)).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
