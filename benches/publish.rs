@@ -3,10 +3,11 @@
 //! event into its Kafka records (JSON value, CloudEvents headers).
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use presenced::model::TransitionRecord;
 use presenced::model::{PlatformStatus, State};
 use presenced::publish::event::EventV1;
 use presenced::publish::kafka::KafkaEncoder;
-use presenced::store::{Db, TransitionRecord, WriteSet};
+use presenced::store::{Db, WriteSet};
 use std::time::Duration;
 
 const BATCH: usize = 500;
@@ -18,18 +19,12 @@ fn record(i: usize) -> TransitionRecord {
             status: s,
         }]
     };
-    TransitionRecord {
-        event_id: uuid::Uuid::now_v7(),
-        user_id: format!("user{i}"),
-        seq: 7,
-        from: Some(State::Online),
-        from_platforms: Some(platforms(State::Online)),
-        to: State::Offline,
-        to_platforms: platforms(State::Offline),
-        observed_at: 1_764_000_000_123,
-        previous_observed_at: Some(1_764_000_000_000 - 60_000),
-        sweep_id: 1,
-    }
+    TransitionRecord::builder(format!("user{i}"), 7, State::Offline)
+        .from(Some(State::Online), 1_764_000_000_000 - 60_000)
+        .from_platforms(platforms(State::Online))
+        .to_platforms(platforms(State::Offline))
+        .observed_at(1_764_000_000_123)
+        .build()
 }
 
 fn publish(c: &mut Criterion) {

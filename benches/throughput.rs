@@ -9,8 +9,9 @@ use futures_util::StreamExt;
 use presenced::config::ImConfig;
 use presenced::im::{AccountOutcome, ClientSettings, ImClient};
 use presenced::metrics::Metrics;
+use presenced::model::TransitionRecord;
 use presenced::model::{PlatformStatus, State};
-use presenced::store::{Db, TransitionRecord, WriteSet};
+use presenced::store::{Db, WriteSet};
 use presenced::sweep::Snapshot;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -247,18 +248,12 @@ fn transition(user: String, seq: u64, from: Option<State>, to: State, at: i64) -
             status: s,
         }]
     };
-    TransitionRecord {
-        event_id: uuid::Uuid::now_v7(),
-        user_id: user,
-        seq,
-        from,
-        from_platforms: from.map(p),
-        to,
-        to_platforms: p(to),
-        observed_at: at,
-        previous_observed_at: from.map(|_| at - 30_000),
-        sweep_id: 1,
-    }
+    TransitionRecord::builder(user, seq, to)
+        .from(from, at - 30_000)
+        .from_platforms(from.map(p).unwrap_or_default())
+        .to_platforms(p(to))
+        .observed_at(at)
+        .build()
 }
 
 fn store() {
@@ -556,7 +551,7 @@ async fn produce_plain(
 
 async fn kafka() {
     use presenced::publish::kafka::{client_config, producer_config, KafkaSink};
-    use presenced::publish::{Drained, Publisher, Sink};
+    use presenced::publish::{Drained, Publisher};
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::producer::{FutureProducer, FutureRecord};
     let brokers = std::env::var("PRESENCED_BENCH_KAFKA")
@@ -613,7 +608,7 @@ async fn kafka() {
     let sink = KafkaSink::new(&settings, 1_400_000_000).unwrap();
     let mut publisher = Publisher::new(
         store.clone(),
-        Sink::Kafka(sink),
+        sink,
         settings.batch_size,
         metrics.clone(),
         Arc::new(tokio::sync::Notify::new()),
@@ -710,7 +705,9 @@ async fn kafka() {
         loop {
             match publisher.drain_once().await.unwrap() {
                 Drained::Empty => break,
-                Drained::Failed => panic!("delivery failed during the benchmark"),
+                Drained::Failed | Drained::Rejected => {
+                    panic!("delivery failed during the benchmark")
+                }
                 Drained::Some => {}
             }
         }
@@ -775,7 +772,7 @@ async fn kafka() {
     let sink = KafkaSink::new(&settings, 1_400_000_000).unwrap();
     let publisher = Publisher::new(
         store.clone(),
-        Sink::Kafka(sink),
+        sink,
         settings.batch_size,
         metrics.clone(),
         wake.clone(),

@@ -16,6 +16,7 @@ pub mod service;
 pub mod sim;
 pub mod store;
 pub mod sweep;
+pub mod validation;
 pub mod watchlist;
 
 /// mimalloc instead of glibc's malloc: the publisher allocates each event's records on the store

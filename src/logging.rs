@@ -3,7 +3,6 @@
 //! that `journalctl -p warning` filters them and the journal's time is the only one; colour only
 //! for a person at a terminal.
 
-use crate::config::LogFormat;
 use std::fmt;
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::fmt::format::Writer;
@@ -12,6 +11,16 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter};
+
+/// How log lines look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Lines for people (plain under the journal, coloured on a terminal).
+    Human,
+    /// One JSON object per line.
+    Json,
+}
 
 /// Swaps the running log filter (SIGHUP).
 pub type FilterHandle = reload::Handle<EnvFilter, tracing_subscriber::Registry>;

@@ -33,7 +33,13 @@ impl<'de> serde::Deserialize<'de> for Secret {
     }
 }
 
+/// What is shown in place of a secret.
 pub const REDACTED: &str = "[redacted]";
+
+/// Serializes any secret as [`REDACTED`], for `serialize_with`.
+pub fn serialize_redacted<S: serde::Serializer>(_: &Secret, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(REDACTED)
+}
 
 #[cfg(test)]
 mod tests {

@@ -1,8 +1,20 @@
 //! The watch list: account ids from a file and from the `watched_accounts` table, validated and
 //! de-duplicated. Invalid lines are reported with file and line; the valid rest is still used.
 
+use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+/// `[watch]`: where the watched accounts come from besides the table.
+pub struct WatchConfig {
+    /// One account id per line; `#` comments and blank lines ignored. Used together with the
+    /// table managed by `presenced users`.
+    pub file: Option<PathBuf>,
+}
+
+impl crate::validation::Section for WatchConfig {}
 
 /// The longest account id Tencent IM accepts, in bytes of UTF-8.
 pub const MAX_ID_BYTES: usize = 32;

@@ -1,7 +1,8 @@
 //! Every query in docs/ANALYSTS.md runs against a generated history whose answers are known.
 
+use presenced::model::TransitionRecord;
 use presenced::model::{PlatformStatus, State};
-use presenced::store::{Db, TransitionRecord, WriteSet};
+use presenced::store::{Db, WriteSet};
 use rusqlite::types::Value;
 use std::time::Duration;
 
@@ -61,18 +62,17 @@ fn build() -> (tempfile::TempDir, Db) {
     let mut set = WriteSet::default();
     for (user, at, to, platforms) in history() {
         let prev = last.get(user).cloned();
-        set.transitions.push(TransitionRecord {
-            event_id: uuid::Uuid::now_v7(),
-            user_id: user.into(),
-            seq: prev.as_ref().map_or(1, |p| p.0 + 1),
-            from: prev.as_ref().map(|p| p.1),
-            from_platforms: prev.as_ref().map(|p| p.2.clone()),
-            to,
-            to_platforms: platforms.clone(),
-            observed_at: at,
-            previous_observed_at: prev.as_ref().map(|p| p.3),
-            sweep_id: sweep,
-        });
+        let record = TransitionRecord::builder(user, prev.as_ref().map_or(1, |p| p.0 + 1), to)
+            .to_platforms(platforms.clone())
+            .observed_at(at)
+            .sweep(sweep);
+        set.transitions.push(
+            match &prev {
+                Some(p) => record.from(Some(p.1), p.3).from_platforms(p.2.clone()),
+                None => record,
+            }
+            .build(),
+        );
         last.insert(user, (prev.map_or(1, |p| p.0 + 1), to, platforms, at));
     }
     // All but the last transition folded, as during a sweep: the queries on current state and on

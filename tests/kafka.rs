@@ -10,7 +10,7 @@ use common::*;
 use presenced::config::KafkaConfig;
 use presenced::metrics::Metrics;
 use presenced::publish::kafka::{KafkaSetupError, KafkaSink};
-use presenced::publish::{Drained, Publisher, Sink};
+use presenced::publish::{Drained, Publisher};
 use presenced::sim::SimConfig;
 use presenced::store::Db;
 use std::collections::HashMap;
@@ -52,13 +52,16 @@ async fn events_on_the_broker_match_the_history() {
     // Replay everything into a new topic for a new consumer: the same events, the same ids.
     let replay_topic = topic_name("replay");
     create_topic(&broker(), &replay_topic, 3);
-    let mut sink = Sink::Kafka(
-        KafkaSink::new(&kafka_config(&broker(), &replay_topic), 1_400_000_000).unwrap(),
-    );
+    let mut sink = KafkaSink::new(&kafka_config(&broker(), &replay_topic), 1_400_000_000).unwrap();
     let mut reported = 0;
-    let sent = presenced::publish::replay(&p.store, &mut sink, i64::MIN, i64::MAX, |done, _| {
-        reported = done
-    })
+    let sent = presenced::publish::replay(
+        &p.store,
+        &mut sink,
+        &Default::default(),
+        i64::MIN,
+        i64::MAX,
+        |done, _| reported = done,
+    )
     .await
     .unwrap();
     assert_eq!(
@@ -127,7 +130,8 @@ async fn broker_error_codes_from_the_mock_cluster() {
         RDKafkaApiKey::Produce,
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 50],
     );
-    assert_eq!(settle_round(&mut publisher).await, Drained::Failed);
+    // Not authorized is final: reported as a rejection, not retried as if it might pass.
+    assert_eq!(settle_round(&mut publisher).await, Drained::Rejected);
     let backlog = p.store.call(|db| db.outbox_backlog()).await.unwrap().0;
     assert!(backlog > 0);
     mock.clear_request_errors(RDKafkaApiKey::Produce);
@@ -160,7 +164,7 @@ async fn failures_with_several_batches_in_flight_lose_nothing() {
     assert!(sink.check_topic().await.unwrap());
     let mut publisher = Publisher::new(
         p.store.clone(),
-        Sink::Kafka(sink),
+        sink,
         5,
         Arc::new(Metrics::new()),
         Arc::new(tokio::sync::Notify::new()),
@@ -178,7 +182,10 @@ async fn failures_with_several_batches_in_flight_lose_nothing() {
             RDKafkaApiKey::Produce,
             &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 3],
         );
-        if settle_round(&mut publisher).await == Drained::Failed {
+        if matches!(
+            settle_round(&mut publisher).await,
+            Drained::Failed | Drained::Rejected
+        ) {
             failed_rounds += 1;
         }
         mock.clear_request_errors(RDKafkaApiKey::Produce);
@@ -365,5 +372,48 @@ async fn state_topic_holds_current_state_and_tombstones() {
             }
         }
     }
+    p.sim.stop().await;
+}
+
+/// A topic whose `max.message.bytes` is smaller than an event: the broker refuses it for good.
+/// The publisher says so (a rejection, readiness failing) instead of retrying as if it might
+/// pass, keeps the event and everything after it, and delivers them all once the topic accepts
+/// them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_the_broker_rejects_for_good_is_held_and_fails_readiness() {
+    use common::kafka::{alter_topic_config, create_topic_with};
+    let addr = broker();
+    let topic = topic_name("too-large");
+    create_topic_with(&addr, &topic, 1, 1, &[("max.message.bytes", "200")]);
+    let mut p = pipeline(20).await;
+    let sink = KafkaSink::new(&kafka_config(&addr, &topic), 1_400_000_000).unwrap();
+    let health = sink.health();
+    let mut publisher = publisher(&p, sink);
+    p.sweeper.sweep(&CancellationToken::new()).await.unwrap();
+    assert_eq!(settle_round(&mut publisher).await, Drained::Rejected);
+    assert!(
+        health.blocks_readiness(),
+        "a final rejection fails readiness"
+    );
+    let (backlog, _) = p.store.call(|db| db.outbox_backlog()).await.unwrap();
+    assert_eq!(
+        backlog, 20,
+        "nothing leaves the outbox past the rejected event"
+    );
+
+    alter_topic_config(&addr, &topic, &[("max.message.bytes", "1000000")]);
+    drain_until_empty(&mut publisher, Duration::from_secs(60)).await;
+    assert!(
+        !health.blocks_readiness(),
+        "a delivery clears the rejection"
+    );
+    let history = all_history(&p.db_path);
+    let consumed = tokio::task::spawn_blocking({
+        let n = history.len();
+        move || consume(&addr, &topic, n, Duration::from_secs(30))
+    })
+    .await
+    .unwrap();
+    assert_matches_history(&consumed, &history, 1_400_000_000);
     p.sim.stop().await;
 }

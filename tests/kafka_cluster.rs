@@ -13,7 +13,7 @@ use common::*;
 use presenced::config::KafkaConfig;
 use presenced::metrics::Metrics;
 use presenced::publish::kafka::KafkaSink;
-use presenced::publish::{Publisher, Sink};
+use presenced::publish::Publisher;
 use presenced::sim::SimConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
@@ -86,7 +86,7 @@ async fn partition_leaders_killed_during_churn_lose_nothing_and_keep_order() {
     let publishing = tokio::spawn(
         Publisher::new(
             p.store.clone(),
-            Sink::Kafka(sink),
+            sink,
             500,
             Arc::new(Metrics::new()),
             Arc::new(tokio::sync::Notify::new()),

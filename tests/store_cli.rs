@@ -1,28 +1,23 @@
 //! Retention pruning and the `history` / `stats` commands on a real database file.
 
+use presenced::model::TransitionRecord;
 use presenced::model::{PlatformStatus, State};
-use presenced::store::{Db, TransitionRecord, WriteSet};
+use presenced::store::{Db, WriteSet};
 use std::process::Command;
 use std::time::Duration;
 
 const DAY: i64 = 86_400_000;
 
 fn record(user: &str, seq: u64, from: Option<State>, to: State, at: i64) -> TransitionRecord {
-    TransitionRecord {
-        event_id: uuid::Uuid::now_v7(),
-        user_id: user.into(),
-        seq,
-        from,
-        from_platforms: from.map(|_| vec![]),
-        to,
-        to_platforms: vec![PlatformStatus {
-            platform: "Web".into(),
-            status: to,
-        }],
-        observed_at: at,
-        previous_observed_at: from.map(|_| at - 1_000),
-        sweep_id: 1,
-    }
+    let web = vec![PlatformStatus {
+        platform: "Web".into(),
+        status: to,
+    }];
+    TransitionRecord::builder(user, seq, to)
+        .from(from, at - 1_000)
+        .to_platforms(web)
+        .observed_at(at)
+        .build()
 }
 
 /// alice: 3 old transitions and 1 recent; bob: 1 old (his latest). Published: alice's first and

@@ -1,10 +1,10 @@
 //! The `query_online_status` client: signs, paces, retries, and reads answers strictly.
 
 use super::codes::{self, ErrorClass};
+use super::config::{Command, ImConfig};
 use super::ratelimit::RateLimiter;
 use super::usersig;
 use super::wire::{self, AccountOutcome, AnswerError, QueryRequest};
-use crate::config::{Command, ImConfig};
 use crate::metrics::Metrics;
 use crate::secret::Secret;
 use rand::Rng;
@@ -33,26 +33,10 @@ pub struct ClientSettings {
 
 impl ClientSettings {
     pub fn from_config(c: &ImConfig) -> Result<Self, QueryError> {
-        let base = match &c.base_url {
-            Some(url) => url.clone(),
-            None => {
-                let host = super::region_host(&c.region, c.use_backup_host).ok_or_else(|| {
-                    QueryError::Configuration {
-                        code: None,
-                        message: format!("unknown region {:?}", c.region),
-                    }
-                })?;
-                format!("https://{host}/")
-            }
-        };
-        let mut base_url = reqwest::Url::parse(&base).map_err(|e| QueryError::Configuration {
+        let base_url = c.endpoint().map_err(|e| QueryError::Configuration {
             code: None,
-            message: format!("im.base_url {base:?}: {e}"),
+            message: format!("{}: {}", e.key, e.message),
         })?;
-        if !base_url.path().ends_with('/') {
-            let path = format!("{}/", base_url.path());
-            base_url.set_path(&path);
-        }
         Ok(ClientSettings {
             base_url,
             command: c.command,

@@ -2,6 +2,7 @@
 
 pub mod client;
 pub mod codes;
+pub mod config;
 pub mod ratelimit;
 pub mod usersig;
 pub mod wire;

@@ -1,7 +1,7 @@
 //! The Kafka event, version 1: JSON value, account id as key, CloudEvents headers (binary mode).
 
+use crate::model::TransitionRecord;
 use crate::model::{format_millis, PlatformStatus};
-use crate::store::TransitionRecord;
 use serde::Serialize;
 
 pub const SCHEMA: &str = "presenced.transition.v1";

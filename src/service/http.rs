@@ -27,7 +27,7 @@ impl Health {
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
             && !self.sweeps_failing.load(Ordering::Relaxed)
-            && !self.kafka.get().is_some_and(|k| k.credentials_refused())
+            && !self.kafka.get().is_some_and(|k| k.blocks_readiness())
     }
 }
 

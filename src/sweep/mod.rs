@@ -1,6 +1,7 @@
 //! One sweep: the watch list in batches through the IM client, each answer diffed against the
 //! snapshot, and the results written in transactions of a few batches each.
 
+pub mod config;
 pub mod snapshot;
 
 use crate::im::{AccountOutcome, BatchAnswer, ImClient, QueryError};

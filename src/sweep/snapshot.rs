@@ -2,8 +2,9 @@
 //! a transition. The hot path: it must stay cheap per account and small per account.
 
 use crate::im::AccountOutcome;
+use crate::model::TransitionRecord;
 use crate::model::{PlatformStatus, State};
-use crate::store::{CurrentRow, TransitionRecord};
+use crate::store::CurrentRow;
 use compact_str::CompactString;
 use std::collections::HashMap;
 use std::sync::Arc;

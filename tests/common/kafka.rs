@@ -181,6 +181,27 @@ pub fn create_topic_with(
     }
 }
 
+/// Changes topic configs of an existing topic.
+pub fn alter_topic_config(addr: &str, name: &str, configs: &[(&str, &str)]) {
+    use rdkafka::admin::{AlterConfig, ResourceSpecifier};
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", addr)
+        .create()
+        .unwrap();
+    let mut change = AlterConfig::new(ResourceSpecifier::Topic(name));
+    for (k, v) in configs {
+        change = change.set(k, v);
+    }
+    let results = block_on(admin.alter_configs(
+        [&change],
+        &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+    ))
+    .unwrap();
+    for r in results {
+        r.unwrap_or_else(|(t, e)| panic!("altering topic {t:?}: {e}"));
+    }
+}
+
 /// Creates a topic with one replica.
 pub fn create_topic(addr: &str, name: &str, partitions: i32) {
     create_topic_with(addr, name, partitions, 1, &[]);

@@ -6,10 +6,11 @@ use super::kafka::Consumed;
 use super::*;
 use presenced::config::KafkaConfig;
 use presenced::metrics::Metrics;
+use presenced::model::TransitionRecord;
 use presenced::publish::kafka::KafkaSink;
-use presenced::publish::{Drained, Publisher, Sink};
+use presenced::publish::{Drained, Publisher};
 use presenced::sim::{SimConfig, SimHandle};
-use presenced::store::{Db, Store, TransitionRecord};
+use presenced::store::{Db, Store};
 use presenced::sweep::{SweepSettings, Sweeper};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -76,23 +77,24 @@ pub async fn pipeline(population: usize) -> Pipeline {
     }
 }
 
-pub fn publisher(p: &Pipeline, sink: KafkaSink) -> Publisher {
+pub fn publisher(p: &Pipeline, sink: KafkaSink) -> Publisher<KafkaSink> {
     Publisher::new(
         p.store.clone(),
-        Sink::Kafka(sink),
+        sink,
         1_000,
         Arc::new(Metrics::new()),
         Arc::new(tokio::sync::Notify::new()),
     )
 }
 
-pub async fn drain_until_empty(publisher: &mut Publisher, timeout: Duration) {
+pub async fn drain_until_empty(publisher: &mut Publisher<KafkaSink>, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     loop {
         match publisher.drain_once().await.unwrap() {
             Drained::Empty => return,
             Drained::Some => {}
             Drained::Failed => tokio::time::sleep(Duration::from_millis(200)).await,
+            Drained::Rejected => panic!("the broker rejected an event for good"),
         }
         assert!(Instant::now() < deadline, "outbox did not drain");
     }
@@ -171,7 +173,7 @@ pub fn assert_matches_history(consumed: &[Consumed], history: &[TransitionRecord
 }
 
 /// Drives the pipelined publisher until the batch it started has settled.
-pub async fn settle_round(publisher: &mut Publisher) -> Drained {
+pub async fn settle_round(publisher: &mut Publisher<KafkaSink>) -> Drained {
     loop {
         match publisher.drain_once().await.unwrap() {
             Drained::Some => continue,
@@ -221,7 +223,11 @@ pub fn query_number(db: &std::path::Path, sql: &str) -> i64 {
 }
 
 /// `rounds` times: a sweep, the outbox drained, then a pause for the simulator to churn.
-pub async fn sweep_and_publish(p: &mut Pipeline, publisher: &mut Publisher, rounds: usize) {
+pub async fn sweep_and_publish(
+    p: &mut Pipeline,
+    publisher: &mut Publisher<KafkaSink>,
+    rounds: usize,
+) {
     let shutdown = tokio_util::sync::CancellationToken::new();
     for _ in 0..rounds {
         p.sweeper.sweep(&shutdown).await.unwrap();

@@ -19,6 +19,9 @@ pub const OUTAGE_REMINDER: Duration = Duration::from_secs(300);
 pub struct BrokerHealth {
     /// Set while the brokers refuse our credentials or certificates; cleared by a delivery.
     credentials_refused: AtomicBool,
+    /// Set while an event is rejected for good (too large, not authorized, no such topic);
+    /// cleared by a delivery.
+    rejected: AtomicBool,
     state: Mutex<State>,
 }
 
@@ -35,6 +38,17 @@ impl BrokerHealth {
     /// Whether the brokers currently refuse the configured credentials or TLS settings.
     pub fn credentials_refused(&self) -> bool {
         self.credentials_refused.load(Ordering::Relaxed)
+    }
+
+    /// Whether readiness should fail: credentials refused, or an event rejected for good.
+    pub fn blocks_readiness(&self) -> bool {
+        self.credentials_refused() || self.rejected.load(Ordering::Relaxed)
+    }
+
+    /// Records a final rejection; returns whether it is news (not already reported).
+    pub fn rejected(&self, error: &crate::publish::DeliveryError) -> bool {
+        debug_assert!(error.is_final());
+        !self.rejected.swap(true, Ordering::Relaxed)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -90,6 +104,9 @@ impl BrokerHealth {
     /// Called when a delivery succeeded: the brokers are reachable and accept us. Returns how
     /// long they had been unreachable, if they had.
     pub fn delivered(&self) -> Option<Duration> {
+        if self.rejected.swap(false, Ordering::Relaxed) {
+            tracing::info!("Kafka accepts events again after a rejection");
+        }
         if self.credentials_refused.swap(false, Ordering::Relaxed) {
             tracing::info!("Kafka accepts the configured credentials again");
             self.lock().refused_reported = None;

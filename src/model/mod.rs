@@ -1,5 +1,9 @@
 //! Presence types shared by the IM client, the store, the diff and the publisher.
 
+mod transition;
+
+pub use transition::{TransitionBuilder, TransitionKind, TransitionRecord};
+
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;

@@ -8,20 +8,26 @@
 //! (`enable.gapless.guarantee`), and a fatal error re-creates the producer. A broker outage is
 //! therefore a wait, not a failure: the outbox holds everything meanwhile.
 
-use super::broker_health::{BrokerHealth, ProducerHealthContext};
-use super::event::{cloudevents_headers, cloudevents_source, EventV1, StateV1};
+mod config;
+mod encode;
+pub mod health;
+
+pub use config::{is_secret_property, KafkaConfig};
+pub use encode::{KafkaEncoder, Records};
+
+use super::sink::Sink;
 use super::DeliveryError;
-use crate::config::KafkaConfig;
-use crate::store::{OutboxEvent, TransitionRecord};
+use crate::store::OutboxEvent;
+use health::{BrokerHealth, ProducerHealthContext};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Why the Kafka sink could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaSetupError {
     #[error("Kafka client configuration rejected: {0}")]
@@ -34,6 +40,16 @@ pub enum KafkaSetupError {
 
 /// A batch handed to librdkafka whose acknowledgements are still to come.
 pub struct Enqueued(Vec<Vec<Result<DeliveryFuture, DeliveryError>>>);
+
+impl KafkaSetupError {
+    /// Whether the configuration is at fault (rather than the brokers' state).
+    pub fn is_configuration(&self) -> bool {
+        matches!(
+            self,
+            KafkaSetupError::TopicMissing { .. } | KafkaSetupError::Client(_)
+        )
+    }
+}
 
 impl std::fmt::Debug for Enqueued {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -132,6 +148,21 @@ impl KafkaSink {
         *self.settings = settings;
         self.refused_rounds = 0;
         Ok(())
+    }
+
+    /// Sets up the sink as the daemon and `replay` both do: the producer, then the topics
+    /// checked (created when configured to). The flag says whether the brokers answered; when
+    /// they did not, the caller may go on (the daemon: the outbox waits) or give up (`replay`).
+    pub async fn connect(
+        settings: &KafkaConfig,
+        sdkappid: u64,
+    ) -> Result<(KafkaSink, bool), KafkaSetupError> {
+        if settings.message_timeout_ms.is_some() {
+            tracing::warn!("kafka.message_timeout_ms is ignored: events wait in the producer until Kafka acknowledges them (a timeout could reorder an account's events); remove it from the configuration");
+        }
+        let sink = KafkaSink::new(settings, sdkappid)?;
+        let reachable = sink.check_topic().await?;
+        Ok((sink, reachable))
     }
 
     /// What the producer learnt about the brokers: outages and refused credentials.
@@ -376,57 +407,56 @@ impl KafkaSink {
     }
 }
 
-/// One event's Kafka records, encoded: the event value with its CloudEvents headers, and the
-/// current-state value when a state topic is configured.
-pub struct Records {
-    value: Vec<u8>,
-    headers: OwnedHeaders,
-    state_value: Option<Vec<u8>>,
-}
-
-/// Encodes events into [`Records`]; cheap to clone and `Send`, so encoding can run on the store
-/// thread while the publisher's task sends the previous batch.
-#[derive(Debug, Clone)]
-pub struct KafkaEncoder {
-    sdkappid: u64,
-    /// `ce_source`, the same for every event.
-    source: String,
-    with_state: bool,
-}
-
-impl KafkaEncoder {
-    /// The encoder of a sink for app `sdkappid`, with current-state values when `with_state`.
-    pub fn new(sdkappid: u64, with_state: bool) -> Self {
-        KafkaEncoder {
-            sdkappid,
-            source: cloudevents_source(sdkappid),
-            with_state,
-        }
-    }
-
-    pub fn encode(&self, t: &TransitionRecord) -> Records {
-        let event = EventV1::new(self.sdkappid, t);
-        let mut headers = OwnedHeaders::new_with_capacity(7);
-        for (key, value) in cloudevents_headers(&event, &self.source) {
-            headers = headers.insert(Header {
-                key,
-                value: Some(value.as_bytes()),
-            });
-        }
-        Records {
-            value: event.to_json(),
-            headers,
-            state_value: self
-                .with_state
-                .then(|| StateV1::new(self.sdkappid, t).to_json()),
-        }
-    }
-}
-
 async fn settle(enqueued: Result<DeliveryFuture, DeliveryError>) -> Result<(), DeliveryError> {
     match enqueued?.await {
         Ok(Ok(_)) => Ok(()),
         Ok(Err((e, _))) => Err(DeliveryError::from_kafka(&e)),
         Err(_) => Err(DeliveryError::Canceled),
+    }
+}
+
+/// Batches enqueued in librdkafka before the oldest must be acknowledged. More than one keeps
+/// the broker busy while a batch is settled; a few also cover a new producer's first second
+/// (connection, producer id), when nothing is acknowledged yet.
+const BATCHES_IN_FLIGHT: usize = 4;
+
+impl Sink for KafkaSink {
+    type Encoder = KafkaEncoder;
+    type Pending = Enqueued;
+
+    fn encoder(&self) -> KafkaEncoder {
+        KafkaSink::encoder(self)
+    }
+
+    fn window(&self) -> usize {
+        BATCHES_IN_FLIGHT
+    }
+
+    async fn start(&mut self, events: &[OutboxEvent], records: Vec<Records>) -> Enqueued {
+        self.enqueue_batch(events, records).await
+    }
+
+    async fn finish(&mut self, pending: Enqueued) -> Vec<Result<(), DeliveryError>> {
+        self.settle_batch(pending).await
+    }
+
+    async fn flush(&self, timeout: Duration) {
+        KafkaSink::flush(self, timeout).await
+    }
+
+    fn has_state_topic(&self) -> bool {
+        KafkaSink::has_state_topic(self)
+    }
+
+    async fn deliver_tombstones(&mut self, user_ids: &[String]) -> Vec<Result<(), DeliveryError>> {
+        KafkaSink::deliver_tombstones(self, user_ids).await
+    }
+
+    fn broker_health(&self) -> Option<Arc<BrokerHealth>> {
+        Some(self.health())
+    }
+
+    fn reconfigure(&mut self, settings: &KafkaConfig) -> Result<(), String> {
+        KafkaSink::reconfigure(self, settings).map_err(|e| e.to_string())
     }
 }

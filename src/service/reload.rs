@@ -1,0 +1,65 @@
+//! What a reload (SIGHUP) changes: the watch list, the log filter, retention and the Kafka
+//! producer's settings. Everything else takes a restart.
+
+use super::start::load_watch_list;
+use super::{RunOptions, ServiceError};
+use crate::config::{Config, KafkaConfig};
+use crate::store::Store;
+use crate::sweep::Sweeper;
+use tokio::sync::watch;
+
+/// Re-reads the configuration (when there is a file) and the watch list.
+pub(super) async fn reload(
+    options: &mut RunOptions,
+    live: &mut Config,
+    store: &Store,
+    sweeper: &mut Sweeper,
+    kafka: &watch::Sender<KafkaConfig>,
+) -> Result<(), ServiceError> {
+    if let Some(path) = &options.config_path {
+        match Config::load(path) {
+            Ok(new) => {
+                if let Some(f) = &options.reload_log_filter {
+                    if let Err(e) = f(&new.service.log_filter) {
+                        tracing::error!(error = %e, "log filter not changed");
+                    }
+                }
+                live.watch = new.watch;
+                live.service.log_filter = new.service.log_filter;
+                live.store.retention_days = new.store.retention_days;
+                reload_kafka(live, new.kafka, kafka);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "configuration not reloaded; keeping the running one")
+            }
+        }
+    }
+    let ids = load_watch_list(live, store).await?;
+    let before = sweeper.watch_list().len();
+    let removed = sweeper.set_watch_list(ids).await?;
+    tracing::info!(
+        before,
+        after = sweeper.watch_list().len(),
+        forgotten = removed,
+        "watch list reloaded"
+    );
+    Ok(())
+}
+
+/// Hands changed `[kafka]` settings (brokers, credentials, TLS, tuning) to the publisher, which
+/// re-creates its producer. The topics are what the outbox was published to so far: changing
+/// them takes a restart.
+fn reload_kafka(live: &mut Config, new: KafkaConfig, kafka: &watch::Sender<KafkaConfig>) {
+    if new.topic != live.kafka.topic || new.state_topic != live.kafka.state_topic {
+        tracing::warn!("kafka.topic and kafka.state_topic changes take effect at the next restart");
+    }
+    let new = KafkaConfig {
+        topic: live.kafka.topic.clone(),
+        state_topic: live.kafka.state_topic.clone(),
+        ..new
+    };
+    if new != live.kafka {
+        live.kafka = new.clone();
+        kafka.send_replace(new);
+    }
+}

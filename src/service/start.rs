@@ -1,0 +1,231 @@
+//! Starting the daemon: the store, the IM client and the sweeper with its watch list, the sink
+//! and its publisher, and the HTTP endpoints; and stopping it again.
+
+use super::{http, notify, RunOptions, ServiceError};
+use crate::config::{Config, KafkaConfig, SinkKind};
+use crate::im::{ClientSettings, ImClient};
+use crate::metrics::Metrics;
+use crate::publish::kafka::KafkaSink;
+use crate::publish::{Publisher, Sink, StdoutSink, StdoutStyle};
+use crate::store::{Store, StoreError};
+use crate::sweep::{SweepSettings, Sweeper};
+use crate::watchlist;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// A started daemon: what the sweep loop works with, and what stopping needs.
+pub(super) struct Running {
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<http::Health>,
+    pub store: Store,
+    pub sweeper: Sweeper,
+    /// Poked after each sweep; the sweeper pokes it after each commit.
+    pub wake: Arc<Notify>,
+    /// Reloaded `[kafka]` settings for the publisher.
+    pub kafka_settings: watch::Sender<KafkaConfig>,
+    /// The configuration as reloads changed it.
+    pub live_config: Config,
+    publisher: Option<JoinHandle<Result<(), StoreError>>>,
+    publisher_stop: CancellationToken,
+    http_stop: CancellationToken,
+}
+
+/// Starts everything; the daemon is ready (systemd told so) when this returns.
+pub(super) async fn start(
+    config: Config,
+    options: &mut RunOptions,
+    shutdown: &CancellationToken,
+) -> Result<Running, ServiceError> {
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(http::Health::default());
+
+    announce_migrations(&config.store.path);
+    let store = Store::open(
+        &config.store.path,
+        Duration::from_millis(config.store.busy_timeout_ms),
+    )
+    .await?;
+    let settings = ClientSettings::from_config(&config.im).map_err(ServiceError::Client)?;
+    let client = Arc::new(ImClient::new(settings, metrics.clone()).map_err(ServiceError::Client)?);
+    let client_waiting = client.waiting();
+    let mut sweeper = Sweeper::new(
+        client,
+        store.clone(),
+        SweepSettings {
+            batch_size: config.im.batch_size,
+            max_in_flight: config.im.max_in_flight,
+            batches_per_transaction: config.sweep.batches_per_transaction,
+            platform_changes_are_transitions: config.sweep.platform_changes_are_transitions,
+        },
+        metrics.clone(),
+    )
+    .await?;
+    let watch = load_watch_list(&config, &store).await?;
+    let removed = sweeper.set_watch_list(watch).await?;
+    tracing::info!(
+        watched = sweeper.watch_list().len(),
+        known = sweeper.snapshot().len(),
+        forgotten = removed,
+        db = %config.store.path.display(),
+        "state loaded"
+    );
+
+    // The sink is checked before any sweep so a missing topic is a start-up error.
+    let wake = Arc::new(Notify::new());
+    sweeper.notify_commits(wake.clone());
+    let publisher_stop = CancellationToken::new();
+    let (kafka_settings, kafka_reloads) = watch::channel(config.kafka.clone());
+    let publishing = Publishing {
+        store: store.clone(),
+        config: &config,
+        metrics: metrics.clone(),
+        wake: wake.clone(),
+        kafka_reloads,
+        stop: publisher_stop.clone(),
+    };
+    let publisher = match config.sink.kind {
+        SinkKind::Kafka => {
+            let (sink, _reachable) = KafkaSink::connect(&config.kafka, config.im.sdkappid).await?;
+            let _ = health.kafka.set(sink.health());
+            Some(publishing.spawn(sink))
+        }
+        SinkKind::Stdout => Some(publishing.spawn(StdoutSink {
+            style: options.stdout_style.unwrap_or(StdoutStyle::JsonLines),
+            sdkappid: config.im.sdkappid,
+        })),
+        SinkKind::None => None,
+    };
+
+    let http_stop = CancellationToken::new();
+    if !config.service.metrics_listen.is_empty() {
+        let addr = config.service.metrics_listen.parse().expect("validated");
+        let bound = http::serve(addr, metrics.clone(), health.clone(), http_stop.clone())
+            .await
+            .map_err(|source| ServiceError::Metrics {
+                addr: config.service.metrics_listen.clone(),
+                source,
+            })?;
+        tracing::info!(%bound, "metrics on http://{bound}/metrics");
+        if let Some(f) = options.on_metrics_bound.take() {
+            f(bound);
+        }
+    }
+
+    notify::spawn_watchdog(vec![sweeper.progress(), client_waiting], shutdown.clone());
+    health.ready.store(true, Ordering::Relaxed);
+    notify::ready(&format!("watching {} accounts", sweeper.watch_list().len()));
+    Ok(Running {
+        metrics,
+        health,
+        store,
+        sweeper,
+        wake,
+        kafka_settings,
+        live_config: config,
+        publisher,
+        publisher_stop,
+        http_stop,
+    })
+}
+
+/// What a publisher task is made of, whatever its sink.
+struct Publishing<'a> {
+    store: Store,
+    config: &'a Config,
+    metrics: Arc<Metrics>,
+    wake: Arc<Notify>,
+    kafka_reloads: watch::Receiver<KafkaConfig>,
+    stop: CancellationToken,
+}
+
+impl Publishing<'_> {
+    /// Spawns the publisher of `sink`.
+    fn spawn<S: Sink>(self, sink: S) -> JoinHandle<Result<(), StoreError>> {
+        let publisher = Publisher::new(
+            self.store,
+            sink,
+            self.config.kafka.batch_size,
+            self.metrics,
+            self.wake,
+        )
+        .with_tuning(self.config.sink.clone())
+        .reconfigure_with(self.kafka_reloads);
+        tokio::spawn(publisher.run(
+            self.stop,
+            Duration::from_secs_f64(self.config.kafka.flush_timeout_secs),
+        ))
+    }
+}
+
+impl Running {
+    /// Stops the publisher (it flushes within `service.shutdown_timeout_secs`), the HTTP
+    /// endpoints and the store, and says what is left in the outbox.
+    pub(super) async fn stop(self) -> Result<(), ServiceError> {
+        notify::stopping();
+        tracing::info!("stopping: flushing events");
+        self.publisher_stop.cancel();
+        if let Some(p) = self.publisher {
+            let bound = Duration::from_secs_f64(self.live_config.service.shutdown_timeout_secs);
+            match tokio::time::timeout(bound, p).await {
+                Ok(Ok(Err(e))) => tracing::error!(error = %e, "publisher stopped with an error"),
+                Err(_) => {
+                    tracing::warn!(
+                        "publisher did not stop in time; unsent events stay in the outbox"
+                    )
+                }
+                _ => {}
+            }
+        }
+        self.http_stop.cancel();
+        let backlog = self.store.call(|db| db.outbox_backlog()).await?.0;
+        self.store.checkpoint().await?;
+        drop(self.sweeper);
+        drop(self.store);
+        tracing::info!(backlog, "stopped cleanly");
+        Ok(())
+    }
+}
+
+/// Loads the watch list: the configured file (invalid lines reported, the rest used) plus the
+/// `watched_accounts` table, sorted and de-duplicated.
+pub async fn load_watch_list(config: &Config, store: &Store) -> Result<Vec<String>, ServiceError> {
+    let mut ids = Vec::new();
+    if let Some(path) = &config.watch.file {
+        let parsed = watchlist::read_file(path)?;
+        for bad in parsed.invalid.iter().take(20) {
+            tracing::warn!("watch list: {bad}; line skipped");
+        }
+        if parsed.invalid.len() > 20 {
+            tracing::warn!(more = parsed.invalid.len() - 20, file = %path.display(), "more invalid watch-list lines skipped");
+        }
+        ids = parsed.ids;
+    }
+    ids.extend(store.call(|db| db.watched_ids()).await?);
+    // Sweeping in id order keeps each transaction's writes close together in SQLite's b-trees
+    // (a random order dirties a page per row); sorting also folds duplicates.
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids)
+}
+
+/// Says so before a migration that carries a history along, and gives systemd's start timeout
+/// room for it (30 s per million rows, five times what it takes here, plus a minute).
+fn announce_migrations(path: &std::path::Path) {
+    let Ok(pending) = crate::store::migrate::pending(path) else {
+        return; // opening the store reports the problem
+    };
+    if pending.names.is_empty() || pending.history_rows == 0 {
+        return;
+    }
+    tracing::info!(
+        migrations = ?pending.names,
+        history_rows = pending.history_rows,
+        "migrating the database schema; a large history takes a while (`presenced migrate` does it ahead of a restart)"
+    );
+    let budget = 60 + pending.history_rows.unsigned_abs() * 30 / 1_000_000;
+    notify::extend_start_timeout(Duration::from_secs(budget));
+}
