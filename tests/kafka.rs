@@ -417,3 +417,53 @@ async fn an_event_the_broker_rejects_for_good_is_held_and_fails_readiness() {
     assert_matches_history(&consumed, &history, 1_400_000_000);
     p.sim.stop().await;
 }
+
+/// The publisher is woken by each commit of a sweep, not only at its end: with an idle poll of a
+/// minute, the first groups of a slow sweep are on the broker before the sweep finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_commit_wakes_the_publisher_during_a_sweep() {
+    use presenced::publish::SinkConfig;
+    let addr = broker();
+    let topic = topic_name("wake");
+    create_topic(&addr, &topic, 1);
+    let mut p = pipeline(400).await;
+    let wake = Arc::new(tokio::sync::Notify::new());
+    p.sweeper.notify_commits(wake.clone());
+    let sink = KafkaSink::new(&kafka_config(&addr, &topic), 1_400_000_000).unwrap();
+    let publisher = Publisher::new(p.store.clone(), sink, 1_000, Arc::new(Metrics::new()), wake)
+        .with_tuning(SinkConfig {
+            idle_poll_ms: 60_000,
+            ..SinkConfig::default()
+        });
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(publisher.run(stop.clone(), Duration::from_secs(10)));
+    // Let the publisher find the outbox empty and go to sleep.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Eight batches of 50, four at a time, 1.5 s each: two commits at about 1.5 s, two at 3 s.
+    p.control
+        .faults(&presenced::sim::Faults {
+            latency_ms: 1_500.0,
+            ..Default::default()
+        })
+        .await;
+    let store = p.store.clone();
+    let sweep = tokio::spawn(async move {
+        p.sweeper.sweep(&CancellationToken::new()).await.unwrap();
+        p
+    });
+    let mut published_during_sweep = 0;
+    while !sweep.is_finished() {
+        let (backlog, _) = store.call(|db| db.outbox_backlog()).await.unwrap();
+        let committed = store.call(|db| Ok(db.stats()?.history_rows)).await.unwrap();
+        published_during_sweep = published_during_sweep.max(committed - backlog);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let p = sweep.await.unwrap();
+    assert!(
+        published_during_sweep > 0,
+        "nothing was published while the sweep was still committing"
+    );
+    stop.cancel();
+    running.await.unwrap().unwrap();
+    p.sim.stop().await;
+}

@@ -321,6 +321,11 @@ impl Sweeper {
         for (user_id, since) in &group.not_found {
             self.snapshot.set_not_found(user_id, since.is_some());
         }
+        // New events are in the outbox: the publisher sends them now rather than at its next
+        // tick or at the end of the sweep.
+        if let (Some(committed), false) = (&self.committed, group.transitions.is_empty()) {
+            committed.notify_one();
+        }
         Ok(())
     }
 }
