@@ -3,7 +3,10 @@
 //!
 //! Modules by concern: `config`; `im` (UserSig, wire format, error codes, pacing, client);
 //! `sweep` (snapshot, diff, one sweep); `store` (SQLite); `publish` (events, Kafka, stdout);
-//! `service` (the daemon: scheduler, signals, systemd, metrics HTTP); `sim` (the local IM).
+//! `service` (the daemon: start, sweep loop, reload, metrics HTTP); `sim` (the local IM).
+//! docs/DESIGN-NOTES.md has a map of the files and the data path.
+
+#![warn(missing_docs)]
 
 pub mod config;
 pub mod im;

@@ -8,53 +8,84 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
+/// A `result` label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
+    /// The result's name.
     pub result: String,
 }
 
+/// Labels of IM error counts.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CodeLabels {
+    /// The IM error code.
     pub code: String,
+    /// Its class.
     pub class: String,
 }
 
+/// Labels of transition counts.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TransitionLabels {
+    /// The state before (`none` for a first observation).
     pub from: String,
+    /// The state after.
     pub to: String,
 }
 
+/// A `kind` label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
+    /// The kind's name.
     pub kind: String,
 }
 
 type FloatGauge = Gauge<f64, AtomicU64>;
 type FloatCounter = Counter<f64, AtomicU64>;
 
+/// Every metric the daemon exposes at `/metrics` (names and help in `Metrics::new`).
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
+    /// `presenced_sweeps_total` by result.
     pub sweeps: Family<ResultLabel, Counter>,
+    /// `presenced_sweep_duration_seconds`.
     pub sweep_duration: Histogram,
+    /// `presenced_sweep_lag_seconds`: how far the last sweep overran the interval.
     pub sweep_lag_seconds: FloatGauge,
+    /// `presenced_last_sweep_success_timestamp_seconds`.
     pub last_sweep_success: FloatGauge,
+    /// `presenced_watched_accounts`.
     pub watched_accounts: Gauge,
+    /// `presenced_accounts_observed_total`.
     pub accounts_observed: Counter,
+    /// `presenced_accounts_failed_total`.
     pub accounts_failed: Counter,
+    /// `presenced_accounts_not_found`.
     pub accounts_not_found: Gauge,
+    /// `presenced_transitions_total` by from and to.
     pub transitions: Family<TransitionLabels, Counter>,
+    /// `presenced_api_calls_total` by result.
     pub api_calls: Family<ResultLabel, Counter>,
+    /// `presenced_api_errors_total` by code and class.
     pub api_errors: Family<CodeLabels, Counter>,
+    /// `presenced_api_call_duration_seconds`.
     pub api_call_duration: Histogram,
+    /// `presenced_ratelimit_wait_seconds_total`.
     pub ratelimit_wait_seconds: FloatCounter,
+    /// `presenced_ratelimit_rate`: the paced calls per second.
     pub ratelimit_rate: FloatGauge,
+    /// `presenced_configuration_error`: 1 while IM rejects the configuration.
     pub configuration_error: Gauge,
+    /// `presenced_outbox_backlog`: events not yet acknowledged.
     pub outbox_backlog: Gauge,
+    /// `presenced_outbox_oldest_age_seconds`.
     pub outbox_oldest_age_seconds: FloatGauge,
+    /// `presenced_events_published_total`.
     pub events_published: Counter,
+    /// `presenced_delivery_latency_seconds`: commit to acknowledgement.
     pub delivery_latency: Histogram,
+    /// `presenced_delivery_errors_total` by kind.
     pub delivery_errors: Family<KindLabel, Counter>,
 }
 
@@ -65,6 +96,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Every metric, registered.
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("presenced");
         let m = Metrics {
@@ -193,6 +225,7 @@ impl Metrics {
         out
     }
 
+    /// Counts an IM error code.
     pub fn api_error(&self, code: &str, class: &str) {
         self.api_errors
             .get_or_create(&CodeLabels {
@@ -202,6 +235,7 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts a call by result.
     pub fn api_call(&self, result: &str) {
         self.api_calls
             .get_or_create(&ResultLabel {
@@ -210,6 +244,7 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts a delivery error by kind.
     pub fn delivery_error(&self, kind: &str) {
         self.delivery_errors
             .get_or_create(&KindLabel { kind: kind.into() })

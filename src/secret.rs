@@ -3,10 +3,12 @@
 
 use std::fmt;
 
+/// A credential: `Debug` shows a marker, there is no `Display`, reading takes `expose`.
 #[derive(Clone, PartialEq, Eq, Default)]
 pub struct Secret(String);
 
 impl Secret {
+    /// Wraps a credential.
     pub fn new(value: impl Into<String>) -> Self {
         Secret(value.into())
     }
@@ -16,6 +18,7 @@ impl Secret {
         &self.0
     }
 
+    /// Whether it is empty (not configured).
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

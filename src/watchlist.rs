@@ -19,18 +19,24 @@ impl crate::validation::Section for WatchConfig {}
 /// The longest account id Tencent IM accepts, in bytes of UTF-8.
 pub const MAX_ID_BYTES: usize = 32;
 
+/// Why an account id is not accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IdError {
+    /// Empty.
     #[error("account id is empty")]
     Empty,
+    /// Longer than IM allows (bytes).
     #[error("account id is {0} bytes long; at most 32 bytes of UTF-8 are allowed")]
     TooLong(usize),
+    /// Holds a control character.
     #[error("account id contains a control character")]
     ControlCharacter,
+    /// Starts or ends with whitespace.
     #[error("account id has leading or trailing whitespace")]
     SurroundingWhitespace,
 }
 
+/// Checks an account id against IM's rules.
 pub fn validate_id(id: &str) -> Result<(), IdError> {
     if id.is_empty() {
         return Err(IdError::Empty);
@@ -50,8 +56,11 @@ pub fn validate_id(id: &str) -> Result<(), IdError> {
 /// One rejected line of a watch-list file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InvalidLine {
+    /// The file.
     pub file: PathBuf,
+    /// The 1-based line.
     pub line: usize,
+    /// What is wrong with it.
     pub error: IdError,
 }
 
@@ -61,11 +70,15 @@ impl std::fmt::Display for InvalidLine {
     }
 }
 
+/// Why a watch-list file could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum WatchListError {
+    /// It could not be read.
     #[error("cannot read watch list {path}: {source}")]
     Read {
+        /// The file.
         path: PathBuf,
+        /// Why.
         source: std::io::Error,
     },
 }
@@ -73,8 +86,11 @@ pub enum WatchListError {
 /// The valid ids of a file in first-seen order, duplicates folded, plus every invalid line.
 #[derive(Debug, Default)]
 pub struct ParsedList {
+    /// Valid ids, sorted and de-duplicated.
     pub ids: Vec<String>,
+    /// Lines skipped, with why.
     pub invalid: Vec<InvalidLine>,
+    /// Ids that appeared more than once.
     pub duplicates: usize,
 }
 
@@ -107,6 +123,7 @@ pub fn parse(text: &str, file: &Path) -> ParsedList {
     out
 }
 
+/// Reads a watch-list file: one id per line, `#` comments and blank lines ignored.
 pub fn read_file(path: &Path) -> Result<ParsedList, WatchListError> {
     let bytes = std::fs::read(path).map_err(|source| WatchListError::Read {
         path: path.to_owned(),

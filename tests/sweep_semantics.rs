@@ -1,4 +1,4 @@
-//! "Semantics that must hold" (DESIGN.md), each shown against the simulator over HTTP and a real
+//! "Semantics that must hold" (docs/DESIGN-NOTES.md), each shown against the simulator over HTTP and a real
 //! SQLite file.
 
 mod common;

@@ -2,7 +2,7 @@
 
 use super::daemon::signals;
 use super::{runtime, CliError, DemoArgs};
-use presenced::config::{Config, LogFormat, SinkKind};
+use presenced::config::{Config, LogFormat};
 use presenced::publish::StdoutStyle;
 use presenced::service::{self, RunOptions};
 use presenced::sim::{self, SimConfig};
@@ -21,27 +21,12 @@ pub fn run(args: DemoArgs) -> Result<(), CliError> {
             time_compression: 1_000.0,
             ..SimConfig::default()
         };
-        let mut config = Config::default();
-        config.im.sdkappid = sim_config.sdkappid;
-        config.im.identifier = sim_config.admin.clone();
-        config.im.secret_key = sim_config.secret_key.clone();
         let sim = sim::start(sim_config.clone(), "127.0.0.1:0".parse().expect("address"))
             .await
             .map_err(|e| CliError::Failed(e.to_string()))?;
-        config.im.base_url = Some(sim.base_url());
-        config.sweep.interval_secs = args.interval;
-        config.sweep.jitter_secs = 0.0;
-        config.store.path = args.db.clone();
-        config.service.metrics_listen = "127.0.0.1:0".into();
-        match &args.brokers {
-            Some(b) => {
-                config.sink.kind = SinkKind::Kafka;
-                config.kafka.brokers = b.clone();
-                config.kafka.topic = args.topic.clone();
-                config.kafka.create_topic = true;
-            }
-            None => config.sink.kind = SinkKind::Stdout,
-        }
+        let mut config = demo_config(&args, &sim_config, &sim.base_url())?;
+        // The key is the simulator's own, kept out of the text above like any secret.
+        config.im.secret_key = sim_config.secret_key.clone();
         config.validate("demo")?;
         // Watch the whole simulated population plus three ids that do not exist.
         let mut ids: Vec<String> = (0..args.accounts)
@@ -75,4 +60,30 @@ pub fn run(args: DemoArgs) -> Result<(), CliError> {
         sim.stop().await;
         Ok(result?)
     })
+}
+
+/// The demo's configuration, written as an operator would write the file, so it goes through the
+/// same parser and defaults as `presenced run`.
+fn demo_config(args: &DemoArgs, sim: &SimConfig, base_url: &str) -> Result<Config, CliError> {
+    let quoted = |s: &str| toml::Value::from(s).to_string();
+    let sink = match &args.brokers {
+        Some(brokers) => format!(
+            "[sink]\nkind = \"kafka\"\n[kafka]\nbrokers = {}\ntopic = {}\ncreate_topic = true\n",
+            quoted(brokers),
+            quoted(&args.topic)
+        ),
+        None => "[sink]\nkind = \"stdout\"\n".to_owned(),
+    };
+    let text = format!(
+        "[im]\nsdkappid = {}\nidentifier = {}\nbase_url = {}\n\
+         [sweep]\ninterval_secs = {}\njitter_secs = 0.0\n\
+         [store]\npath = {}\n\
+         [service]\nmetrics_listen = \"127.0.0.1:0\"\n{sink}",
+        sim.sdkappid,
+        quoted(&sim.admin),
+        quoted(base_url),
+        toml::Value::from(args.interval),
+        quoted(&args.db.to_string_lossy()),
+    );
+    Ok(Config::from_toml(&text, std::path::Path::new("demo"), &[])?)
 }

@@ -23,19 +23,38 @@ use std::path::{Path, PathBuf};
 /// A configuration that cannot be used; it says where (file and line, or variable) and what.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The file could not be read.
     #[error("cannot read configuration file {path}: {source}")]
     Read {
+        /// The file.
         path: PathBuf,
+        /// Why.
         source: std::io::Error,
     },
+    /// The file is not valid TOML or has an unknown or mistyped key (the message has the line).
     #[error("configuration file {path}: {message}")]
-    Parse { path: PathBuf, message: String },
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said, with the line and column.
+        message: String,
+    },
+    /// An environment override is malformed or has a value its option cannot take.
     #[error("environment variable {var}: {message}")]
-    Env { var: String, message: String },
+    Env {
+        /// The variable.
+        var: String,
+        /// What is wrong (never the value, which may be a secret).
+        message: String,
+    },
+    /// A value is out of range or breaks a rule.
     #[error("{origin}: {key}: {message}")]
     Invalid {
+        /// Where: the file and line, or the environment variable.
         origin: String,
+        /// The option, as `section.key`.
         key: &'static str,
+        /// What is wrong.
         message: String,
     },
 }
@@ -44,12 +63,19 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    /// `[im]`: reaching Tencent IM.
     pub im: ImConfig,
+    /// `[watch]`: the watch-list file.
     pub watch: WatchConfig,
+    /// `[sweep]`: how often and how answers are committed.
     pub sweep: SweepConfig,
+    /// `[store]`: the SQLite file and retention.
     pub store: StoreConfig,
+    /// `[sink]`: where events go, and the publisher's waits.
     pub sink: SinkConfig,
+    /// `[kafka]`: brokers, topics, producer settings.
     pub kafka: KafkaConfig,
+    /// `[service]`: HTTP endpoints, logging, shutdown.
     pub service: ServiceConfig,
 }
 

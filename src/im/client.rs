@@ -16,22 +16,36 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub struct ClientSettings {
     /// Base URL without the command path, e.g. `https://console.tim.qq.com/`.
     pub base_url: reqwest::Url,
+    /// `query_online_status` or the older `querystate`.
     pub command: Command,
+    /// The app's SDKAppID.
     pub sdkappid: u64,
+    /// The administrator account the UserSig is made for.
     pub identifier: String,
+    /// The key UserSigs are signed with.
     pub secret_key: Secret,
+    /// Whether to ask for per-platform detail.
     pub need_detail: bool,
+    /// Per-call timeout.
     pub timeout: Duration,
+    /// The configured ceiling of calls per second.
     pub calls_per_second: f64,
+    /// Calls outstanding at once.
     pub max_in_flight: usize,
+    /// Attempts per batch before its accounts count as failed.
     pub max_attempts: u32,
+    /// First wait between attempts; doubles per attempt...
     pub backoff_initial: Duration,
+    /// ...up to this.
     pub backoff_max: Duration,
+    /// Lifetime of a generated UserSig.
     pub usersig_ttl_secs: i64,
+    /// How long to wait for another task regenerating the UserSig.
     pub signature_lock_wait: Duration,
 }
 
 impl ClientSettings {
+    /// The client's settings from `[im]`; fails when the endpoint is not usable.
     pub fn from_config(c: &ImConfig) -> Result<Self, QueryError> {
         let base_url = c.endpoint().map_err(|e| QueryError::Configuration {
             code: None,
@@ -59,12 +73,16 @@ impl ClientSettings {
 /// Why one HTTP exchange produced no answer. Never carries the URL (it holds the UserSig).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CallError {
+    /// No answer within the timeout.
     #[error("timed out")]
     Timeout,
+    /// The connection failed (DNS, TCP, TLS).
     #[error("connection failed: {0}")]
     Transport(String),
+    /// An HTTP status other than 200.
     #[error("HTTP status {0}")]
     Http(u16),
+    /// A 200 whose body is not a usable answer.
     #[error(transparent)]
     Answer(#[from] AnswerError),
 }
@@ -95,17 +113,31 @@ impl CallError {
 /// failed batch can never be read as "these accounts are offline".
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum QueryError {
+    /// Every attempt failed with a retriable error.
     #[error("batch failed after {attempts} attempts: {last}")]
-    Exhausted { attempts: u32, last: CallError },
+    Exhausted {
+        /// Attempts made.
+        attempts: u32,
+        /// The last attempt's error.
+        last: CallError,
+    },
+    /// IM rejected the call in a way retrying cannot fix (for this batch).
     #[error("IM rejected the request as malformed (a client bug, not retried): {0}")]
     Rejected(CallError),
+    /// IM says the configuration is wrong (key, administrator, region): sweeping stops.
     #[error("configuration error{}: {message}", code.map(|c| format!(" (IM code {c})")).unwrap_or_default())]
-    Configuration { code: Option<i64>, message: String },
+    Configuration {
+        /// IM's error code, when IM said so.
+        code: Option<i64>,
+        /// What is wrong.
+        message: String,
+    },
 }
 
 /// The per-account outcomes of one successful call, in the order asked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BatchAnswer {
+    /// Each asked account's outcome.
     pub outcomes: Vec<(String, AccountOutcome)>,
 }
 
@@ -115,6 +147,7 @@ struct CachedSig {
     refresh_after: SystemTime,
 }
 
+/// The IM REST client: signs, paces, retries; shared by the sweep's tasks.
 #[derive(Debug)]
 pub struct ImClient {
     http: reqwest::Client,
@@ -129,6 +162,7 @@ pub struct ImClient {
 }
 
 impl ImClient {
+    /// A client with these settings, reporting into `metrics`.
     pub fn new(settings: ClientSettings, metrics: Arc<Metrics>) -> Result<Self, QueryError> {
         // Never follow a redirect, and never say where a request came from: the URL carries
         // the UserSig, which is for IM (or the configured proxy) and no one else.
@@ -187,10 +221,12 @@ impl ImClient {
         }
     }
 
+    /// The settings it runs with.
     pub fn settings(&self) -> &ClientSettings {
         &self.settings
     }
 
+    /// The pacing of its calls.
     pub fn limiter(&self) -> &RateLimiter {
         &self.limiter
     }

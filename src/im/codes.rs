@@ -22,6 +22,7 @@ pub enum ErrorClass {
 }
 
 impl ErrorClass {
+    /// The class of an IM error code.
     pub fn of(code: i64) -> ErrorClass {
         match code {
             60007 | 60011 | 60018 | 60019 => ErrorClass::RateLimited,
@@ -38,6 +39,7 @@ impl ErrorClass {
         }
     }
 
+    /// The class's name, as metrics label it.
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorClass::RateLimited => "rate_limited",

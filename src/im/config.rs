@@ -5,14 +5,18 @@ use crate::validation::{Invalid, Range, Section};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
+/// Which REST command queries presence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Command {
+    /// `v4/openim/query_online_status` (current name).
     QueryOnlineStatus,
+    /// `v4/openim/querystate` (former name, same answer).
     Querystate,
 }
 
 impl Command {
+    /// The command's path under the base URL.
     pub fn path(self) -> &'static str {
         match self {
             Command::QueryOnlineStatus => "v4/openim/query_online_status",
@@ -21,9 +25,11 @@ impl Command {
     }
 }
 
+/// `[im]`: how to reach Tencent IM and how hard to push it.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ImConfig {
+    /// The app's SDKAppID (required).
     pub sdkappid: u64,
     /// The app administrator account the UserSig is made for.
     pub identifier: String,
@@ -31,25 +37,39 @@ pub struct ImConfig {
         serialize_with = "serialize_redacted",
         skip_serializing_if = "Secret::is_empty"
     )]
+    /// The secret key inline (prefer a file or a systemd credential).
     pub secret_key: Secret,
+    /// A file holding the secret key.
     pub secret_key_file: Option<PathBuf>,
     /// Name of the credential under `$CREDENTIALS_DIRECTORY` (systemd `LoadCredential=`).
     pub secret_key_credential: String,
     /// china, singapore, seoul, tokyo, frankfurt, mumbai, silicon-valley, jakarta.
     pub region: String,
+    /// Use the region's backup host.
     pub use_backup_host: bool,
     /// Overrides `region`: a proxy or the local simulator, e.g. `http://127.0.0.1:8080`.
     pub base_url: Option<String>,
+    /// `query_online_status` or `querystate`.
     pub command: Command,
+    /// Ask for per-platform detail (`IsNeedDetail`).
     pub need_detail: bool,
+    /// Per-call timeout, seconds.
     pub timeout_secs: f64,
+    /// Calls per second at most (IM allows 200).
     pub calls_per_second: f64,
+    /// Accounts per call (IM allows 500).
     pub batch_size: usize,
+    /// Calls outstanding at once.
     pub max_in_flight: usize,
+    /// Attempts per batch.
     pub max_attempts: u32,
+    /// First wait between attempts, ms.
     pub backoff_initial_ms: u64,
+    /// Longest wait between attempts, ms.
     pub backoff_max_ms: u64,
+    /// Lifetime of generated UserSigs, seconds.
     pub usersig_ttl_secs: i64,
+    /// How long a task waits for another regenerating the UserSig, seconds.
     pub signature_lock_wait_secs: u64,
 }
 

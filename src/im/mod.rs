@@ -1,9 +1,9 @@
 //! Everything about Tencent IM: UserSig, wire format, error codes, pacing and the client.
 
 pub mod client;
-pub mod codes;
+pub(crate) mod codes;
 pub mod config;
-pub mod ratelimit;
+pub(crate) mod ratelimit;
 pub mod usersig;
 pub mod wire;
 

@@ -9,6 +9,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 use tokio::time::Instant;
 
+/// Paces calls evenly at a rate that halves on IM's rate-limit codes and recovers.
 #[derive(Debug)]
 pub struct RateLimiter {
     ceiling: f64,
@@ -42,6 +43,7 @@ impl RateLimiter {
         }
     }
 
+    /// The rate calls are paced at now, per second.
     pub fn current_rate(&self) -> f64 {
         self.inner.lock().expect("limiter lock").rate
     }

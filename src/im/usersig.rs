@@ -10,18 +10,25 @@ use std::io::{Read, Write};
 
 type HmacSha256 = Hmac<Sha256>;
 
+/// Why a UserSig does not verify.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SigError {
+    /// No UserSig at all.
     #[error("UserSig is empty")]
     Empty,
+    /// Not base64url, zlib or the expected JSON.
     #[error("UserSig is not valid base64, zlib or JSON")]
     Malformed,
+    /// Past its time plus expiry.
     #[error("UserSig expired")]
     Expired,
+    /// The HMAC does not match the key.
     #[error("UserSig HMAC does not match the key")]
     BadHmac,
+    /// Made for another identifier.
     #[error("UserSig identifier does not match the request")]
     IdentifierMismatch,
+    /// Made for another SDKAppID.
     #[error("UserSig sdkappid does not match the request")]
     SdkAppIdMismatch,
 }
@@ -29,9 +36,13 @@ pub enum SigError {
 /// The fields of a decoded signature (the HMAC itself is not kept).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SigClaims {
+    /// The identifier it was made for.
     pub identifier: String,
+    /// The SDKAppID it was made for.
     pub sdkappid: u64,
+    /// When it was made (Unix seconds).
     pub time: i64,
+    /// Seconds it stays valid after `time`.
     pub expire: i64,
 }
 

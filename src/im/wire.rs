@@ -6,51 +6,69 @@ use crate::model::{PlatformStatus, Presence, State};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
+/// The body of a query call.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct QueryRequest<'a> {
+    /// The accounts asked about (at most 500).
     #[serde(rename = "To_Account", borrow)]
     pub to_account: Vec<&'a str>,
+    /// 1 for per-platform detail.
     #[serde(rename = "IsNeedDetail")]
     pub is_need_detail: u8,
 }
 
+/// The body of IM's answer, read strictly.
 #[derive(Debug, Default, Deserialize, Serialize)]
 pub struct QueryResponse {
+    /// `OK` or `FAIL`.
     #[serde(rename = "ActionStatus", default)]
     pub action_status: Option<String>,
+    /// 0, or the top-level error code.
     #[serde(rename = "ErrorCode", default)]
     pub error_code: Option<i64>,
+    /// IM's error text.
     #[serde(rename = "ErrorInfo", default)]
     pub error_info: Option<String>,
+    /// One entry per account IM knows.
     #[serde(rename = "QueryResult", default, skip_serializing_if = "Vec::is_empty")]
     pub query_result: Vec<AccountResult>,
+    /// Accounts IM reports an error for (70107: does not exist).
     #[serde(rename = "ErrorList", default, skip_serializing_if = "Vec::is_empty")]
     pub error_list: Vec<AccountError>,
 }
 
+/// One account's answer.
 #[derive(Debug, Deserialize, Serialize)]
 pub struct AccountResult {
+    /// The account.
     #[serde(rename = "To_Account")]
     pub to_account: String,
     /// `Status` in current docs, `State` in the seed page and older docs.
     #[serde(rename = "Status", alias = "State")]
     pub status: String,
+    /// Per-platform states, when asked for.
     #[serde(rename = "Detail", default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<Vec<PlatformDetail>>,
 }
 
+/// One platform's state.
 #[derive(Debug, Deserialize, Serialize)]
 pub struct PlatformDetail {
+    /// The platform as IM names it (iPhone, Android, Web, PC, ...).
     #[serde(rename = "Platform")]
     pub platform: String,
+    /// `Online`, `PushOnline` or `Offline`.
     #[serde(rename = "Status", alias = "State")]
     pub status: String,
 }
 
+/// An account IM reports an error for.
 #[derive(Debug, Deserialize, Serialize)]
 pub struct AccountError {
+    /// The account.
     #[serde(rename = "To_Account")]
     pub to_account: String,
+    /// The error code (70107: the account does not exist).
     #[serde(rename = "ErrorCode")]
     pub error_code: i64,
 }
@@ -58,6 +76,7 @@ pub struct AccountError {
 /// What one call said about one account that was asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AccountOutcome {
+    /// A state was observed.
     Observed(Presence),
     /// 70107: the account does not exist.
     NotFound,
@@ -65,14 +84,19 @@ pub enum AccountOutcome {
     Failed(AccountFailure),
 }
 
+/// Why an asked account has no observation.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AccountFailure {
+    /// IM answered with this error code for it.
     #[error("error code {0} in ErrorList")]
     Code(i64),
+    /// The answer did not mention it.
     #[error("missing from both QueryResult and ErrorList")]
     Missing,
+    /// The answer gave it two different states.
     #[error("answered more than once with different contents")]
     Conflicting,
+    /// Its state was not one IM defines.
     #[error("unreadable state: {0}")]
     BadState(String),
 }
@@ -80,10 +104,17 @@ pub enum AccountFailure {
 /// Problems with an answer as a whole (the batch yields no observation at all).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AnswerError {
+    /// The body is not the JSON IM sends.
     #[error("body is not the expected JSON: {0}")]
     Malformed(String),
+    /// A non-zero top-level error code.
     #[error("IM error {code}: {info}")]
-    Api { code: i64, info: String },
+    Api {
+        /// The code.
+        code: i64,
+        /// IM's text.
+        info: String,
+    },
 }
 
 /// Parses a body. Only a clean top-level success yields per-account outcomes.

@@ -11,14 +11,19 @@ use std::str::FromStr;
 /// Aggregate or per-platform presence as Tencent IM reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum State {
+    /// Connected.
     Online,
+    /// Not connected, but reachable by offline push.
     PushOnline,
+    /// Neither.
     Offline,
 }
 
 impl State {
+    /// Every state.
     pub const ALL: [State; 3] = [State::Online, State::PushOnline, State::Offline];
 
+    /// The name IM uses.
     pub fn as_str(self) -> &'static str {
         match self {
             State::Online => "Online",
@@ -34,6 +39,7 @@ impl fmt::Display for State {
     }
 }
 
+/// A state name IM does not define.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown presence state {0:?} (expected Online, PushOnline or Offline)")]
 pub struct UnknownState(pub String);
@@ -54,19 +60,23 @@ impl FromStr for State {
 /// iPad and Mac, but samples also spell "IPhone" and new platforms appear over time.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct PlatformStatus {
+    /// The platform as IM names it.
     pub platform: String,
+    /// Its state.
     pub status: State,
 }
 
 /// What one successful observation says about one account.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Presence {
+    /// The account's state.
     pub state: State,
     /// Sorted by platform name so that two answers listing the same devices compare equal.
     pub platforms: Vec<PlatformStatus>,
 }
 
 impl Presence {
+    /// A presence with its platforms sorted, so equal presences compare equal.
     pub fn new(state: State, mut platforms: Vec<PlatformStatus>) -> Self {
         platforms.sort_by(|a, b| {
             a.platform
@@ -76,15 +86,18 @@ impl Presence {
         Presence { state, platforms }
     }
 
+    /// The platforms as stored in SQLite (JSON).
     pub fn platforms_json(&self) -> String {
         platforms_to_json(&self.platforms)
     }
 }
 
+/// Platforms as stored in SQLite (JSON).
 pub fn platforms_to_json(platforms: &[PlatformStatus]) -> String {
     serde_json::to_string(platforms).expect("platform lists always serialize")
 }
 
+/// Platforms from their SQLite JSON.
 pub fn platforms_from_json(text: &str) -> Result<Vec<PlatformStatus>, serde_json::Error> {
     serde_json::from_str(text)
 }

@@ -4,27 +4,44 @@ use crate::model::TransitionRecord;
 use crate::model::{format_millis, PlatformStatus};
 use serde::Serialize;
 
+/// The `schema` of a transition event.
 pub const SCHEMA: &str = "presenced.transition.v1";
+/// The CloudEvents `ce_type` header of a transition event.
 pub const CE_TYPE: &str = "io.presenced.transition.v1";
 
+/// A transition event, version 1 (`schemas/transition.v1.json`).
 #[derive(Debug, Serialize)]
 pub struct EventV1<'a> {
+    /// Always [`SCHEMA`].
     pub schema: &'static str,
+    /// The transition's UUIDv7.
     pub event_id: String,
+    /// The app.
     pub sdkappid: u64,
+    /// The account.
     pub user_id: &'a str,
+    /// Per-account sequence number.
     pub seq: u64,
+    /// `initial` or `changed`.
     pub kind: &'static str,
+    /// The state before (null for `initial`).
     pub from: Option<&'static str>,
+    /// The state observed.
     pub to: &'static str,
+    /// Per-platform states before.
     pub from_platforms: Option<&'a [PlatformStatus]>,
+    /// Per-platform states observed.
     pub to_platforms: &'a [PlatformStatus],
+    /// RFC 3339 time of the observation.
     pub observed_at: String,
+    /// RFC 3339 time of the previous observation.
     pub previous_observed_at: Option<String>,
+    /// The sweep that observed it.
     pub sweep_id: i64,
 }
 
 impl<'a> EventV1<'a> {
+    /// The event of a transition of app `sdkappid`.
     pub fn new(sdkappid: u64, t: &'a TransitionRecord) -> Self {
         EventV1 {
             schema: SCHEMA,
@@ -43,6 +60,7 @@ impl<'a> EventV1<'a> {
         }
     }
 
+    /// The event as JSON.
     pub fn to_json(&self) -> Vec<u8> {
         // An event is 300-500 bytes: one allocation instead of a series of doublings.
         let mut out = Vec::with_capacity(512);
@@ -51,22 +69,32 @@ impl<'a> EventV1<'a> {
     }
 }
 
+/// The `schema` of a current-state value on the state topic.
 pub const STATE_SCHEMA: &str = "presenced.state.v1";
 
 /// The value on the compacted current-state topic: the account's state after `event_id`.
 #[derive(Debug, Serialize)]
 pub struct StateV1<'a> {
+    /// Always [`STATE_SCHEMA`].
     pub schema: &'static str,
+    /// The app.
     pub sdkappid: u64,
+    /// The account.
     pub user_id: &'a str,
+    /// Its current state.
     pub state: &'static str,
+    /// Its per-platform states.
     pub platforms: &'a [PlatformStatus],
+    /// The `seq` of the event that set it.
     pub seq: u64,
+    /// RFC 3339 time of that observation.
     pub observed_at: String,
+    /// The id of the event that set it.
     pub event_id: String,
 }
 
 impl<'a> StateV1<'a> {
+    /// The current-state value after transition `t`.
     pub fn new(sdkappid: u64, t: &'a TransitionRecord) -> Self {
         StateV1 {
             schema: STATE_SCHEMA,
@@ -80,6 +108,7 @@ impl<'a> StateV1<'a> {
         }
     }
 
+    /// The value as JSON.
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("states always serialize")
     }

@@ -19,11 +19,9 @@ mod sink;
 mod stdout;
 
 pub use config::{SinkConfig, SinkKind};
-pub use kafka::health as broker_health;
 pub use publisher::{Drained, Publisher};
 pub use replay::{replay, ReplayError};
-pub use settle::{acknowledged, published_through};
-pub use sink::{deliver, encode_batch, Batch, EncodeBatch, Sink};
+pub use sink::{EncodeBatch, Sink};
 pub use stdout::{StdoutSink, StdoutStyle};
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};

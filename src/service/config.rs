@@ -4,13 +4,17 @@ use crate::logging::LogFormat;
 use crate::validation::{Invalid, Range, Section};
 use serde::{Deserialize, Serialize};
 
+/// `[service]`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServiceConfig {
     /// Prometheus `/metrics`, `/healthz`, `/readyz`; empty to disable.
     pub metrics_listen: String,
+    /// `human` or `json`.
     pub log_format: LogFormat,
+    /// A `tracing` filter, e.g. `info` or `presenced=debug`.
     pub log_filter: String,
+    /// How long a stop waits for the publisher to flush, seconds.
     pub shutdown_timeout_secs: f64,
     /// `/readyz` fails after this many sweeps in a row that observed nothing.
     pub unready_after_failed_sweeps: u32,

@@ -1,7 +1,7 @@
 //! `/metrics`, `/healthz` and `/readyz`, bound to localhost by default.
 
 use crate::metrics::Metrics;
-use crate::publish::broker_health::BrokerHealth;
+use crate::publish::kafka::health::BrokerHealth;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
@@ -37,6 +37,7 @@ struct AppState {
     health: Arc<Health>,
 }
 
+/// Serves the endpoints on `addr` until `stop`; returns the bound address.
 pub async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,

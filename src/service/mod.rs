@@ -10,8 +10,8 @@
 //! as tokio's mini-redis `server::run` takes its shutdown future.
 
 pub mod config;
-pub mod http;
-pub mod notify;
+pub(crate) mod http;
+pub(crate) mod notify;
 mod reload;
 mod start;
 mod sweeping;

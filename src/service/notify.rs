@@ -6,10 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+/// Tells systemd the daemon is ready.
 pub fn ready(status: &str) {
     let _ = sd_notify::notify(false, &[NotifyState::Ready, NotifyState::Status(status)]);
 }
 
+/// Sets the status line `systemctl status` shows.
 pub fn status(status: &str) {
     let _ = sd_notify::notify(false, &[NotifyState::Status(status)]);
 }
@@ -20,6 +22,7 @@ pub fn extend_start_timeout(longer: Duration) {
     let _ = sd_notify::notify(false, &[NotifyState::ExtendTimeoutUsec(usec)]);
 }
 
+/// Tells systemd the daemon is stopping.
 pub fn stopping() {
     let _ = sd_notify::notify(
         false,

@@ -25,11 +25,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+/// Why the simulator could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
+    /// The address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
+        /// The address.
         addr: SocketAddr,
+        /// Why.
         source: std::io::Error,
     },
 }
@@ -40,9 +44,11 @@ pub enum SimError {
 pub struct Faults {
     /// Added latency: a fixed part plus a uniformly random part.
     pub latency_ms: f64,
+    /// Added latency's random part, ms.
     pub latency_jitter_ms: f64,
     /// Top-level IM error codes, each answered with its probability.
     pub error_codes: Vec<(i64, f64)>,
+    /// Share of calls answered with HTTP 502.
     pub http_502: f64,
     /// A body cut off in the middle.
     pub truncated_body: f64,
@@ -55,15 +61,22 @@ pub struct Faults {
     pub script: std::collections::VecDeque<String>,
 }
 
+/// The simulator's settings (also a TOML file for `presenced sim --config`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SimConfig {
+    /// The SDKAppID whose UserSigs it accepts.
     pub sdkappid: u64,
+    /// The administrator account UserSigs must be made for.
     pub admin: String,
+    /// The key UserSigs are verified with.
     #[serde(skip_serializing)]
     pub secret_key: Secret,
+    /// Accounts that exist.
     pub population: usize,
+    /// Their ids are this prefix and a number.
     pub id_prefix: String,
+    /// Share of accounts online at start.
     pub online_share: f64,
     /// Share of the population that changes state per second.
     pub churn_per_second: f64,
@@ -71,10 +84,12 @@ pub struct SimConfig {
     pub time_compression: f64,
     /// Calls per second before 60011; 0 disables the limit.
     pub calls_per_second: f64,
+    /// Accounts per call before error 90033-like rejection.
     pub max_accounts_per_call: usize,
     /// Answer with the older per-account `State` field instead of `Status` (as the original
     /// querystate page shows; `Detail` entries keep `Status`).
     pub legacy_state_field: bool,
+    /// Injected faults.
     pub faults: Faults,
 }
 
@@ -100,8 +115,11 @@ impl Default for SimConfig {
 /// Counters the control API reports.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SimStats {
+    /// Query calls received.
     pub calls: u64,
+    /// Accounts asked about.
     pub accounts_queried: u64,
+    /// Calls answered with ErrorCode 0.
     pub answered_ok: u64,
     /// Rejections and injected faults by code ("60011", "http_502", ...).
     pub errors: BTreeMap<String, u64>,
@@ -142,16 +160,19 @@ impl SimState {
 /// A running simulator.
 #[derive(Debug)]
 pub struct SimHandle {
+    /// The address it listens on.
     pub addr: SocketAddr,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl SimHandle {
+    /// `http://ADDR/`, for `im.base_url`.
     pub fn base_url(&self) -> String {
         format!("http://{}/", self.addr)
     }
 
+    /// Stops serving and churning.
     pub async fn stop(self) {
         self.shutdown.cancel();
         let _ = self.task.await;

@@ -6,7 +6,9 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
+/// Platforms that can be PushOnline.
 pub const MOBILE: [&str; 3] = ["iPhone", "Android", "iPad"];
+/// Platforms that cannot.
 pub const DESKTOP: [&str; 3] = ["Web", "PC", "Mac"];
 
 fn is_mobile(platform: &str) -> bool {
@@ -29,11 +31,15 @@ struct Account {
 /// One account as the control API shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccountView {
+    /// The account.
     pub user_id: String,
+    /// Its aggregate state.
     pub status: State,
+    /// Its per-platform states.
     pub platforms: Vec<PlatformStatus>,
 }
 
+/// The simulated accounts, their connections and their churn.
 #[derive(Debug)]
 pub struct Population {
     ids: Vec<String>,
@@ -87,10 +93,12 @@ impl Population {
         i
     }
 
+    /// How many accounts exist.
     pub fn len(&self) -> usize {
         self.live
     }
 
+    /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -107,6 +115,7 @@ impl Population {
         Some(view_of(id, account))
     }
 
+    /// Every account's view at `now`.
     pub fn all(&mut self, now: i64) -> Vec<AccountView> {
         let ids = self.ids.clone();
         ids.iter().filter_map(|id| self.view(id, now)).collect()

@@ -3,6 +3,7 @@
 use super::*;
 
 impl Db {
+    /// The ids in the `watched_accounts` table, sorted.
     pub fn watched_ids(&self) -> Result<Vec<String>, StoreError> {
         let mut stmt = self
             .conn
@@ -36,6 +37,7 @@ impl Db {
         Ok(added)
     }
 
+    /// Removes ids from the table; returns how many were there.
     pub fn remove_watched(&mut self, ids: &[String]) -> Result<usize, StoreError> {
         let tx = self.conn.transaction()?;
         let mut removed = 0;
@@ -49,6 +51,7 @@ impl Db {
         Ok(removed)
     }
 
+    /// Every row of `presence_current`.
     pub fn load_current(&self) -> Result<Vec<CurrentRow>, StoreError> {
         let mut out = Vec::new();
         self.for_each_current(|row| out.push(row))?;
@@ -161,6 +164,7 @@ impl Db {
             .query_row([], |r| r.get(0))?)
     }
 
+    /// Forgets tombstones that were delivered (or have nowhere to go).
     pub fn delete_tombstones(&mut self, ids: &[String]) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         {

@@ -19,6 +19,7 @@ const IDLE_INTERVAL: Duration = Duration::from_secs(1);
 /// At most one warning this often for a checkpoint that keeps failing.
 const WARN_INTERVAL: Duration = Duration::from_secs(60);
 
+/// Runs WAL checkpoints on a thread with its own connection.
 #[derive(Debug)]
 pub struct Checkpointer {
     wake: Option<SyncSender<()>>,

@@ -7,10 +7,13 @@ use std::path::PathBuf;
 /// The longest retention accepted: a thousand years. Anything meant as "forever" is 0.
 pub const MAX_RETENTION_DAYS: u64 = 365_000;
 
+/// `[store]`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
+    /// The SQLite file.
     pub path: PathBuf,
+    /// How long a statement waits for a lock held by another connection, ms.
     pub busy_timeout_ms: u64,
     /// History older than this is pruned; 0 keeps everything.
     pub retention_days: u64,

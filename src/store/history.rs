@@ -13,6 +13,7 @@ impl Db {
         )? as u64)
     }
 
+    /// One account's transitions observed in `[since, until)`, oldest first.
     pub fn history(
         &self,
         user_id: &str,

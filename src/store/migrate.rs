@@ -38,7 +38,9 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
 /// to know.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pending {
+    /// Migrations not applied yet.
     pub names: Vec<&'static str>,
+    /// History rows they carry along.
     pub history_rows: i64,
 }
 
@@ -68,6 +70,7 @@ pub fn pending(path: &std::path::Path) -> Result<Pending, StoreError> {
     })
 }
 
+/// The schema version this build writes.
 pub fn latest_version() -> i64 {
     MIGRATIONS.last().map_or(0, |m| m.0)
 }

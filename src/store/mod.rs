@@ -12,7 +12,7 @@
 //! goes through one owner.
 
 mod accounts;
-pub mod checkpoint;
+mod checkpoint;
 pub mod config;
 mod history;
 pub mod migrate;
@@ -32,26 +32,53 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// Why a database operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// SQLite reported an error.
     #[error("SQLite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// The file could not be opened.
     #[error("cannot open database {path}: {source}")]
     Open {
+        /// The file.
         path: PathBuf,
+        /// Why.
         source: rusqlite::Error,
     },
+    /// A migration failed (its transaction rolled back).
     #[error("migration {name} failed: {source}")]
     Migration {
+        /// The migration's file.
         name: &'static str,
+        /// Why.
         source: rusqlite::Error,
     },
+    /// A newer build wrote the database.
     #[error("the database was written by a newer presenced (schema version {found}; this build knows up to {supported}); refusing to touch it: use the newer presenced")]
-    TooNew { found: i64, supported: i64 },
+    TooNew {
+        /// The version found.
+        found: i64,
+        /// The newest this build knows.
+        supported: i64,
+    },
+    /// A read-only command found a schema older than this build's.
     #[error("the database has an older schema (version {found}; this build reads version {supported}) and this command only reads: run `presenced migrate` with this build, or restart the daemon with it, first")]
-    TooOld { found: i64, supported: i64 },
+    TooOld {
+        /// The version found.
+        found: i64,
+        /// The version this build reads.
+        supported: i64,
+    },
+    /// A row that does not parse.
     #[error("corrupt row for account {user_id:?}: {message}")]
-    Corrupt { user_id: String, message: String },
+    Corrupt {
+        /// The account of the row.
+        user_id: String,
+        /// What does not parse.
+        message: String,
+    },
+    /// The store thread is gone.
     #[error("the store thread has stopped")]
     Closed,
 }
@@ -67,66 +94,101 @@ impl StoreError {
 /// One account's row in `presence_current`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CurrentRow {
+    /// The account.
     pub user_id: String,
+    /// Its state; `None` once it left the watch list.
     pub state: Option<State>,
+    /// Its per-platform states.
     pub platforms: Vec<PlatformStatus>,
+    /// The `seq` of its latest event.
     pub seq: u64,
+    /// When its state was last written (ms).
     pub observed_at: Option<i64>,
+    /// Since when IM says it does not exist (ms).
     pub not_found_since: Option<i64>,
 }
 
 /// Everything one transaction writes for a group of batches.
 #[derive(Debug, Default, Clone)]
 pub struct WriteSet {
+    /// History rows to append.
     pub transitions: Vec<TransitionRecord>,
     /// Changes of the not-found mark: (user_id, Some(since)) when IM newly reports the account
     /// as not existing, (user_id, None) when it exists again.
     pub not_found: Vec<(String, Option<i64>)>,
 }
 
+/// A sweep's counts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SweepCounts {
+    /// Accounts asked about.
     pub asked: u64,
+    /// Accounts with an observation.
     pub observed: u64,
+    /// Accounts without one.
     pub failed: u64,
+    /// Accounts IM says do not exist.
     pub not_found: u64,
+    /// Transitions committed.
     pub transitions: u64,
 }
 
 /// A pending event, read back from the outbox for publishing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxEvent {
+    /// Its position in the history.
     pub history_id: i64,
+    /// When it was committed (ms).
     pub committed_at: i64,
+    /// The transition.
     pub record: TransitionRecord,
 }
 
+/// What `presenced stats` shows.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct Stats {
     /// Accounts in the `watched_accounts` table (a watch-list file is not counted here).
     pub watched_in_table: u64,
+    /// Accounts Online.
     pub online: u64,
+    /// Accounts PushOnline.
     pub push_online: u64,
+    /// Accounts Offline.
     pub offline: u64,
+    /// Accounts that do not exist.
     pub not_found: u64,
+    /// Rows in the history.
     pub history_rows: u64,
     /// Transitions committed since the last fold (the per-state counts include them).
     pub not_folded: u64,
+    /// Events not yet acknowledged by the sink.
     pub outbox_backlog: u64,
+    /// Commit time of the oldest of them (ms).
     pub outbox_oldest_ms: Option<i64>,
+    /// The latest sweep.
     pub last_sweep: Option<SweepRow>,
 }
 
+/// A row of the `sweeps` table.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct SweepRow {
+    /// Its id.
     pub sweep_id: i64,
+    /// When it started (ms).
     pub started_at: i64,
+    /// When it finished (ms), if it did.
     pub finished_at: Option<i64>,
+    /// Accounts asked about.
     pub asked: u64,
+    /// Accounts observed.
     pub observed: u64,
+    /// Accounts without an observation.
     pub failed: u64,
+    /// Accounts that do not exist.
     pub not_found: u64,
+    /// Transitions committed.
     pub transitions: u64,
+    /// `running`, `completed`, `stopped` or `interrupted`.
     pub outcome: String,
 }
 
@@ -138,6 +200,7 @@ pub const FOLD_CHUNK: usize = 50_000;
 /// SQLite page cache for the daemon's connection.
 const CACHE_KIB: u32 = 64 * 1024;
 
+/// The synchronous API over one SQLite connection.
 pub struct Db {
     // Declared first so it stops first: the writer's connection then closes last and SQLite's
     // own checkpoint at close empties the WAL.
@@ -272,6 +335,7 @@ impl Db {
         }
     }
 
+    /// The connection, for reads the API does not cover (tests, benchmarks).
     pub fn connection(&self) -> &Connection {
         &self.conn
     }

@@ -11,6 +11,7 @@ impl Db {
         )?)
     }
 
+    /// Records a sweep's start; returns its id.
     pub fn begin_sweep(&self, started_at: i64, asked: u64) -> Result<i64, StoreError> {
         self.conn.execute(
             "INSERT INTO sweeps (started_at, asked) VALUES (?1, ?2)",
@@ -19,6 +20,7 @@ impl Db {
         Ok(self.conn.last_insert_rowid())
     }
 
+    /// Records a sweep's end, counts and outcome.
     pub fn finish_sweep(
         &self,
         sweep_id: i64,
@@ -43,6 +45,7 @@ impl Db {
         Ok(())
     }
 
+    /// What `presenced stats` shows.
     pub fn stats(&self) -> Result<Stats, StoreError> {
         let c = &self.conn;
         let count = |sql: &str| -> Result<u64, StoreError> {
@@ -76,6 +79,7 @@ impl Db {
         })
     }
 
+    /// The latest sweep.
     pub fn last_sweep(&self) -> Result<Option<SweepRow>, StoreError> {
         Ok(self
             .conn

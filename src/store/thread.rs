@@ -14,6 +14,7 @@ pub struct Store {
 }
 
 impl Store {
+    /// Runs `db` on a new thread.
     pub fn spawn(db: Db) -> Store {
         let (jobs, mut rx) = mpsc::channel::<Job>(64);
         std::thread::Builder::new()
@@ -28,6 +29,7 @@ impl Store {
         Store { jobs }
     }
 
+    /// Opens (creating and migrating) the database and runs it on its own thread, with WAL checkpoints on another.
     pub async fn open(path: &Path, busy_timeout: Duration) -> Result<Store, StoreError> {
         let path = path.to_owned();
         let db = tokio::task::spawn_blocking(move || {
@@ -83,6 +85,7 @@ impl Store {
 pub struct Submitted<R>(oneshot::Receiver<Result<R, StoreError>>);
 
 impl<R> Submitted<R> {
+    /// The job's result, once it ran.
     pub async fn result(self) -> Result<R, StoreError> {
         self.0.await.map_err(|_| StoreError::Closed)?
     }

@@ -3,10 +3,13 @@
 use crate::validation::{Range, Section};
 use serde::{Deserialize, Serialize};
 
+/// `[sweep]`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SweepConfig {
+    /// Seconds from one sweep's start to the next.
     pub interval_secs: f64,
+    /// Up to this many seconds added at random to each interval.
     pub jitter_secs: f64,
     /// A change in the per-platform list is a transition even when the aggregate is unchanged.
     pub platform_changes_are_transitions: bool,

@@ -2,7 +2,7 @@
 //! snapshot, and the results written in transactions of a few batches each.
 
 pub mod config;
-pub mod snapshot;
+pub(crate) mod snapshot;
 
 use crate::im::{AccountOutcome, BatchAnswer, ImClient, QueryError};
 use crate::metrics::{Metrics, TransitionLabels};
@@ -16,35 +16,51 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
+/// Why a sweep stopped early.
 #[derive(Debug, thiserror::Error)]
 pub enum SweepError {
+    /// The database.
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    /// IM rejected the configuration.
     #[error("IM {0}")]
     Configuration(QueryError),
 }
 
+/// How a sweep queries and commits.
 #[derive(Debug, Clone)]
 pub struct SweepSettings {
+    /// Accounts per call.
     pub batch_size: usize,
+    /// Calls outstanding at once.
     pub max_in_flight: usize,
+    /// Batches committed in one transaction.
     pub batches_per_transaction: usize,
+    /// Whether a per-platform change alone is a transition.
     pub platform_changes_are_transitions: bool,
 }
 
+/// How a sweep ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SweepOutcome {
+    /// Every account was asked about.
     Completed,
     /// Shutdown was asked for: no new batches went out, what had come back is recorded.
     Stopped,
 }
 
+/// What a sweep did.
 #[derive(Debug, Clone)]
 pub struct SweepReport {
+    /// Its id in the `sweeps` table.
     pub sweep_id: i64,
+    /// Its counts.
     pub counts: SweepCounts,
+    /// How it ended.
     pub outcome: SweepOutcome,
+    /// When it started (ms).
     pub started_at: i64,
+    /// When it ended (ms).
     pub finished_at: i64,
     /// Why the first failed batch yielded nothing (an HTTP status, an IM error code, ...).
     pub first_failure: Option<String>,
@@ -107,18 +123,22 @@ impl Sweeper {
         })
     }
 
+    /// Pokes `notify` after every commit that added events (the publisher's wake).
     pub fn notify_commits(&mut self, notify: Arc<Notify>) {
         self.committed = Some(notify);
     }
 
+    /// The time of the last progress, for the watchdog.
     pub fn progress(&self) -> Arc<AtomicI64> {
         self.progress.clone()
     }
 
+    /// The last known state of every account.
     pub fn snapshot(&self) -> &Snapshot {
         &self.snapshot
     }
 
+    /// The accounts swept, sorted.
     pub fn watch_list(&self) -> &[String] {
         &self.watch
     }

@@ -75,6 +75,7 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// An empty snapshot.
     pub fn new() -> Self {
         Snapshot::with_capacity(0)
     }
@@ -88,6 +89,7 @@ impl Snapshot {
         }
     }
 
+    /// The snapshot of the stored current state.
     pub fn from_rows(rows: Vec<CurrentRow>) -> Self {
         let mut s = Snapshot::with_capacity(rows.len());
         for r in rows {
@@ -111,18 +113,22 @@ impl Snapshot {
         );
     }
 
+    /// Accounts known.
     pub fn len(&self) -> usize {
         self.accounts.len()
     }
 
+    /// Whether none is known.
     pub fn is_empty(&self) -> bool {
         self.accounts.is_empty()
     }
 
+    /// An account's last known state.
     pub fn state_of(&self, user_id: &str) -> Option<State> {
         self.accounts.get(user_id).and_then(|e| e.state)
     }
 
+    /// An account's latest `seq` (0 if never observed).
     pub fn seq_of(&self, user_id: &str) -> u64 {
         self.accounts.get(user_id).map_or(0, |e| e.seq)
     }

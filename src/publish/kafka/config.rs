@@ -10,11 +10,17 @@ use std::collections::BTreeMap;
 #[derive(Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaConfig {
+    /// Bootstrap servers, comma-separated.
     pub brokers: String,
+    /// The transitions topic.
     pub topic: String,
+    /// librdkafka's `client.id`.
     pub client_id: String,
+    /// none, gzip, snappy, lz4 or zstd.
     pub compression: String,
+    /// Create missing topics at start-up.
     pub create_topic: bool,
+    /// Partitions of a created topic.
     pub topic_partitions: i32,
     /// Replicas of a created topic; -1 takes the broker's `default.replication.factor`.
     pub topic_replication_factor: i32,
@@ -27,6 +33,7 @@ pub struct KafkaConfig {
     pub state_topic_config: BTreeMap<String, String>,
     /// Outbox rows read and sent per round.
     pub batch_size: usize,
+    /// librdkafka's `linger.ms`.
     pub linger_ms: u64,
     /// No longer used: messages wait in librdkafka until acknowledged (a local timeout could
     /// reorder an account's events). Accepted so that older files still load; a warning says so.

@@ -122,6 +122,7 @@ impl BrokerHealth {
 /// log lines to `debug` (its errors arrive through the error callback as well).
 #[derive(Debug, Clone)]
 pub struct ProducerHealthContext {
+    /// Where error callbacks go.
     pub health: Arc<BrokerHealth>,
     /// The configured bootstrap servers, named in log lines.
     pub brokers: String,

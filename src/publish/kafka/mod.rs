@@ -10,7 +10,7 @@
 
 mod config;
 mod encode;
-pub mod health;
+pub(crate) mod health;
 
 pub use config::{is_secret_property, KafkaConfig};
 pub use encode::{KafkaEncoder, Records};
@@ -30,12 +30,25 @@ use std::time::Duration;
 /// Why the Kafka sink could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaSetupError {
+    /// librdkafka rejected the client configuration.
     #[error("Kafka client configuration rejected: {0}")]
     Client(KafkaError),
+    /// The topic does not exist and is not to be created.
     #[error("Kafka topic {topic:?} does not exist on {brokers}; create it, or set kafka.create_topic = true")]
-    TopicMissing { topic: String, brokers: String },
+    TopicMissing {
+        /// The topic.
+        topic: String,
+        /// The brokers asked.
+        brokers: String,
+    },
+    /// Creating the topic failed.
     #[error("creating Kafka topic {topic:?} failed: {message}")]
-    CreateTopic { topic: String, message: String },
+    CreateTopic {
+        /// The topic.
+        topic: String,
+        /// What the broker said.
+        message: String,
+    },
 }
 
 /// A batch handed to librdkafka whose acknowledgements are still to come.
@@ -59,6 +72,7 @@ impl std::fmt::Debug for Enqueued {
 
 type HealthProducer = FutureProducer<ProducerHealthContext>;
 
+/// The Kafka sink: one idempotent producer, records enqueued strictly in outbox order.
 pub struct KafkaSink {
     producer: HealthProducer,
     health: Arc<BrokerHealth>,
@@ -120,6 +134,7 @@ fn create_producer(
 }
 
 impl KafkaSink {
+    /// A sink with these settings (the topics are not checked; see [`KafkaSink::connect`]).
     pub fn new(settings: &KafkaConfig, sdkappid: u64) -> Result<Self, KafkaSetupError> {
         let health = Arc::new(BrokerHealth::default());
         let producer = create_producer(settings, &health).map_err(KafkaSetupError::Client)?;
@@ -189,6 +204,7 @@ impl KafkaSink {
         Some(self.settings.state_topic.as_str()).filter(|t| !t.is_empty())
     }
 
+    /// Whether a compacted current-state topic is configured.
     pub fn has_state_topic(&self) -> bool {
         self.state_topic().is_some()
     }
