@@ -155,6 +155,14 @@ where
     })
 }
 
+/// An admin client of the brokers at `addr`.
+fn admin(addr: &str) -> AdminClient<DefaultClientContext> {
+    ClientConfig::new()
+        .set("bootstrap.servers", addr)
+        .create()
+        .unwrap()
+}
+
 /// Creates a topic with `partitions` partitions, `replicas` replicas and these topic configs.
 pub fn create_topic_with(
     addr: &str,
@@ -163,10 +171,7 @@ pub fn create_topic_with(
     replicas: i32,
     configs: &[(&str, &str)],
 ) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", addr)
-        .create()
-        .unwrap();
+    let admin = admin(addr);
     let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(replicas));
     for (k, v) in configs {
         topic = topic.set(k, v);
@@ -184,10 +189,7 @@ pub fn create_topic_with(
 /// Changes topic configs of an existing topic.
 pub fn alter_topic_config(addr: &str, name: &str, configs: &[(&str, &str)]) {
     use rdkafka::admin::{AlterConfig, ResourceSpecifier};
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", addr)
-        .create()
-        .unwrap();
+    let admin = admin(addr);
     let mut change = AlterConfig::new(ResourceSpecifier::Topic(name));
     for (k, v) in configs {
         change = change.set(k, v);
