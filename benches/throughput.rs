@@ -613,11 +613,11 @@ async fn kafka() {
         metrics.clone(),
         Arc::new(tokio::sync::Notify::new()),
     );
-    let producer: FutureProducer = producer_config(&settings).create().unwrap();
+    let producer: FutureProducer = producer_config(&settings, None).create().unwrap();
     // The settings before the ordering fix: a five-minute local message timeout and no gapless
     // guarantee. What the fix costs is the plain producer with the publisher's settings against
     // this one, on the same payloads in the same rounds.
-    let unordered: FutureProducer = producer_config(&settings)
+    let unordered: FutureProducer = producer_config(&settings, None)
         .set("message.timeout.ms", "300000")
         .set("enable.gapless.guarantee", "false")
         .create()
@@ -705,7 +705,7 @@ async fn kafka() {
         loop {
             match publisher.drain_once().await.unwrap() {
                 Drained::Empty => break,
-                Drained::Failed | Drained::Rejected => {
+                Drained::Failed | Drained::Rejected | Drained::Fenced => {
                     panic!("delivery failed during the benchmark")
                 }
                 Drained::Some => {}

@@ -21,6 +21,10 @@ pub fn run(
     if let Some(t) = topic {
         config.kafka.topic = t;
     }
+    // Replay sends with a plain idempotent producer whatever kafka.delivery says: it must not
+    // take the daemon's transactional.id (that would fence the running daemon), and replayed
+    // copies of events already on a topic are duplicates by event id in any mode.
+    config.kafka.delivery = presenced::publish::kafka::Delivery::AtLeastOnce;
     runtime().block_on(async move {
         let store = Store::open(
             &config.store.path,

@@ -38,6 +38,10 @@ pub enum DeliveryError {
     /// The broker refused the event in a way that sending it again cannot fix.
     #[error("broker rejected the event: {0}")]
     Rejected(String),
+    /// Another daemon with the same `transactional.id` took over (exactly-once mode): this one
+    /// must never write to the topic again.
+    #[error("fenced: another presenced with the same transactional.id ({0}) took over publishing")]
+    Fenced(String),
     /// The producer went away before the outcome was known.
     #[error("delivery was canceled (producer went away)")]
     Canceled,
@@ -69,6 +73,7 @@ impl DeliveryError {
             DeliveryError::Timeout => "timeout",
             DeliveryError::Broker(_) => "broker",
             DeliveryError::Rejected(_) => "rejected",
+            DeliveryError::Fenced(_) => "fenced",
             DeliveryError::Canceled => "canceled",
             DeliveryError::Io(_) => "io",
         }

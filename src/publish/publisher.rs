@@ -57,6 +57,8 @@ pub enum Drained {
     /// The sink rejected an event for good (see [`DeliveryError::is_final`]); trying again
     /// needs an operator first.
     Rejected,
+    /// Another daemon took over the topic (exactly-once mode): this publisher stops for good.
+    Fenced,
 }
 
 /// The next Kafka settings a reload sends; pending forever without a channel or a sender.
@@ -168,6 +170,7 @@ impl<S: Sink> Publisher<S> {
     ) -> Result<(), StoreError> {
         let mut failures = 0u32;
         let mut interrupted = false;
+        let mut fenced = false;
         let mut reconfigure = self.reconfigure.take();
         loop {
             // A round may wait long for acknowledgements (messages do not time out while the
@@ -197,6 +200,12 @@ impl<S: Sink> Publisher<S> {
                     Some(self.tuning.retry_backoff(failures))
                 }
                 Drained::Rejected => Some(self.tuning.rejected_retry()),
+                Drained::Fenced => {
+                    // Never write again; what is unsent stays in the outbox of this database.
+                    shutdown.cancelled().await;
+                    fenced = true;
+                    break;
+                }
             };
             if let Some(wait) = wait {
                 tokio::select! {
@@ -209,6 +218,10 @@ impl<S: Sink> Publisher<S> {
             if shutdown.is_cancelled() {
                 break;
             }
+        }
+        if fenced {
+            self.refresh_backlog(true).await?;
+            return Ok(());
         }
         if interrupted {
             // The interrupted round may have taken a batch out of the window without settling
@@ -229,6 +242,27 @@ impl<S: Sink> Publisher<S> {
         self.marked().await?;
         self.refresh_backlog(true).await?;
         Ok(())
+    }
+
+    /// Lets the sink get ready (exactly-once: a new producer initialised, the topic read back)
+    /// and moves the mark to what the topic already holds. `Some` when the round ends here.
+    async fn recover(&mut self) -> Result<Option<Drained>, StoreError> {
+        match self.sink.recover().await {
+            Ok(None) => Ok(None),
+            Ok(Some(through)) => {
+                self.prefetch = None;
+                self.store
+                    .call(move |db| db.mark_published(through))
+                    .await?;
+                Ok(None)
+            }
+            Err(DeliveryError::Fenced(_)) => Ok(Some(Drained::Fenced)),
+            Err(e) => {
+                tracing::debug!(error = %e, "the sink is not ready; trying again after a pause");
+                self.metrics.delivery_error(e.kind());
+                Ok(Some(Drained::Failed))
+            }
+        }
     }
 
     /// Sends due tombstones (accounts that left the watch list) and forgets those delivered.
@@ -269,6 +303,9 @@ impl<S: Sink> Publisher<S> {
         if self.inflight.is_empty() {
             // The mark of the last settled batch decides which tombstones are due.
             self.marked().await?;
+            if let Some(drained) = self.recover().await? {
+                return Ok(drained);
+            }
         }
         let tombstone_failed = self.send_tombstones().await?;
         // Pipelined: start the next batch (read and encoded ahead), ask the store for the one
@@ -311,9 +348,10 @@ impl<S: Sink> Publisher<S> {
             }
             self.prefetch = None;
             self.refresh_backlog(true).await?;
-            return Ok(match failed.is_final() {
-                true => Drained::Rejected,
-                false => Drained::Failed,
+            return Ok(match failed {
+                DeliveryError::Fenced(_) => Drained::Fenced,
+                e if e.is_final() => Drained::Rejected,
+                _ => Drained::Failed,
             });
         }
         self.refresh_backlog(false).await?;
@@ -367,6 +405,9 @@ impl<S: Sink> Publisher<S> {
     /// Says what failed. A final rejection names the event and fails readiness, since only an
     /// operator can fix it (a larger `max.message.bytes`, an ACL, the topic created).
     fn report_failure(&self, failed: usize, event: &OutboxEvent, error: &DeliveryError) {
+        if matches!(error, DeliveryError::Fenced(_)) {
+            return; // the sink said so, once
+        }
         if !error.is_final() {
             tracing::warn!(failed, error = %error, "some events were not acknowledged; they and the events after them stay in the outbox");
             return;

@@ -52,6 +52,13 @@ pub trait Sink: Send + Sync + 'static {
     /// How many batches may be started before the oldest must be finished.
     fn window(&self) -> usize;
 
+    /// Called before a round while nothing is in flight. A sink that can tell what its
+    /// destination already holds (exactly-once) gets ready and answers the highest history id
+    /// committed there; the publisher moves its mark to it. Others answer `None`.
+    fn recover(&mut self) -> impl Future<Output = Result<Option<i64>, DeliveryError>> + Send {
+        async { Ok(None) }
+    }
+
     /// Starts delivering a batch, in order after every batch started before it.
     fn start(
         &mut self,

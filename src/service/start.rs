@@ -5,7 +5,7 @@ use super::{http, notify, RunOptions, ServiceError};
 use crate::config::{Config, KafkaConfig, SinkKind};
 use crate::im::{ClientSettings, ImClient};
 use crate::metrics::Metrics;
-use crate::publish::kafka::KafkaSink;
+use crate::publish::kafka::{Delivery, KafkaSink, TransactionalSink};
 use crate::publish::{Publisher, Sink, StdoutSink, StdoutStyle};
 use crate::store::{Store, StoreError};
 use crate::sweep::{SweepSettings, Sweeper};
@@ -88,11 +88,19 @@ pub(super) async fn start(
         stop: publisher_stop.clone(),
     };
     let publisher = match config.sink.kind {
-        SinkKind::Kafka => {
-            let (sink, _reachable) = KafkaSink::connect(&config.kafka, config.im.sdkappid).await?;
-            let _ = health.kafka.set(sink.health());
-            Some(publishing.spawn(sink))
-        }
+        SinkKind::Kafka => match config.kafka.delivery {
+            Delivery::AtLeastOnce => {
+                let (sink, _) = KafkaSink::connect(&config.kafka, config.im.sdkappid).await?;
+                let _ = health.kafka.set(sink.health());
+                Some(publishing.spawn(sink))
+            }
+            Delivery::ExactlyOnce => {
+                let (sink, _) =
+                    TransactionalSink::connect(&config.kafka, config.im.sdkappid).await?;
+                let _ = health.kafka.set(sink.health());
+                Some(publishing.spawn(sink))
+            }
+        },
         SinkKind::Stdout => Some(publishing.spawn(StdoutSink {
             style: options.stdout_style.unwrap_or(StdoutStyle::JsonLines),
             sdkappid: config.im.sdkappid,

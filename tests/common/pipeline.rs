@@ -8,7 +8,7 @@ use presenced::config::KafkaConfig;
 use presenced::metrics::Metrics;
 use presenced::model::TransitionRecord;
 use presenced::publish::kafka::KafkaSink;
-use presenced::publish::{Drained, Publisher};
+use presenced::publish::{Drained, Publisher, Sink};
 use presenced::sim::{SimConfig, SimHandle};
 use presenced::store::{Db, Store};
 use presenced::sweep::{SweepSettings, Sweeper};
@@ -87,7 +87,7 @@ pub fn publisher(p: &Pipeline, sink: KafkaSink) -> Publisher<KafkaSink> {
     )
 }
 
-pub async fn drain_until_empty(publisher: &mut Publisher<KafkaSink>, timeout: Duration) {
+pub async fn drain_until_empty<S: Sink>(publisher: &mut Publisher<S>, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     loop {
         match publisher.drain_once().await.unwrap() {
@@ -95,6 +95,7 @@ pub async fn drain_until_empty(publisher: &mut Publisher<KafkaSink>, timeout: Du
             Drained::Some => {}
             Drained::Failed => tokio::time::sleep(Duration::from_millis(200)).await,
             Drained::Rejected => panic!("the broker rejected an event for good"),
+            Drained::Fenced => panic!("the publisher was fenced"),
         }
         assert!(Instant::now() < deadline, "outbox did not drain");
     }
@@ -173,7 +174,7 @@ pub fn assert_matches_history(consumed: &[Consumed], history: &[TransitionRecord
 }
 
 /// Drives the pipelined publisher until the batch it started has settled.
-pub async fn settle_round(publisher: &mut Publisher<KafkaSink>) -> Drained {
+pub async fn settle_round<S: Sink>(publisher: &mut Publisher<S>) -> Drained {
     loop {
         match publisher.drain_once().await.unwrap() {
             Drained::Some => continue,

@@ -31,8 +31,16 @@ pub struct KafkaConfig {
     pub state_topic: String,
     /// Extra topic configs for the state topic when it is created (it is always compacted).
     pub state_topic_config: BTreeMap<String, String>,
-    /// Outbox rows read and sent per round.
+    /// Outbox rows read and sent per round (per transaction in exactly-once mode).
     pub batch_size: usize,
+    /// `at-least-once` (an idempotent producer; consumers drop redeliveries by `event_id`) or
+    /// `exactly-once` (transactions; `read_committed` consumers see each event once).
+    pub delivery: Delivery,
+    /// The producer's `transactional.id` in exactly-once mode. Empty: `presenced-<sdkappid>-<topic>`.
+    /// Two daemons with the same id fence each other: the newer one wins.
+    pub transactional_id: String,
+    /// How long a transaction may stay open before the broker aborts it (exactly-once mode), ms.
+    pub transaction_timeout_ms: u64,
     /// librdkafka's `linger.ms`.
     pub linger_ms: u64,
     /// No longer used: messages wait in librdkafka until acknowledged (a local timeout could
@@ -78,6 +86,9 @@ impl std::fmt::Debug for KafkaConfig {
             .field("state_topic", &self.state_topic)
             .field("state_topic_config", &self.state_topic_config)
             .field("batch_size", &self.batch_size)
+            .field("delivery", &self.delivery)
+            .field("transactional_id", &self.transactional_id)
+            .field("transaction_timeout_ms", &self.transaction_timeout_ms)
             .field("linger_ms", &self.linger_ms)
             .field("message_timeout_ms", &self.message_timeout_ms)
             .field("flush_timeout_secs", &self.flush_timeout_secs)
@@ -100,10 +111,35 @@ impl Default for KafkaConfig {
             state_topic: String::new(),
             state_topic_config: BTreeMap::new(),
             batch_size: 5_000,
+            delivery: Delivery::AtLeastOnce,
+            transactional_id: String::new(),
+            transaction_timeout_ms: 60_000,
             linger_ms: 5,
             message_timeout_ms: None,
             flush_timeout_secs: 10.0,
             properties: BTreeMap::new(),
+        }
+    }
+}
+
+/// How events are delivered to Kafka.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Delivery {
+    /// An idempotent producer: nothing is lost, and a redelivery after a failure is possible
+    /// (consumers drop it by `event_id`).
+    AtLeastOnce,
+    /// A transactional producer: each batch in one transaction, the publish mark read back from
+    /// the topic after a restart, so a `read_committed` consumer sees each event exactly once.
+    ExactlyOnce,
+}
+
+impl KafkaConfig {
+    /// The `transactional.id` of exactly-once mode for app `sdkappid`.
+    pub fn transactional_id_for(&self, sdkappid: u64) -> String {
+        match self.transactional_id.trim() {
+            "" => format!("presenced-{sdkappid}-{}", self.topic),
+            id => id.to_owned(),
         }
     }
 }
@@ -185,6 +221,13 @@ impl Section for KafkaConfig {
             ),
             Range::new("kafka.batch_size", self.batch_size as f64, 1.0, 1_000_000.0),
             Range::new("kafka.linger_ms", self.linger_ms as f64, 0.0, 900_000.0),
+            // librdkafka takes 1 s to 15 min (the broker's default transaction.max.timeout.ms).
+            Range::new(
+                "kafka.transaction_timeout_ms",
+                self.transaction_timeout_ms as f64,
+                1_000.0,
+                900_000.0,
+            ),
             Range::new(
                 "kafka.flush_timeout_secs",
                 self.flush_timeout_secs,

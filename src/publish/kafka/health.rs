@@ -22,6 +22,8 @@ pub struct BrokerHealth {
     /// Set while an event is rejected for good (too large, not authorized, no such topic);
     /// cleared by a delivery.
     rejected: AtomicBool,
+    /// Set when another producer with our `transactional.id` took over; never cleared.
+    fenced: AtomicBool,
     state: Mutex<State>,
 }
 
@@ -40,9 +42,18 @@ impl BrokerHealth {
         self.credentials_refused.load(Ordering::Relaxed)
     }
 
-    /// Whether readiness should fail: credentials refused, or an event rejected for good.
+    /// Whether readiness should fail: credentials refused, an event rejected for good, or
+    /// fenced by another daemon.
     pub fn blocks_readiness(&self) -> bool {
-        self.credentials_refused() || self.rejected.load(Ordering::Relaxed)
+        self.credentials_refused()
+            || self.rejected.load(Ordering::Relaxed)
+            || self.fenced.load(Ordering::Relaxed)
+    }
+
+    /// Records that another producer with our `transactional.id` took over: readiness fails
+    /// for good.
+    pub fn fenced(&self) {
+        self.fenced.store(true, Ordering::Relaxed);
     }
 
     /// Records a final rejection; returns whether it is news (not already reported).

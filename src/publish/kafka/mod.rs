@@ -11,9 +11,11 @@
 mod config;
 mod encode;
 pub(crate) mod health;
+mod transactional;
 
-pub use config::{is_secret_property, KafkaConfig};
-pub use encode::{KafkaEncoder, Records};
+pub use config::{is_secret_property, Delivery, KafkaConfig};
+pub use encode::{KafkaEncoder, Records, HISTORY_ID_HEADER};
+pub use transactional::TransactionalSink;
 
 use super::sink::Sink;
 use super::DeliveryError;
@@ -54,6 +56,16 @@ pub enum KafkaSetupError {
 /// A batch handed to librdkafka whose acknowledgements are still to come.
 pub struct Enqueued(Vec<Vec<Result<DeliveryFuture, DeliveryError>>>);
 
+impl Enqueued {
+    /// The first record librdkafka refused to take, if any.
+    fn first_error(&self) -> Option<DeliveryError> {
+        self.0
+            .iter()
+            .flatten()
+            .find_map(|r| r.as_ref().err().cloned())
+    }
+}
+
 impl KafkaSetupError {
     /// Whether the configuration is at fault (rather than the brokers' state).
     pub fn is_configuration(&self) -> bool {
@@ -81,6 +93,8 @@ pub struct KafkaSink {
     sdkappid: u64,
     /// Rounds in a row in which the broker refused everything (not merely timed out).
     refused_rounds: u32,
+    /// Set for the exactly-once sink's producer (see `transactional.rs`).
+    transactional_id: Option<String>,
 }
 
 impl std::fmt::Debug for KafkaSink {
@@ -105,9 +119,11 @@ pub fn client_config(k: &KafkaConfig) -> ClientConfig {
 
 /// The producer's configuration. Free-form properties go after the tunable defaults so an
 /// operator can override them, but not the settings that no loss and per-account order depend
-/// on: idempotence with acks from every in-sync replica, no local message timeout, and a fatal
-/// error instead of a gap.
-pub fn producer_config(k: &KafkaConfig) -> ClientConfig {
+/// on: idempotence with acks from every in-sync replica, and either (at-least-once) no local
+/// message timeout and a fatal error instead of a gap, or (exactly-once, with a
+/// `transactional_id`) a transactional producer, whose messages time out with the transaction
+/// (librdkafka requires it) and whose failed transaction is aborted and sent again whole.
+pub fn producer_config(k: &KafkaConfig, transactional_id: Option<&str>) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &k.brokers)
         .set("client.id", &k.client_id)
@@ -116,18 +132,29 @@ pub fn producer_config(k: &KafkaConfig) -> ClientConfig {
     for (key, value) in &k.properties {
         c.set(key, value);
     }
-    c.set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("message.timeout.ms", "0")
-        .set("enable.gapless.guarantee", "true");
+    c.set("enable.idempotence", "true").set("acks", "all");
+    match transactional_id {
+        None => c
+            .set("message.timeout.ms", "0")
+            .set("enable.gapless.guarantee", "true"),
+        Some(id) => c
+            .remove("message.timeout.ms")
+            .remove("enable.gapless.guarantee")
+            .set("transactional.id", id)
+            .set(
+                "transaction.timeout.ms",
+                k.transaction_timeout_ms.to_string(),
+            ),
+    };
     c
 }
 
 fn create_producer(
     settings: &KafkaConfig,
+    transactional_id: Option<&str>,
     health: &Arc<BrokerHealth>,
 ) -> Result<HealthProducer, KafkaError> {
-    producer_config(settings).create_with_context(ProducerHealthContext {
+    producer_config(settings, transactional_id).create_with_context(ProducerHealthContext {
         health: health.clone(),
         brokers: settings.brokers.clone(),
     })
@@ -137,13 +164,14 @@ impl KafkaSink {
     /// A sink with these settings (the topics are not checked; see [`KafkaSink::connect`]).
     pub fn new(settings: &KafkaConfig, sdkappid: u64) -> Result<Self, KafkaSetupError> {
         let health = Arc::new(BrokerHealth::default());
-        let producer = create_producer(settings, &health).map_err(KafkaSetupError::Client)?;
+        let producer = create_producer(settings, None, &health).map_err(KafkaSetupError::Client)?;
         Ok(KafkaSink {
             producer,
             health,
             settings: Box::new(settings.clone()),
             sdkappid,
             refused_rounds: 0,
+            transactional_id: None,
         })
     }
 
@@ -156,7 +184,7 @@ impl KafkaSink {
             state_topic: self.settings.state_topic.clone(),
             ..settings.clone()
         };
-        let producer = create_producer(&settings, &self.health)?;
+        let producer = create_producer(&settings, self.transactional_id.as_deref(), &self.health)?;
         let old = std::mem::replace(&mut self.producer, producer);
         // Destroying a producer whose brokers are unreachable can block for a moment.
         tokio::task::spawn_blocking(move || drop(old));
@@ -340,21 +368,22 @@ impl KafkaSink {
         &mut self,
         user_ids: &[String],
     ) -> Vec<Result<(), DeliveryError>> {
-        let Some(state_topic) = self.state_topic().map(str::to_owned) else {
-            return user_ids.iter().map(|_| Ok(())).collect();
+        let enqueued = self.enqueue_tombstones(user_ids).await;
+        self.settle_batch(enqueued).await
+    }
+
+    /// Hands tombstones to librdkafka, in order, one per account; nothing without a state topic.
+    async fn enqueue_tombstones(&self, user_ids: &[String]) -> Enqueued {
+        let Some(state_topic) = self.state_topic() else {
+            return Enqueued(user_ids.iter().map(|_| Vec::new()).collect());
         };
         let mut pending = Vec::with_capacity(user_ids.len());
         for id in user_ids {
             let record: FutureRecord<'_, [u8], [u8]> =
-                FutureRecord::to(&state_topic).key(id.as_bytes());
-            pending.push(self.enqueue(record).await);
+                FutureRecord::to(state_topic).key(id.as_bytes());
+            pending.push(vec![self.enqueue(record).await]);
         }
-        let mut out = Vec::with_capacity(pending.len());
-        for f in pending {
-            out.push(settle(f).await);
-        }
-        self.after_round(&out);
-        out
+        Enqueued(pending)
     }
 
     fn after_round(&mut self, out: &[Result<(), DeliveryError>]) {
@@ -405,7 +434,11 @@ impl KafkaSink {
             None => return,
         };
         tracing::error!(%reason, "re-creating the Kafka producer");
-        match create_producer(&self.settings, &self.health) {
+        match create_producer(
+            &self.settings,
+            self.transactional_id.as_deref(),
+            &self.health,
+        ) {
             Ok(p) => {
                 self.producer = p;
                 self.refused_rounds = 0;
