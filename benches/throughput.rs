@@ -550,7 +550,7 @@ async fn produce_plain(
 }
 
 async fn kafka() {
-    use presenced::publish::kafka::{client_config, producer_config, KafkaSink};
+    use presenced::publish::kafka::{client_config, producer_config, KafkaSink, TransactionalSink};
     use presenced::publish::{Drained, Publisher};
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -564,9 +564,20 @@ async fn kafka() {
     };
     let admin: AdminClient<rdkafka::client::DefaultClientContext> =
         client_config(&settings).create().unwrap();
+    // Exactly-once publishes the same payloads to a topic of its own, from a database of its
+    // own (a publisher owns its database's publish mark).
+    let eos_topic = format!("{topic}-eos");
+    let eos_settings = presenced::config::KafkaConfig {
+        topic: eos_topic.clone(),
+        delivery: presenced::publish::kafka::Delivery::ExactlyOnce,
+        ..settings.clone()
+    };
     for r in admin
         .create_topics(
-            [&NewTopic::new(&topic, 6, TopicReplication::Fixed(1))],
+            [
+                &NewTopic::new(&topic, 6, TopicReplication::Fixed(1)),
+                &NewTopic::new(&eos_topic, 6, TopicReplication::Fixed(1)),
+            ],
             &AdminOptions::new(),
         )
         .await
@@ -601,10 +612,25 @@ async fn kafka() {
             })
             .collect()
     };
+    let eos_path = dir.path().join("k-eos.db");
+    std::fs::copy(&path, &eos_path).unwrap();
     let store = presenced::store::Store::open(&path, Duration::from_secs(5))
         .await
         .unwrap();
+    let eos_store = presenced::store::Store::open(&eos_path, Duration::from_secs(5))
+        .await
+        .unwrap();
     let metrics = Arc::new(Metrics::new());
+    let (eos_sink, _) = TransactionalSink::connect(&eos_settings, 1_400_000_000)
+        .await
+        .unwrap();
+    let mut eos_publisher = Publisher::new(
+        eos_store.clone(),
+        eos_sink,
+        eos_settings.batch_size,
+        metrics.clone(),
+        Arc::new(tokio::sync::Notify::new()),
+    );
     let sink = KafkaSink::new(&settings, 1_400_000_000).unwrap();
     let mut publisher = Publisher::new(
         store.clone(),
@@ -628,6 +654,12 @@ async fn kafka() {
     let started = Instant::now();
     while publisher.drain_once().await.unwrap() != Drained::Empty {}
     let publisher_warm_up = started.elapsed();
+    let started = Instant::now();
+    while eos_publisher.drain_once().await.unwrap() != Drained::Empty {}
+    println!(
+        "warm-up of the exactly-once publisher (init_transactions, read-back, one transaction): {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
     let started = Instant::now();
     let warm_up_payload =
         presenced::publish::event::EventV1::new(1_400_000_000, &warm_up_event).to_json();
@@ -679,27 +711,28 @@ async fn kafka() {
     // Rounds alternate the two, so that both see the same state of this shared, noisy machine;
     // the ratio is taken of the medians.
     const ROUNDS: u64 = 5;
-    let (mut outbox_rates, mut plain_rates, mut unordered_rates) =
-        (Vec::new(), Vec::new(), Vec::new());
+    let (mut outbox_rates, mut plain_rates, mut unordered_rates, mut eos_rates) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 0..ROUNDS {
         let records = round_records(round);
-        for chunk in records.chunks(10_000) {
-            let set = WriteSet {
-                transitions: chunk.to_vec(),
-                not_found: vec![],
-            };
-            store.call(move |db| db.apply(&set)).await.unwrap();
-        }
-        // Copying those commits into the database file is the sweep's cost, not the
-        // publisher's: finish it before the clock starts instead of beside the publisher.
-        store
-            .call(|db| {
+        for s in [&store, &eos_store] {
+            for chunk in records.chunks(10_000) {
+                let set = WriteSet {
+                    transitions: chunk.to_vec(),
+                    not_found: vec![],
+                };
+                s.call(move |db| db.apply(&set)).await.unwrap();
+            }
+            // Copying those commits into the database file is the sweep's cost, not the
+            // publisher's: finish it before the clock starts instead of beside the publisher.
+            s.call(|db| {
                 db.connection()
                     .query_row("PRAGMA wal_checkpoint(FULL)", [], |_| Ok(()))?;
                 Ok(())
             })
             .await
             .unwrap();
+        }
         let cpu_start = cpu_now();
         let started = Instant::now();
         loop {
@@ -751,6 +784,15 @@ async fn kafka() {
             let took = produce_plain(p, &topic, &payloads, &records).await;
             rates.push(report(round, what, took, cpu_start));
         }
+        let cpu_start = cpu_now();
+        let started = Instant::now();
+        while eos_publisher.drain_once().await.unwrap() != Drained::Empty {}
+        eos_rates.push(report(
+            round,
+            "exactly-once: outbox -> broker in transactions of 5,000, committed and marked",
+            started.elapsed(),
+            cpu_start,
+        ));
     }
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
@@ -762,6 +804,11 @@ async fn kafka() {
         "medians of {ROUNDS} rounds: outbox publisher {outbox_rate:.0} events/s, plain producer {plain_rate:.0} events/s, ratio {:.2}",
         outbox_rate / plain_rate
     );
+    let eos_rate = median(&mut eos_rates);
+    println!(
+        "exactly-once over at-least-once, medians of {ROUNDS} rounds: {eos_rate:.0} / {outbox_rate:.0} events/s = {:.2}",
+        eos_rate / outbox_rate
+    );
     println!(
         "ordering fix: plain producer with the publisher's settings {plain_rate:.0} events/s, with the settings before the fix {unordered_rate:.0} events/s, ratio {:.2}",
         plain_rate / unordered_rate
@@ -770,8 +817,18 @@ async fn kafka() {
     // Latency from SQLite commit to acknowledgement at 5,000 events/s: 50 events every 10 ms,
     // first as the publisher was woken before (only by its one-second idle poll while a sweep
     // commits), then as it is now (after every commit).
-    let before = commit_to_ack(&store, &settings, &metrics, &path, now, false).await;
-    let after = commit_to_ack(&store, &settings, &metrics, &path, now, true).await;
+    drop(eos_publisher);
+    let plain = |s| KafkaSink::new(s, 1_400_000_000).unwrap();
+    let before = commit_to_ack(&store, plain(&settings), &metrics, &path, now, false).await;
+    let after = commit_to_ack(&store, plain(&settings), &metrics, &path, now, true).await;
+    let (eos_sink, _) = TransactionalSink::connect(&eos_settings, 1_400_000_000)
+        .await
+        .unwrap();
+    let eos = commit_to_ack(&eos_store, eos_sink, &metrics, &eos_path, now, true).await;
+    println!(
+        "commit -> visible to read_committed, exactly-once: p50 {:.1} ms, p99 {:.1} ms (at-least-once, acknowledged: p50 {:.1} ms, p99 {:.1} ms)",
+        eos.0, eos.1, after.0, after.1
+    );
     println!(
         "commit -> ack p50 without / with the wake after each commit: {:.1} / {:.1} ms (ratio {:.3}); p99 {:.1} / {:.1} ms (ratio {:.3})",
         before.0,
@@ -786,25 +843,17 @@ async fn kafka() {
 /// Commits 50 events every 10 ms for 20 s (after a 1 s warm-up) while a publisher runs, and
 /// measures each commit's time to acknowledgement. `wake` notifies the publisher after each
 /// commit, as the sweeper does. Returns (p50, p99) in ms.
-async fn commit_to_ack(
+async fn commit_to_ack<S: presenced::publish::Sink>(
     store: &presenced::store::Store,
-    settings: &presenced::config::KafkaConfig,
+    sink: S,
     metrics: &Arc<presenced::metrics::Metrics>,
     path: &std::path::Path,
     now: i64,
     wake_after_commit: bool,
 ) -> (f64, f64) {
-    use presenced::publish::kafka::KafkaSink;
     use presenced::publish::Publisher;
     let wake = Arc::new(tokio::sync::Notify::new());
-    let sink = KafkaSink::new(settings, 1_400_000_000).unwrap();
-    let publisher = Publisher::new(
-        store.clone(),
-        sink,
-        settings.batch_size,
-        metrics.clone(),
-        wake.clone(),
-    );
+    let publisher = Publisher::new(store.clone(), sink, 5_000, metrics.clone(), wake.clone());
     let stop = tokio_util::sync::CancellationToken::new();
     let running = tokio::spawn(publisher.run(stop.clone(), Duration::from_secs(10)));
     let reader = Db::open(path, Duration::from_secs(5)).unwrap();

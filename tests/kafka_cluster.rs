@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::kafka::{cluster, cluster_lock, Cluster, Consumed};
+use common::kafka::{cluster, cluster_lock, Consumed};
 use common::pipeline::*;
 use common::*;
 use presenced::config::KafkaConfig;
@@ -46,23 +46,11 @@ async fn topic_config(addr: &str, topic: &str, key: &str) -> Option<String> {
     resource.get(key).and_then(|e| e.value.clone())
 }
 
-/// Every node is serving again, whatever a failed test left behind.
-fn all_nodes_up(c: &Cluster) {
-    let down: Vec<i32> = c
-        .node_ids()
-        .into_iter()
-        .filter(|id| !c.dir.join(format!("node{id}/pid")).exists())
-        .collect();
-    if !down.is_empty() {
-        c.start_nodes(&down);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partition_leaders_killed_during_churn_lose_nothing_and_keep_order() {
     let _serial = cluster_lock().await;
     let c = cluster();
-    all_nodes_up(&c);
+    c.all_nodes_up();
     let addr = c.bootstrap();
     let topic = topic_name("failover");
     let p = pipeline(300).await;
@@ -168,7 +156,7 @@ async fn partition_leaders_killed_during_churn_lose_nothing_and_keep_order() {
 async fn a_cluster_outage_longer_than_the_message_timeout_loses_nothing_and_keeps_order() {
     let _serial = cluster_lock().await;
     let c = cluster();
-    all_nodes_up(&c);
+    c.all_nodes_up();
     let addr = c.bootstrap();
     let topic = topic_name("outage");
     common::kafka::create_topic_with(&addr, &topic, 3, 3, &[("min.insync.replicas", "2")]);

@@ -8,6 +8,7 @@ mod common;
 
 use common::kafka::{broker, cluster, cluster_lock, create_topic, create_topic_with};
 use common::pipeline::*;
+use common::{free_port, ids, signal, write_daemon_config, Reaped, SimProcess};
 use presenced::config::KafkaConfig;
 use presenced::metrics::Metrics;
 use presenced::publish::kafka::{Delivery, TransactionalSink, HISTORY_ID_HEADER};
@@ -160,8 +161,281 @@ async fn an_aborted_transaction_leaves_nothing_visible() {
     p.sim.stop().await;
 }
 
-/// Keeps the cluster helpers of this binary in use.
-#[allow(dead_code)]
-fn cluster_helpers() {
-    let _ = (cluster, cluster_lock);
+/// A daemon process in exactly-once mode against the three-node cluster, with the simulator as
+/// a process of its own.
+struct Rig {
+    sim: SimProcess,
+    dir: tempfile::TempDir,
+    config: std::path::PathBuf,
+    db: std::path::PathBuf,
+    topic: String,
+    brokers: String,
+}
+
+impl Rig {
+    /// `population` watched accounts churning at `churn` (a share per second), a topic of six
+    /// partitions with three replicas, two in sync.
+    fn new(prefix: &str, population: usize, churn: &str, extra_kafka: &str) -> Rig {
+        let c = cluster();
+        c.all_nodes_up();
+        let brokers = c.bootstrap();
+        let topic = topic_name(prefix);
+        create_topic_with(&brokers, &topic, 6, 3, &[("min.insync.replicas", "2")]);
+        let n = population.to_string();
+        let sim = SimProcess::start(&["--population", &n, "--churn", churn, "--rate", "0"]);
+        let dir = tempfile::tempdir().unwrap();
+        let config = write_daemon_config(
+            dir.path(),
+            &sim.base_url(),
+            &format!(
+                "[sink]\nkind = \"kafka\"\n[kafka]\nbrokers = \"{brokers}\"\ntopic = \"{topic}\"\n\
+                 delivery = \"exactly-once\"\nbatch_size = 200\n{extra_kafka}\n\
+                 [kafka.properties]\n\"reconnect.backoff.max.ms\" = \"1000\"\n"
+            ),
+        );
+        let db = dir.path().join("presence.db");
+        add_watched(&db, &ids("user", population));
+        Rig {
+            sim,
+            dir,
+            config,
+            db,
+            topic,
+            brokers,
+        }
+    }
+
+    fn spawn(&self, config: &std::path::Path, log: &str) -> Reaped {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(log))
+            .unwrap();
+        Reaped(
+            std::process::Command::new(env!("CARGO_BIN_EXE_presenced"))
+                .args(["run", "--config"])
+                .arg(config)
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    /// Events not yet published from `db` (-1 while it cannot be read).
+    fn backlog(db: &std::path::Path) -> i64 {
+        query_number(db, "SELECT COUNT(*) FROM outbox")
+    }
+
+    /// Runs a daemon until its outbox is empty with the simulator quiet, then stops it.
+    async fn drain(&self) {
+        self.sim.control().churn(0.0).await;
+        let mut daemon = self.spawn(&self.config, "drain.log");
+        wait_for("the outbox drained", 180, || {
+            std::thread::sleep(Duration::from_millis(1_500));
+            Rig::backlog(&self.db) == 0
+        });
+        signal(&daemon, "TERM");
+        assert!(daemon.wait().unwrap().success());
+    }
+
+    /// Reads the topic with read_committed and compares it with the history.
+    async fn assert_exactly_once(&self) -> usize {
+        let rows = all_history(&self.db).len();
+        let consumed = consume_async(&self.brokers, &self.topic, rows).await;
+        assert_exactly_once(&consumed, &self.db);
+        rows
+    }
+}
+
+fn wait_for(what: &str, secs: u64, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// SIGKILLs the daemon `kills` times at random moments while it publishes a backlog and the
+/// simulator churns; between kills, `between(i)` may do more harm.
+async fn kill_repeatedly(rig: &Rig, kills: usize, mut between: impl FnMut(usize)) {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    for i in 0..kills {
+        let mut daemon = rig.spawn(&rig.config, "killed.log");
+        std::thread::sleep(Duration::from_millis(rng.random_range(300..2_500)));
+        daemon.0.kill().unwrap();
+        daemon.0.wait().unwrap();
+        between(i);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_sigkills_while_publishing_leave_each_event_once() {
+    let _serial = cluster_lock().await;
+    // 3,000 initial events and 60 changes a second; 200 events a transaction.
+    let rig = Rig::new("eos-kill", 3_000, "0.02", "");
+    kill_repeatedly(&rig, 50, |_| {}).await;
+    assert!(Rig::backlog(&rig.db) > 0, "the kills left events unsent");
+    // How many restarts found a batch committed on Kafka but not marked in SQLite: the window
+    // that only the read-back closes.
+    let log = std::fs::read_to_string(rig.dir.path().join("killed.log")).unwrap();
+    let caught = log
+        .lines()
+        .filter(|l| l.contains("nothing is sent twice"))
+        .count();
+    eprintln!("fifty SIGKILLs: {caught} restarts found committed events past the mark");
+    rig.drain().await;
+    let rows = rig.assert_exactly_once().await;
+    eprintln!("fifty SIGKILLs: {rows} events, each on the topic once");
+    rig.sim.control().churn(0.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkills_with_partition_leaders_killed_leave_each_event_once() {
+    let _serial = cluster_lock().await;
+    let rig = Rig::new("eos-leaders", 2_000, "0.02", "");
+    let c = cluster();
+    let mut down = None;
+    kill_repeatedly(&rig, 12, |i| match i {
+        // A partition leader killed a few restarts in, started again a few later.
+        3 | 7 => {
+            let leader = c.leader(&rig.topic, (i % 6) as i32).expect("a leader");
+            c.kill_node(leader);
+            down = Some(leader);
+        }
+        5 | 10 => {
+            if let Some(id) = down.take() {
+                c.start_node(id);
+            }
+        }
+        _ => {}
+    })
+    .await;
+    if let Some(id) = down {
+        c.start_node(id);
+    }
+    rig.drain().await;
+    let rows = rig.assert_exactly_once().await;
+    eprintln!("leaders killed: {rows} events, each on the topic once");
+}
+
+/// A second daemon on a copy of the database, with the same transactional.id, started while the
+/// first publishes: the first is fenced (one error, /readyz failing, never writes again), the
+/// second carries on, and the topic has each event once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_twin_with_the_same_transactional_id_fences_the_first() {
+    let _serial = cluster_lock().await;
+    // A quiet simulator, so both copies of the history agree; 20,000 initial events in
+    // transactions of 100, so the first daemon is still publishing when the twin starts.
+    let rig = Rig::new("eos-twin", 20_000, "0", "");
+    let port = free_port();
+    let first_config = rig.dir.path().join("first.toml");
+    let text = std::fs::read_to_string(&rig.config)
+        .unwrap()
+        .replace(
+            "metrics_listen = \"\"",
+            &format!("metrics_listen = \"127.0.0.1:{port}\""),
+        )
+        .replace("batch_size = 200", "batch_size = 100");
+    std::fs::write(&first_config, &text).unwrap();
+    let mut first = rig.spawn(&first_config, "first.log");
+    wait_for("the first daemon publishing", 120, || {
+        let rows = query_number(&rig.db, "SELECT COUNT(*) FROM presence_history");
+        rows >= 20_000 && (1..15_000).contains(&Rig::backlog(&rig.db))
+    });
+    // The twin: a consistent copy of the live database, the same topic and transactional.id.
+    let twin_dir = tempfile::tempdir().unwrap();
+    let twin_db = twin_dir.path().join("presence.db");
+    Db::open(&rig.db, Duration::from_secs(5))
+        .unwrap()
+        .connection()
+        .execute("VACUUM INTO ?1", [twin_db.to_str().unwrap()])
+        .unwrap();
+    let twin_config = twin_dir.path().join("twin.toml");
+    std::fs::write(
+        &twin_config,
+        text.replace(rig.db.to_str().unwrap(), twin_db.to_str().unwrap())
+            .replace(&format!("127.0.0.1:{port}"), ""),
+    )
+    .unwrap();
+    let mut twin = rig.spawn(&twin_config, "twin.log");
+
+    // A fenced producer learns it at its next transaction: once the twin has taken over (its
+    // read-back done), new changes give the first daemon something to send.
+    let twin_log = rig.dir.path().join("twin.log");
+    wait_for("the twin taking over", 120, || {
+        std::fs::read_to_string(&twin_log)
+            .unwrap()
+            .contains("read back the topic")
+    });
+    rig.sim.control().churn(0.01).await;
+    let first_log = rig.dir.path().join("first.log");
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !std::fs::read_to_string(&first_log)
+        .unwrap()
+        .contains("took over")
+    {
+        if std::time::Instant::now() > deadline {
+            let first = std::fs::read_to_string(&first_log).unwrap();
+            let twin = std::fs::read_to_string(&twin_log).unwrap();
+            panic!("the first daemon was not fenced\n--- first\n{first}\n--- twin\n{twin}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let ready = reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(ready.as_u16(), 503, "a fenced daemon is not ready");
+    // The survivor goes on with the new changes.
+    std::thread::sleep(Duration::from_secs(3));
+    rig.sim.control().churn(0.0).await;
+    wait_for("the twin drained its outbox", 180, || {
+        std::thread::sleep(Duration::from_millis(1_000));
+        Rig::backlog(&twin_db) == 0
+    });
+    signal(&twin, "TERM");
+    assert!(twin.wait().unwrap().success());
+    signal(&first, "TERM");
+    assert!(first.wait().unwrap().success());
+
+    let log = std::fs::read_to_string(&first_log).unwrap();
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains("ERROR")).collect();
+    assert_eq!(errors.len(), 1, "one clear error:\n{log}");
+    assert!(errors[0].contains("took over"), "{log}");
+    let rows = all_history(&twin_db).len();
+    let consumed = consume_async(&rig.brokers, &rig.topic, rows).await;
+    assert_exactly_once(&consumed, &twin_db);
+    eprintln!("twin: {rows} events, each on the topic once; the first daemon fenced");
+}
+
+/// Every node down for longer than the transaction timeout while sweeps go on: the open
+/// transaction is aborted, the outbox keeps everything, and afterwards each event is on the
+/// topic once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_longer_than_the_transaction_timeout_loses_and_duplicates_nothing() {
+    let _serial = cluster_lock().await;
+    let rig = Rig::new("eos-outage", 500, "0.1", "transaction_timeout_ms = 4000");
+    let c = cluster();
+    let mut daemon = rig.spawn(&rig.config, "outage.log");
+    wait_for("the first events published", 120, || {
+        query_number(&rig.db, "SELECT COUNT(*) FROM presence_history") >= 500
+            && Rig::backlog(&rig.db) == 0
+    });
+    let nodes = c.node_ids();
+    for id in &nodes {
+        c.kill_node(*id);
+    }
+    std::thread::sleep(Duration::from_secs(12));
+    assert!(Rig::backlog(&rig.db) > 0, "events wait in the outbox");
+    c.start_nodes(&nodes);
+    wait_for("the backlog drained", 180, || Rig::backlog(&rig.db) == 0);
+    signal(&daemon, "TERM");
+    assert!(daemon.wait().unwrap().success());
+    rig.drain().await;
+    let rows = rig.assert_exactly_once().await;
+    eprintln!("outage: {rows} events, each on the topic once");
 }

@@ -251,9 +251,21 @@ impl<S: Sink> Publisher<S> {
             Ok(None) => Ok(None),
             Ok(Some(through)) => {
                 self.prefetch = None;
-                self.store
-                    .call(move |db| db.mark_published(through))
+                let before = self
+                    .store
+                    .call(move |db| {
+                        let before = db.published_mark()?;
+                        db.mark_published(through)?;
+                        Ok(before)
+                    })
                     .await?;
+                if through > before {
+                    tracing::info!(
+                        from = before,
+                        to = through,
+                        "the topic already holds events the outbox had not marked as sent (the last run stopped between a commit and its mark): the mark moves past them, nothing is sent twice"
+                    );
+                }
                 Ok(None)
             }
             Err(DeliveryError::Fenced(_)) => Ok(Some(Drained::Fenced)),

@@ -31,6 +31,11 @@ impl Db {
         Ok(out)
     }
 
+    /// The publish mark: every event up to this history id was acknowledged.
+    pub fn published_mark(&self) -> Result<i64, StoreError> {
+        Ok(mark(&self.conn, "published")?)
+    }
+
     /// Records that every event up to and including `history_id` was acknowledged: they leave
     /// the outbox. The mark only moves forward.
     pub fn mark_published(&mut self, history_id: i64) -> Result<(), StoreError> {

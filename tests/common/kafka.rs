@@ -98,6 +98,18 @@ impl Cluster {
         self.script(&args);
     }
 
+    /// Starts whatever node is down (a failed test may have left one), and waits until served.
+    pub fn all_nodes_up(&self) {
+        let down: Vec<i32> = self
+            .node_ids()
+            .into_iter()
+            .filter(|id| !self.dir.join(format!("node{id}/pid")).exists())
+            .collect();
+        if !down.is_empty() {
+            self.start_nodes(&down);
+        }
+    }
+
     /// The node that leads `partition` of `topic` now, if the metadata names one.
     pub fn leader(&self, topic: &str, partition: i32) -> Option<i32> {
         let consumer: BaseConsumer = ClientConfig::new()

@@ -142,6 +142,10 @@ pub struct ProducerHealthContext {
 impl ClientContext for ProducerHealthContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
         match level {
+            // Fencing is the exactly-once sink's to report, once, with what it means.
+            _ if message.contains("fenced by a newer instance") => {
+                tracing::debug!(fac, message, "librdkafka")
+            }
             RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical => {
                 tracing::error!(fac, message, "librdkafka")
             }
