@@ -57,6 +57,17 @@ pub enum KafkaSetupError {
 pub struct Enqueued(Vec<Vec<Result<DeliveryFuture, DeliveryError>>>);
 
 impl Enqueued {
+    /// Waits for every record's delivery report; the first failure, if any.
+    async fn settle_all(self) -> Option<DeliveryError> {
+        let mut first = None;
+        for f in self.0.into_iter().flatten() {
+            if let Err(e) = settle(f).await {
+                first.get_or_insert(e);
+            }
+        }
+        first
+    }
+
     /// The first record librdkafka refused to take, if any.
     fn first_error(&self) -> Option<DeliveryError> {
         self.0
@@ -154,7 +165,13 @@ fn create_producer(
     transactional_id: Option<&str>,
     health: &Arc<BrokerHealth>,
 ) -> Result<HealthProducer, KafkaError> {
-    producer_config(settings, transactional_id).create_with_context(ProducerHealthContext {
+    let mut config = producer_config(settings, transactional_id);
+    // librdkafka's own `debug` property asks for its debug lines, which rust-rdkafka otherwise
+    // filters out before they reach the log (at debug level, `presenced::publish=debug`).
+    if settings.properties.contains_key("debug") {
+        config.set_log_level(rdkafka::config::RDKafkaLogLevel::Debug);
+    }
+    config.create_with_context(ProducerHealthContext {
         health: health.clone(),
         brokers: settings.brokers.clone(),
     })

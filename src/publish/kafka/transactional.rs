@@ -36,6 +36,8 @@ pub enum TransactionPending {
     Open {
         /// Events in it.
         events: usize,
+        /// Their records' delivery reports, awaited before the commit.
+        enqueued: super::Enqueued,
     },
     /// The transaction could not begin or take the records.
     Failed {
@@ -221,6 +223,12 @@ impl Sink for TransactionalSink {
             return Err(DeliveryError::Fenced(id.clone()));
         }
         let timeout = self.timeout();
+        // A transaction still open here was started and never finished: the publisher dropped
+        // its batch (a stop or a reload interrupted the round). It goes, then the batch again.
+        if self.began.is_some() {
+            self.needs_abort = true;
+            self.needs_read_back = true;
+        }
         if self.needs_abort {
             match self.blocking(move |p| p.abort_transaction(timeout)).await {
                 Ok(()) => {
@@ -269,13 +277,23 @@ impl Sink for TransactionalSink {
             let error = self.abort_needed("producing", error);
             return TransactionPending::Failed { events: n, error };
         }
-        TransactionPending::Open { events: n }
+        TransactionPending::Open {
+            events: n,
+            enqueued,
+        }
     }
 
     async fn finish(&mut self, pending: TransactionPending) -> Vec<Result<(), DeliveryError>> {
         let (n, outcome) = match pending {
             TransactionPending::Failed { events, error } => (events, Err(error)),
-            TransactionPending::Open { events } => {
+            TransactionPending::Open { events, enqueued } => {
+                // Every record acknowledged first: the commit's own flush then has nothing to
+                // wait for (rust-rdkafka's flush waits in steps of up to 100 ms for delivery
+                // reports another thread serves, which cost a tenth of a second a transaction).
+                if let Some(error) = enqueued.settle_all().await {
+                    let error = self.abort_needed("producing", error);
+                    return vec![Err(error); events];
+                }
                 let timeout = self.timeout();
                 let committed = self.blocking(move |p| commit(p, timeout)).await;
                 match committed {
@@ -293,8 +311,17 @@ impl Sink for TransactionalSink {
         vec![outcome; n]
     }
 
-    async fn flush(&self, _timeout: Duration) {
-        // Nothing is in flight outside a transaction, and an open one is settled by `finish`.
+    /// At a stop: a transaction left open would hold back `read_committed` consumers of its
+    /// partitions until the broker times it out, so it is aborted now (its batch is still in
+    /// the outbox).
+    async fn flush(&self, timeout: Duration) {
+        if self.began.is_none() || self.needs_init || self.fenced.is_some() {
+            return;
+        }
+        let aborted = self.blocking(move |p| p.abort_transaction(timeout)).await;
+        if let Err(e) = aborted {
+            tracing::warn!(error = %e, "the open transaction could not be aborted at stop; the broker aborts it after kafka.transaction_timeout_ms");
+        }
     }
 
     fn has_state_topic(&self) -> bool {
@@ -315,7 +342,11 @@ impl Sink for TransactionalSink {
         if let Some(error) = enqueued.first_error() {
             return vec![Err(self.abort_needed("producing tombstones", error)); n];
         }
-        self.finish(TransactionPending::Open { events: n }).await
+        self.finish(TransactionPending::Open {
+            events: n,
+            enqueued,
+        })
+        .await
     }
 
     fn broker_health(&self) -> Option<Arc<BrokerHealth>> {
