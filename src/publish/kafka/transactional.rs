@@ -372,6 +372,13 @@ impl Sink for TransactionalSink {
 
 /// Commits, calling again while librdkafka says the commit may still complete.
 fn commit(producer: &super::HealthProducer, timeout: Duration) -> Result<(), KafkaError> {
+    // rust-rdkafka's commit_transaction flushes first, and its flush sleeps up to 100 ms at a
+    // time while librdkafka still counts a message whose report was already delivered (the
+    // producer's poll thread serves the reports): wait for that count here in 1 ms steps.
+    let drained = Instant::now() + timeout;
+    while producer.flush(Duration::ZERO).is_err() && Instant::now() < drained {
+        std::thread::sleep(Duration::from_millis(1));
+    }
     let deadline = Instant::now() + timeout * 2;
     loop {
         match producer.commit_transaction(timeout) {
@@ -394,68 +401,79 @@ fn read_back(settings: &KafkaConfig) -> Result<Option<i64>, KafkaError> {
         .set("isolation.level", "read_committed")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
+        // The end of a partition shows as an empty fetch, which the broker holds this long.
+        .set("fetch.wait.max.ms", "20")
         .create()?;
     let wait = Duration::from_secs(10);
-    let metadata = consumer.fetch_metadata(Some(&settings.topic), wait)?;
-    let partitions: Vec<i32> = metadata
+    let topic = settings.topic.as_str();
+    let metadata = consumer.fetch_metadata(Some(topic), wait)?;
+    let mut windows: Vec<(i32, i64, i64, i64)> = Vec::new(); // (partition, low, high, window)
+    for p in metadata
         .topics()
         .iter()
-        .filter(|t| t.name() == settings.topic)
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
+        .filter(|t| t.name() == topic)
+        .flat_map(|t| t.partitions())
+    {
+        let (low, high) = consumer.fetch_watermarks(topic, p.id(), wait)?;
+        if high > low {
+            windows.push((p.id(), low, high, 256));
+        }
+    }
     let mut highest = None;
-    for partition in partitions {
-        let found = newest_in_partition(&consumer, &settings.topic, partition, wait)?;
-        highest = highest.max(found);
+    // Each pass reads every open partition's window from its end at once. A window holding
+    // only records of aborted transactions (a crash's unfinished batch) grows and is read again.
+    while !windows.is_empty() {
+        let mut assignment = TopicPartitionList::new();
+        for &(partition, low, high, window) in &windows {
+            let start = (high - window).max(low);
+            assignment.add_partition_offset(topic, partition, Offset::Offset(start))?;
+        }
+        consumer.assign(&assignment)?;
+        let newest = read_to_end(&consumer, windows.len(), wait * 3)?;
+        let mut again = Vec::new();
+        for (partition, low, high, window) in windows {
+            match newest.get(&partition) {
+                Some(id) => highest = highest.max(*id),
+                None if (high - window).max(low) == low => {}
+                None => again.push((partition, low, high, window * 4)),
+            }
+        }
+        windows = again;
     }
     Ok(highest)
 }
 
-/// The history id of the newest committed record of one partition. Aborted transactions (a
-/// crash's unfinished batch) leave records a `read_committed` consumer skips, so the window read
-/// from the end grows until it holds a visible record or reaches the start.
-fn newest_in_partition(
+/// Reads the assigned partitions to their ends; for each partition that had a visible record,
+/// the history id of the newest one (`None` inside when it carries none).
+fn read_to_end(
     consumer: &BaseConsumer,
-    topic: &str,
-    partition: i32,
-    wait: Duration,
-) -> Result<Option<i64>, KafkaError> {
-    let (low, high) = consumer.fetch_watermarks(topic, partition, wait)?;
-    let mut window = 256i64;
-    loop {
-        let start = (high - window).max(low);
-        if start >= high {
-            return Ok(None);
-        }
-        let mut assignment = TopicPartitionList::new();
-        assignment.add_partition_offset(topic, partition, Offset::Offset(start))?;
-        consumer.assign(&assignment)?;
-        let mut newest: Option<Option<i64>> = None;
-        let deadline = Instant::now() + wait * 3;
-        loop {
-            match consumer.poll(Duration::from_millis(500)) {
-                Some(Ok(m)) => {
-                    let id = m.headers().and_then(|h| {
-                        h.iter()
-                            .find(|h| h.key == HISTORY_ID_HEADER)
-                            .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse().ok())
-                    });
-                    newest = Some(id);
-                }
-                Some(Err(KafkaError::PartitionEOF(_))) => break,
-                Some(Err(e)) => return Err(e),
-                None if Instant::now() > deadline => {
-                    return Err(KafkaError::MetadataFetch(
-                        RDKafkaErrorCode::OperationTimedOut,
-                    ))
-                }
-                None => {}
+    partitions: usize,
+    timeout: Duration,
+) -> Result<std::collections::HashMap<i32, Option<i64>>, KafkaError> {
+    let mut newest = std::collections::HashMap::new();
+    let mut ended = std::collections::HashSet::new();
+    let deadline = Instant::now() + timeout;
+    while ended.len() < partitions {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                let id = m.headers().and_then(|h| {
+                    h.iter()
+                        .find(|h| h.key == HISTORY_ID_HEADER)
+                        .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse::<i64>().ok())
+                });
+                newest.insert(m.partition(), id);
             }
-        }
-        match newest {
-            Some(id) => return Ok(id),
-            None if start == low => return Ok(None),
-            None => window *= 4,
+            Some(Err(KafkaError::PartitionEOF(partition))) => {
+                ended.insert(partition);
+            }
+            Some(Err(e)) => return Err(e),
+            None if Instant::now() > deadline => {
+                return Err(KafkaError::MetadataFetch(
+                    RDKafkaErrorCode::OperationTimedOut,
+                ))
+            }
+            None => {}
         }
     }
+    Ok(newest)
 }
