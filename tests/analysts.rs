@@ -54,13 +54,22 @@ fn history() -> Vec<(&'static str, i64, State, Vec<PlatformStatus>)> {
 }
 
 fn build() -> (tempfile::TempDir, Db) {
+    build_from(history(), None)
+}
+
+/// A database holding `history`, all but its last row folded; with `stopped_at`, the sweep that
+/// recorded it finished then.
+fn build_from(
+    history: Vec<(&'static str, i64, State, Vec<PlatformStatus>)>,
+    stopped_at: Option<i64>,
+) -> (tempfile::TempDir, Db) {
     let dir = tempfile::tempdir().unwrap();
     let mut db = Db::open(&dir.path().join("h.db"), Duration::from_secs(5)).unwrap();
     let sweep = db.begin_sweep(T0, 3).unwrap();
     let mut last: std::collections::HashMap<&str, (u64, State, Vec<PlatformStatus>, i64)> =
         Default::default();
     let mut set = WriteSet::default();
-    for (user, at, to, platforms) in history() {
+    for (user, at, to, platforms) in history {
         let prev = last.get(user).cloned();
         let record = TransitionRecord::builder(user, prev.as_ref().map_or(1, |p| p.0 + 1), to)
             .to_platforms(platforms.clone())
@@ -85,6 +94,14 @@ fn build() -> (tempfile::TempDir, Db) {
         not_found: vec![],
     })
     .unwrap();
+    if let Some(at) = stopped_at {
+        let counts = presenced::store::SweepCounts {
+            asked: 3,
+            observed: 3,
+            ..Default::default()
+        };
+        db.finish_sweep(sweep, at, counts, "completed").unwrap();
+    }
     (dir, db)
 }
 
@@ -147,7 +164,7 @@ fn rows(expected: &[&[&str]]) -> Vec<Vec<String>> {
 fn every_documented_query_gives_the_known_answer() {
     let (_dir, db) = build();
     let qs = queries();
-    assert_eq!(qs.len(), 11, "eleven numbered questions with SQL");
+    assert_eq!(qs.len(), 12, "twelve numbered questions with SQL");
     let params: Vec<(&str, Value)> = vec![
         (":t", Value::Integer(T0 + 2 * HOUR + 15 * MIN)),
         (":from_day", Value::Text("2025-11-01".into())),
@@ -157,6 +174,7 @@ fn every_documented_query_gives_the_known_answer() {
         (":from_t", Value::Integer(T0 + 3 * HOUR)),
         (":to_t", Value::Integer(T0 + 5 * HOUR)),
         (":user", Value::Text("carol".into())),
+        (":days", Value::Real(22.0 / 24.0)),
     ];
     let expected: Vec<Vec<Vec<String>>> = vec![
         rows(&[&["alice"], &["bob"]]),
@@ -190,6 +208,12 @@ fn every_documented_query_gives_the_known_answer() {
             &["1", "NULL", "PushOnline", "2025-11-01T00:30:00.000Z"],
             &["2", "PushOnline", "Offline", "2025-11-02T02:00:00.000Z"],
         ]),
+        // Known until +26 h; offline since at least 22 h before: bob (since 04:00), not carol.
+        rows(&[&[
+            "bob",
+            "2025-11-01T04:00:00.000Z",
+            "2025-11-01T03:00:00.000Z",
+        ]]),
     ];
     for ((title, sql), want) in qs.iter().zip(expected) {
         assert_eq!(run(&db, sql, &params), want, "question: {title}");
@@ -221,4 +245,126 @@ fn iso_views_and_sessions_are_consistent() {
     );
     let n = run(&db, "SELECT COUNT(*) FROM presence_sessions", &[]);
     assert_eq!(n, rows(&[&["12"]]));
+}
+
+#[test]
+fn current_state_says_since_when_when_last_online_and_on_how_many_platforms() {
+    let (_dir, db) = build();
+    let got = run(
+        &db,
+        "SELECT user_id, state, state_since, last_online_at, platforms_online
+         FROM presence_current ORDER BY user_id",
+        &[],
+    );
+    // Nothing finished a sweep: what is known runs to the newest observation (carol, +26 h).
+    let known = (T0 + 26 * HOUR).to_string();
+    assert_eq!(
+        got,
+        rows(&[
+            // Online again since +25 h, so "last online" is as far as anything is known.
+            &[
+                "alice",
+                "Online",
+                &(T0 + 25 * HOUR).to_string(),
+                &known,
+                "1"
+            ],
+            // Went offline at 04:00; last seen Online at 03:00, the observation before.
+            &[
+                "bob",
+                "Offline",
+                &(T0 + 4 * HOUR).to_string(),
+                &(T0 + 3 * HOUR).to_string(),
+                "0"
+            ],
+            // Never Online (PushOnline, then Offline in the row not folded yet).
+            &[
+                "carol",
+                "Offline",
+                &(T0 + 26 * HOUR).to_string(),
+                "NULL",
+                "0"
+            ],
+        ])
+    );
+
+    // A change of platforms alone is a transition but not a new state: state_since stays.
+    use State::*;
+    let both = vec![
+        PlatformStatus {
+            platform: "iPhone".into(),
+            status: Online,
+        },
+        PlatformStatus {
+            platform: "Web".into(),
+            status: Online,
+        },
+    ];
+    for fold_last in [false, true] {
+        let (_dir, mut db) = build_from(
+            vec![
+                ("dave", T0 + HOUR, Online, p("iPhone", Online)),
+                ("dave", T0 + 2 * HOUR, Online, both.clone()),
+            ],
+            None,
+        );
+        if fold_last {
+            db.fold_all().unwrap();
+        }
+        let got = run(
+            &db,
+            "SELECT state_since, platforms_online FROM presence_current WHERE user_id = 'dave'",
+            &[],
+        );
+        assert_eq!(
+            got,
+            rows(&[&[&(T0 + HOUR).to_string(), "2"]]),
+            "folded: {fold_last}"
+        );
+    }
+}
+
+/// The daemon stopped a day ago (or the database was copied to a laptop): open intervals end
+/// where its knowledge ended, not at the reader's "now".
+#[test]
+fn open_intervals_end_where_the_daemon_stopped_knowing() {
+    use State::*;
+    let stopped = T0 + 2 * HOUR;
+    let (_dir, db) = build_from(
+        vec![
+            ("erin", T0, Offline, vec![]),
+            ("erin", T0 + HOUR, Online, p("Web", Online)),
+        ],
+        Some(stopped),
+    );
+    let known = run(&db, "SELECT known_until FROM presence_known_until", &[]);
+    assert_eq!(known, rows(&[&[&stopped.to_string()]]));
+    let open = run(
+        &db,
+        "SELECT state, ended_at, duration_ms FROM presence_sessions WHERE ended_at IS NULL",
+        &[],
+    );
+    assert_eq!(open, rows(&[&["Online", "NULL", &HOUR.to_string()]]));
+    // One day, one hour online, however long ago that day was.
+    let daily = run(
+        &db,
+        "SELECT day, state, seconds FROM presence_daily ORDER BY day, state",
+        &[],
+    );
+    assert_eq!(
+        daily,
+        rows(&[
+            &["2025-11-01", "Offline", "3600"],
+            &["2025-11-01", "Online", "3600"]
+        ])
+    );
+    let current = run(
+        &db,
+        "SELECT state_since, last_online_at FROM presence_current",
+        &[],
+    );
+    assert_eq!(
+        current,
+        rows(&[&[&(T0 + HOUR).to_string(), &stopped.to_string()]])
+    );
 }

@@ -108,7 +108,7 @@ impl Db {
         {
             let mut stmt = tx.prepare_cached(
                 "UPDATE presence_current_folded SET state = NULL, platforms = NULL, observed_at = NULL,
-                 not_found_since = NULL WHERE user_id = ?1",
+                 not_found_since = NULL, state_since = NULL WHERE user_id = ?1",
             )?;
             // The tombstone waits for every event already in the outbox (see pending
             // tombstones): the newest history id is a bound on the account's own.

@@ -30,6 +30,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "0005_prune_cursor.sql",
         include_str!("../../migrations/0005_prune_cursor.sql"),
     ),
+    (
+        6,
+        "0006_state_since_and_known_until.sql",
+        include_str!("../../migrations/0006_state_since_and_known_until.sql"),
+    ),
 ];
 
 /// What opening a database would migrate: the names of the pending migrations and the size of

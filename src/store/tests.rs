@@ -234,3 +234,53 @@ fn version_2_databases_keep_their_history_and_pending_events() {
     assert_eq!(current(&db, "a").seq, 3);
     assert_eq!(db.history("a", None, None).unwrap().len(), 3);
 }
+
+#[test]
+fn version_5_databases_get_state_since_and_last_online_from_their_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.db");
+    {
+        let mut conn = Connection::open(&path).unwrap();
+        migrate::apply_through(&mut conn, 5).unwrap();
+        // a: Online 10, Online on another platform 20, Offline 30. b: Online 10, and 40 not
+        // folded yet. Everything up to history id 3 folded.
+        conn.execute_batch(
+            "INSERT INTO sweeps (sweep_id, started_at) VALUES (1, 0);
+             INSERT INTO presence_history (history_id, event_id, user_id, seq, kind, from_state, to_state,
+                 to_platforms, observed_at, previous_observed_at, sweep_id, committed_at)
+             VALUES (1, '01900000-0000-7000-8000-000000000001', 'a', 1, 'initial', NULL, 'Online', '[]', 10, NULL, 1, 10),
+                    (2, '01900000-0000-7000-8000-000000000002', 'b', 1, 'initial', NULL, 'Online', '[]', 10, NULL, 1, 10),
+                    (3, '01900000-0000-7000-8000-000000000003', 'a', 2, 'changed', 'Online', 'Online', '[]', 20, 10, 1, 20),
+                    (4, '01900000-0000-7000-8000-000000000004', 'a', 3, 'changed', 'Online', 'Offline', '[]', 30, 20, 1, 30);
+             INSERT INTO presence_current_folded (user_id, state, platforms, seq, observed_at, changed_at)
+             VALUES ('a', 'Online', '[]', 2, 20, 20), ('b', 'Online', '[]', 1, 10, 10);
+             UPDATE store_marks SET history_id = 3 WHERE mark = 'folded';",
+        )
+        .unwrap();
+    }
+    let mut db = Db::open(&path, Duration::from_secs(1)).unwrap();
+    let read = |db: &Db| -> Vec<(String, Option<i64>, Option<i64>)> {
+        let mut stmt = db
+            .connection()
+            .prepare("SELECT user_id, state_since, left_online_at FROM presence_current_folded ORDER BY user_id")
+            .unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    // Filled from the folded rows: a's platform change did not restart its Online run.
+    assert_eq!(
+        read(&db),
+        vec![("a".into(), Some(10), None), ("b".into(), Some(10), None)]
+    );
+    // The fold carries them on: a went Offline at 30, last seen Online at 20.
+    db.fold_all().unwrap();
+    assert_eq!(
+        read(&db),
+        vec![
+            ("a".into(), Some(30), Some(20)),
+            ("b".into(), Some(10), None)
+        ]
+    );
+}

@@ -84,13 +84,19 @@ impl Db {
                 Err(e) => return Err(e),
             };
             tx.prepare_cached(
-                "INSERT INTO presence_current_folded (user_id, state, platforms, seq, observed_at, changed_at, not_found_since)
-                 SELECT user_id, to_state, to_platforms, seq, observed_at, observed_at, NULL
+                "INSERT INTO presence_current_folded (user_id, state, platforms, seq, observed_at, changed_at,
+                     not_found_since, state_since, left_online_at)
+                 SELECT user_id, to_state, to_platforms, seq, observed_at, observed_at, NULL, observed_at,
+                        CASE WHEN from_state = 'Online' AND to_state != 'Online' THEN previous_observed_at END
                  FROM presence_history WHERE history_id > ?1 AND history_id <= ?2 ORDER BY user_id, seq
                  ON CONFLICT (user_id) DO UPDATE SET state = excluded.state, platforms = excluded.platforms,
                      seq = excluded.seq, observed_at = excluded.observed_at, changed_at = excluded.changed_at,
                      not_found_since = CASE WHEN presence_current_folded.not_found_since > excluded.observed_at
-                                            THEN presence_current_folded.not_found_since END
+                                            THEN presence_current_folded.not_found_since END,
+                     state_since = CASE WHEN presence_current_folded.state IS excluded.state
+                                        THEN COALESCE(presence_current_folded.state_since, excluded.state_since)
+                                        ELSE excluded.state_since END,
+                     left_online_at = COALESCE(excluded.left_online_at, presence_current_folded.left_online_at)
                  WHERE excluded.seq > presence_current_folded.seq",
             )?
             .execute([from, through])?;
