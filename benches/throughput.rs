@@ -627,7 +627,7 @@ async fn kafka() {
     let mut eos_publisher = Publisher::new(
         eos_store.clone(),
         eos_sink,
-        eos_settings.batch_size,
+        eos_settings.transaction_events,
         metrics.clone(),
         Arc::new(tokio::sync::Notify::new()),
     );
@@ -789,7 +789,7 @@ async fn kafka() {
         while eos_publisher.drain_once().await.unwrap() != Drained::Empty {}
         eos_rates.push(report(
             round,
-            "exactly-once: outbox -> broker in transactions of 5,000, committed and marked",
+            "exactly-once: outbox -> broker in transactions of 20,000, committed and marked",
             started.elapsed(),
             cpu_start,
         ));

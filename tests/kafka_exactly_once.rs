@@ -189,7 +189,7 @@ impl Rig {
             &sim.base_url(),
             &format!(
                 "[sink]\nkind = \"kafka\"\n[kafka]\nbrokers = \"{brokers}\"\ntopic = \"{topic}\"\n\
-                 delivery = \"exactly-once\"\nbatch_size = 200\n{extra_kafka}\n\
+                 delivery = \"exactly-once\"\ntransaction_events = 200\n{extra_kafka}\n\
                  [kafka.properties]\n\"reconnect.backoff.max.ms\" = \"1000\"\n"
             ),
         );
@@ -275,7 +275,7 @@ async fn kill_repeatedly(rig: &Rig, kills: usize, mut between: impl FnMut(usize)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_sigkills_while_publishing_leave_each_event_once() {
     let _serial = cluster_lock().await;
-    // 3,000 initial events and 60 changes a second; 200 events a transaction.
+    // 3,000 initial events and 60 changes a second; at most 200 events a transaction.
     let rig = Rig::new("eos-kill", 3_000, "0.02", "");
     kill_repeatedly(&rig, 50, |_| {}).await;
     assert!(Rig::backlog(&rig.db) > 0, "the kills left events unsent");
@@ -339,7 +339,7 @@ async fn a_twin_with_the_same_transactional_id_fences_the_first() {
             "metrics_listen = \"\"",
             &format!("metrics_listen = \"127.0.0.1:{port}\""),
         )
-        .replace("batch_size = 200", "batch_size = 100");
+        .replace("transaction_events = 200", "transaction_events = 100");
     std::fs::write(&first_config, &text).unwrap();
     let mut first = rig.spawn(&first_config, "first.log");
     wait_for("the first daemon publishing", 120, || {

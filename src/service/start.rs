@@ -153,15 +153,14 @@ struct Publishing<'a> {
 impl Publishing<'_> {
     /// Spawns the publisher of `sink`.
     fn spawn<S: Sink>(self, sink: S) -> JoinHandle<Result<(), StoreError>> {
-        let publisher = Publisher::new(
-            self.store,
-            sink,
-            self.config.kafka.batch_size,
-            self.metrics,
-            self.wake,
-        )
-        .with_tuning(self.config.sink.clone())
-        .reconfigure_with(self.kafka_reloads);
+        let kafka = &self.config.kafka;
+        let batch_size = match (self.config.sink.kind, kafka.delivery) {
+            (SinkKind::Kafka, Delivery::ExactlyOnce) => kafka.transaction_events,
+            _ => kafka.batch_size,
+        };
+        let publisher = Publisher::new(self.store, sink, batch_size, self.metrics, self.wake)
+            .with_tuning(self.config.sink.clone())
+            .reconfigure_with(self.kafka_reloads);
         tokio::spawn(publisher.run(
             self.stop,
             Duration::from_secs_f64(self.config.kafka.flush_timeout_secs),

@@ -31,7 +31,7 @@ pub struct KafkaConfig {
     pub state_topic: String,
     /// Extra topic configs for the state topic when it is created (it is always compacted).
     pub state_topic_config: BTreeMap<String, String>,
-    /// Outbox rows read and sent per round (per transaction in exactly-once mode).
+    /// Outbox rows read and sent per round in at-least-once mode (four rounds in flight).
     pub batch_size: usize,
     /// `at-least-once` (an idempotent producer; consumers drop redeliveries by `event_id`) or
     /// `exactly-once` (transactions; `read_committed` consumers see each event once).
@@ -41,6 +41,9 @@ pub struct KafkaConfig {
     pub transactional_id: String,
     /// How long a transaction may stay open before the broker aborts it (exactly-once mode), ms.
     pub transaction_timeout_ms: u64,
+    /// Events per transaction at most (exactly-once mode; one transaction is in flight at a
+    /// time, so it is larger than an at-least-once batch).
+    pub transaction_events: usize,
     /// librdkafka's `linger.ms`.
     pub linger_ms: u64,
     /// No longer used: messages wait in librdkafka until acknowledged (a local timeout could
@@ -89,6 +92,7 @@ impl std::fmt::Debug for KafkaConfig {
             .field("delivery", &self.delivery)
             .field("transactional_id", &self.transactional_id)
             .field("transaction_timeout_ms", &self.transaction_timeout_ms)
+            .field("transaction_events", &self.transaction_events)
             .field("linger_ms", &self.linger_ms)
             .field("message_timeout_ms", &self.message_timeout_ms)
             .field("flush_timeout_secs", &self.flush_timeout_secs)
@@ -114,6 +118,7 @@ impl Default for KafkaConfig {
             delivery: Delivery::AtLeastOnce,
             transactional_id: String::new(),
             transaction_timeout_ms: 60_000,
+            transaction_events: 20_000,
             linger_ms: 5,
             message_timeout_ms: None,
             flush_timeout_secs: 10.0,
@@ -221,6 +226,12 @@ impl Section for KafkaConfig {
             ),
             Range::new("kafka.batch_size", self.batch_size as f64, 1.0, 1_000_000.0),
             Range::new("kafka.linger_ms", self.linger_ms as f64, 0.0, 900_000.0),
+            Range::new(
+                "kafka.transaction_events",
+                self.transaction_events as f64,
+                1.0,
+                1_000_000.0,
+            ),
             // librdkafka takes 1 s to 15 min (the broker's default transaction.max.timeout.ms).
             Range::new(
                 "kafka.transaction_timeout_ms",
