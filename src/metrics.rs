@@ -53,7 +53,7 @@ pub struct Metrics {
     pub sweep_duration: Histogram,
     /// `presenced_sweep_lag_seconds`: how far the last sweep overran the interval.
     pub sweep_lag_seconds: FloatGauge,
-    /// `presenced_last_sweep_success_timestamp_seconds`.
+    /// `presenced_last_successful_sweep_timestamp_seconds`.
     pub last_sweep_success: FloatGauge,
     /// `presenced_watched_accounts`.
     pub watched_accounts: Gauge,
@@ -73,7 +73,7 @@ pub struct Metrics {
     pub api_call_duration: Histogram,
     /// `presenced_ratelimit_wait_seconds_total`.
     pub ratelimit_wait_seconds: FloatCounter,
-    /// `presenced_ratelimit_rate`: the paced calls per second.
+    /// `presenced_ratelimit_calls_per_second`: the paced calls per second.
     pub ratelimit_rate: FloatGauge,
     /// `presenced_configuration_error`: 1 while IM rejects the configuration.
     pub configuration_error: Gauge,
@@ -87,6 +87,8 @@ pub struct Metrics {
     pub delivery_latency: Histogram,
     /// `presenced_delivery_errors_total` by kind.
     pub delivery_errors: Family<KindLabel, Counter>,
+    /// `presenced_ready`: 1 while `/readyz` answers 200 (set at each scrape).
+    pub ready: Gauge,
 }
 
 impl Default for Metrics {
@@ -120,6 +122,7 @@ impl Metrics {
             events_published: Counter::default(),
             delivery_latency: Histogram::new(exponential_buckets(0.0005, 2.0, 18)),
             delivery_errors: Family::default(),
+            ready: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("sweeps", "Sweeps by result", m.sweeps.clone());
@@ -214,10 +217,46 @@ impl Metrics {
             "Sink delivery errors by kind",
             m.delivery_errors.clone(),
         );
+        registry.register(
+            "ready",
+            "1 while /readyz answers 200: sweeping works and Kafka accepts us",
+            m.ready.clone(),
+        );
         Metrics { registry, ..m }
     }
 
-    /// Prometheus text exposition format.
+    /// The classic Prometheus text format (0.0.4), for scrapers and tools that do not ask for
+    /// OpenMetrics (promtool among them): counters are named with `_total` in their HELP and TYPE
+    /// lines too, and there are no UNIT or EOF lines.
+    pub fn encode_classic(&self) -> String {
+        let open = self.encode();
+        let counters: std::collections::HashSet<&str> = open
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.strip_suffix(" counter"))
+            .collect();
+        let mut out = String::with_capacity(open.len());
+        for line in open.lines() {
+            if line == "# EOF" || line.starts_with("# UNIT ") {
+                continue;
+            }
+            let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+                let rest = line.strip_prefix(prefix)?;
+                let (name, tail) = rest.split_once(' ')?;
+                counters
+                    .contains(name)
+                    .then(|| format!("{prefix}{name}_total {tail}"))
+            });
+            match renamed {
+                Some(l) => out.push_str(&l),
+                None => out.push_str(line),
+            }
+            out.push('\n');
+        }
+        out
+    }
+
+    /// OpenMetrics text exposition format.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)

@@ -4,6 +4,7 @@
 mod daemon;
 mod db;
 mod demo;
+mod docs;
 mod replay;
 mod report;
 mod sim;
@@ -93,6 +94,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         } => report::history(&db, &account, since, until, json),
         Command::Stats { db, json } => report::stats(&db, json),
         Command::Migrate { db } => db::migrate(&db),
+        Command::Completions { shell } => docs::completions(shell),
+        Command::Man { command } => docs::man_page(command.as_deref()),
         Command::Replay {
             config: ConfigArg { config },
             since,
@@ -166,6 +169,17 @@ pub enum Command {
         /// As JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff): presenced(1), or presenced-COMMAND(1) for one command.
+    #[command(hide = true)]
+    Man {
+        /// The command whose page to print.
+        command: Option<String>,
     },
     /// Apply pending schema migrations now (ahead of restarting the service after an upgrade).
     Migrate {

@@ -61,6 +61,16 @@ pub enum Drained {
     Fenced,
 }
 
+/// What ended a wait of the run loop.
+enum Next {
+    /// A round finished.
+    Round(Result<Drained, StoreError>),
+    /// A stop: the round in progress finished in time (`Some`) or was cut short.
+    Stop(Option<Result<Drained, StoreError>>),
+    /// New Kafka settings.
+    Settings(KafkaConfig),
+}
+
 /// The next Kafka settings a reload sends; pending forever without a channel or a sender.
 async fn next_settings(rx: &mut Option<watch::Receiver<KafkaConfig>>) -> KafkaConfig {
     if let Some(rx) = rx {
@@ -172,16 +182,37 @@ impl<S: Sink> Publisher<S> {
         let mut interrupted = false;
         let mut fenced = false;
         let mut reconfigure = self.reconfigure.take();
+        let mut deadline = None;
         loop {
             // A round may wait long for acknowledgements (messages do not time out while the
-            // brokers are down or refuse us), so a stop or new settings do not wait for it.
-            let round = tokio::select! {
-                round = self.drain_once() => round?,
-                _ = shutdown.cancelled() => {
-                    interrupted = true;
+            // brokers are down or refuse us), so new settings do not wait for it, and a stop
+            // waits for it only up to the flush timeout: a round cut short may have written a
+            // batch it did not mark, which the last drain would then send a second time.
+            let next = {
+                let round = self.drain_once();
+                tokio::pin!(round);
+                tokio::select! {
+                    round = &mut round => Next::Round(round),
+                    _ = shutdown.cancelled() => {
+                        let until = tokio::time::Instant::now() + flush_timeout;
+                        deadline = Some(until);
+                        Next::Stop(tokio::time::timeout_at(until, &mut round).await.ok())
+                    }
+                    settings = next_settings(&mut reconfigure) => Next::Settings(settings),
+                }
+            };
+            let round = match next {
+                Next::Round(round) => round?,
+                Next::Stop(finished) => {
+                    match finished {
+                        Some(round) => {
+                            round?;
+                        }
+                        None => interrupted = true,
+                    }
                     break;
                 }
-                settings = next_settings(&mut reconfigure) => {
+                Next::Settings(settings) => {
                     self.apply_settings(&settings);
                     continue;
                 }
@@ -230,7 +261,7 @@ impl<S: Sink> Publisher<S> {
             self.prefetch = None;
         }
         // A last drain within the bound, so a clean stop leaves as little behind as possible.
-        let deadline = tokio::time::Instant::now() + flush_timeout;
+        let deadline = deadline.unwrap_or_else(|| tokio::time::Instant::now() + flush_timeout);
         while let Ok(round) = tokio::time::timeout_at(deadline, self.drain_once()).await {
             if round? != Drained::Some {
                 break;

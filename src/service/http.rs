@@ -59,14 +59,30 @@ pub async fn serve(
     Ok(bound)
 }
 
-async fn metrics_text(State(s): State<AppState>) -> ([(&'static str, &'static str); 1], String) {
-    (
-        [(
-            "content-type",
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        s.metrics.encode(),
-    )
+/// OpenMetrics when the scraper asks for it (Prometheus does), the classic text format otherwise.
+async fn metrics_text(
+    State(s): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> ([(&'static str, &'static str); 1], String) {
+    s.metrics.ready.set(i64::from(s.health.is_ready()));
+    let openmetrics = headers
+        .get_all(axum::http::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    match openmetrics {
+        true => (
+            [(
+                "content-type",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            s.metrics.encode(),
+        ),
+        false => (
+            [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+            s.metrics.encode_classic(),
+        ),
+    }
 }
 
 async fn ready(State(s): State<AppState>) -> (StatusCode, &'static str) {
