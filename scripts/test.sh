@@ -51,7 +51,20 @@ set +e
 cargo test --no-fail-fast 2>&1 | tee "$results"
 status=${PIPESTATUS[0]}
 set -e
+# --- the Debian package: built from a release build, linted, installed, verified, removed --------
+package="skipped (needs root)"
+if [ "$(id -u)" -eq 0 ]; then
+  log "the Debian package (scripts/deb.sh)"
+  if scripts/deb.sh build && scripts/deb.sh check; then
+    package="ok"
+  else
+    package="FAILED"
+    status=1
+  fi
+fi
+
 # One closing line for the whole suite (cargo prints one per test binary).
 awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' \
   "$results"
+echo "debian package: $package"
 exit "$status"
