@@ -11,6 +11,7 @@
 mod config;
 mod encode;
 pub(crate) mod health;
+mod topics;
 mod transactional;
 
 pub use config::{is_secret_property, Delivery, KafkaConfig};
@@ -21,7 +22,6 @@ use super::sink::Sink;
 use super::DeliveryError;
 use crate::store::OutboxEvent;
 use health::{BrokerHealth, ProducerHealthContext};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
@@ -230,21 +230,6 @@ impl KafkaSink {
         self.health.clone()
     }
 
-    /// Checks that the topic exists, creating it when configured to. `Ok(false)` means the
-    /// brokers could not be reached: the caller goes on and the backlog waits for them.
-    pub async fn check_topic(&self) -> Result<bool, KafkaSetupError> {
-        let mut wanted = vec![(self.settings.topic.clone(), false)];
-        if let Some(state) = self.state_topic() {
-            wanted.push((state.to_owned(), true));
-        }
-        for (topic, compacted) in wanted {
-            if !self.check_one(&topic, compacted).await? {
-                return Ok(false);
-            }
-        }
-        Ok(true)
-    }
-
     fn state_topic(&self) -> Option<&str> {
         Some(self.settings.state_topic.as_str()).filter(|t| !t.is_empty())
     }
@@ -252,89 +237,6 @@ impl KafkaSink {
     /// Whether a compacted current-state topic is configured.
     pub fn has_state_topic(&self) -> bool {
         self.state_topic().is_some()
-    }
-
-    async fn check_one(&self, topic: &str, compacted: bool) -> Result<bool, KafkaSetupError> {
-        let producer = self.producer.clone();
-        let name = topic.to_owned();
-        let metadata = tokio::task::spawn_blocking(move || {
-            producer
-                .client()
-                .fetch_metadata(Some(&name), Duration::from_secs(5))
-        })
-        .await
-        .expect("metadata task does not panic");
-        let exists = match metadata {
-            Err(e) => {
-                tracing::warn!(brokers = %self.settings.brokers, error = %e, "Kafka is not reachable; events wait in the outbox");
-                return Ok(false);
-            }
-            Ok(m) => m
-                .topics()
-                .iter()
-                .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty()),
-        };
-        if exists {
-            return Ok(true);
-        }
-        if !self.settings.create_topic {
-            return Err(KafkaSetupError::TopicMissing {
-                topic: topic.to_owned(),
-                brokers: self.settings.brokers.clone(),
-            });
-        }
-        self.create_topic(topic, compacted).await?;
-        Ok(true)
-    }
-
-    async fn create_topic(&self, name: &str, compacted: bool) -> Result<(), KafkaSetupError> {
-        let admin: AdminClient<ProducerHealthContext> = client_config(&self.settings)
-            .create_with_context(ProducerHealthContext {
-                health: self.health.clone(),
-                brokers: self.settings.brokers.clone(),
-            })
-            .map_err(KafkaSetupError::Client)?;
-        let min_isr = self.settings.topic_min_insync_replicas.to_string();
-        let mut topic = NewTopic::new(
-            name,
-            self.settings.topic_partitions,
-            TopicReplication::Fixed(self.settings.topic_replication_factor),
-        );
-        if self.settings.topic_min_insync_replicas > 0 {
-            topic = topic.set("min.insync.replicas", &min_isr);
-        }
-        if compacted {
-            topic = topic.set("cleanup.policy", "compact");
-            for (key, value) in &self.settings.state_topic_config {
-                topic = topic.set(key, value);
-            }
-        }
-        let fail = |message: String| KafkaSetupError::CreateTopic {
-            topic: name.to_owned(),
-            message,
-        };
-        let results = admin
-            .create_topics(
-                [&topic],
-                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-            )
-            .await
-            .map_err(|e| fail(e.to_string()))?;
-        for r in results {
-            match r {
-                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((_, code)) => return Err(fail(code.to_string())),
-            }
-        }
-        tracing::info!(
-            topic = name,
-            partitions = self.settings.topic_partitions,
-            replication_factor = self.settings.topic_replication_factor,
-            min_insync_replicas = self.settings.topic_min_insync_replicas,
-            compacted,
-            "created Kafka topic"
-        );
-        Ok(())
     }
 
     /// What encodes this sink's records; it runs on the store thread, ahead of the sending.
