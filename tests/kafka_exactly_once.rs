@@ -238,12 +238,17 @@ impl Rig {
         assert!(daemon.wait().unwrap().success());
     }
 
-    /// Reads the topic with read_committed and compares it with the history.
-    async fn assert_exactly_once(&self) -> usize {
-        let rows = all_history(&self.db).len();
+    /// Reads the topic with read_committed and compares it with the history in `db`.
+    async fn assert_exactly_once_with(&self, db: &std::path::Path) -> usize {
+        let rows = all_history(db).len();
         let consumed = consume_async(&self.brokers, &self.topic, rows).await;
-        assert_exactly_once(&consumed, &self.db);
+        assert_exactly_once(&consumed, db);
         rows
+    }
+
+    /// [`Rig::assert_exactly_once_with`] the rig's own database.
+    async fn assert_exactly_once(&self) -> usize {
+        self.assert_exactly_once_with(&self.db).await
     }
 }
 
@@ -406,9 +411,7 @@ async fn a_twin_with_the_same_transactional_id_fences_the_first() {
     let errors: Vec<&str> = log.lines().filter(|l| l.contains("ERROR")).collect();
     assert_eq!(errors.len(), 1, "one clear error:\n{log}");
     assert!(errors[0].contains("took over"), "{log}");
-    let rows = all_history(&twin_db).len();
-    let consumed = consume_async(&rig.brokers, &rig.topic, rows).await;
-    assert_exactly_once(&consumed, &twin_db);
+    let rows = rig.assert_exactly_once_with(&twin_db).await;
     eprintln!("twin: {rows} events, each on the topic once; the first daemon fenced");
 }
 

@@ -160,6 +160,13 @@ pub fn producer_config(k: &KafkaConfig, transactional_id: Option<&str>) -> Clien
     c
 }
 
+/// Says once, at start-up, which configured options have no effect.
+fn warn_ignored_settings(settings: &KafkaConfig) {
+    if settings.message_timeout_ms.is_some() {
+        tracing::warn!("kafka.message_timeout_ms is ignored: in at-least-once mode events wait in the producer until Kafka acknowledges them (a timeout could reorder an account's events), in exactly-once mode they time out with the transaction; remove it from the configuration");
+    }
+}
+
 fn create_producer(
     settings: &KafkaConfig,
     transactional_id: Option<&str>,
@@ -217,9 +224,7 @@ impl KafkaSink {
         settings: &KafkaConfig,
         sdkappid: u64,
     ) -> Result<(KafkaSink, bool), KafkaSetupError> {
-        if settings.message_timeout_ms.is_some() {
-            tracing::warn!("kafka.message_timeout_ms is ignored: events wait in the producer until Kafka acknowledges them (a timeout could reorder an account's events); remove it from the configuration");
-        }
+        warn_ignored_settings(settings);
         let sink = KafkaSink::new(settings, sdkappid)?;
         let reachable = sink.check_topic().await?;
         Ok((sink, reachable))

@@ -82,6 +82,7 @@ impl TransactionalSink {
         settings: &KafkaConfig,
         sdkappid: u64,
     ) -> Result<(TransactionalSink, bool), KafkaSetupError> {
+        super::warn_ignored_settings(settings);
         let transactional_id = settings.transactional_id_for(sdkappid);
         let health = Arc::new(BrokerHealth::default());
         let producer = super::create_producer(settings, Some(&transactional_id), &health)
