@@ -227,14 +227,20 @@ fn migrate_upgrades_a_version_2_database_and_says_so() {
     let first = migrate();
     assert!(
         first.contains(
-            "applying 0003_append_only_commits.sql, 0004_tombstone_order.sql, 0005_prune_cursor.sql, 0006_state_since_and_known_until.sql (1 history rows"
+            "applying 0003_append_only_commits.sql, 0004_tombstone_order.sql, 0005_prune_cursor.sql, 0006_state_since_and_known_until.sql, 0007_callback_cause.sql (1 history rows"
         ),
         "{first}"
     );
-    assert!(first.contains("schema version 6"), "{first}");
+    assert!(first.contains("schema version 7"), "{first}");
     assert!(migrate().contains("schema up to date"));
     let db = Db::open(&path, Duration::from_secs(5)).unwrap();
-    assert_eq!(db.history("a", None, None).unwrap().len(), 1);
+    let history = db.history("a", None, None).unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(
+        history[0].cause,
+        presenced::model::Cause::Sweep,
+        "rows from before callbacks were found by sweeps"
+    );
 }
 
 /// `stats`, `history` and `users list` only read: on a database an older daemon still runs they

@@ -1,7 +1,9 @@
 //! Presence types shared by the IM client, the store, the diff and the publisher.
 
+mod cause;
 mod transition;
 
+pub use cause::{CallbackHint, Cause};
 pub use transition::{TransitionBuilder, TransitionKind, TransitionRecord};
 
 use serde::{Deserialize, Serialize};

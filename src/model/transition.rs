@@ -1,7 +1,7 @@
 //! The central domain type: one account's change of state, as the sweep found it, the store
 //! keeps it and the sinks publish it.
 
-use super::{PlatformStatus, State};
+use super::{Cause, PlatformStatus, State};
 
 /// A transition as written: one history row (which is also the outbox entry until published).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,8 +24,11 @@ pub struct TransitionRecord {
     pub observed_at: i64,
     /// When the previous state was observed (ms since the epoch), if there was one.
     pub previous_observed_at: Option<i64>,
-    /// The sweep that made the observation.
+    /// The sweep that made the observation; for a callback's re-query, the sweep running or
+    /// last started when it was answered.
     pub sweep_id: i64,
+    /// How the change was found.
+    pub cause: Cause,
 }
 
 /// Whether a transition is an account's first observation or a change from a known state.
@@ -75,6 +78,7 @@ impl TransitionRecord {
             observed_at: 0,
             previous_observed_at: None,
             sweep_id: 1,
+            cause: Cause::Sweep,
         })
     }
 }
@@ -116,6 +120,12 @@ impl TransitionBuilder {
     /// The sweep that observed it.
     pub fn sweep(mut self, sweep_id: i64) -> Self {
         self.0.sweep_id = sweep_id;
+        self
+    }
+
+    /// How it was found.
+    pub fn cause(mut self, cause: Cause) -> Self {
+        self.0.cause = cause;
         self
     }
 

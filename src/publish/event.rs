@@ -36,8 +36,25 @@ pub struct EventV1<'a> {
     pub observed_at: String,
     /// RFC 3339 time of the previous observation.
     pub previous_observed_at: Option<String>,
-    /// The sweep that observed it.
+    /// The sweep that observed it (for a callback's re-query, the sweep running or last started).
     pub sweep_id: i64,
+    /// How the change was found: `sweep` or `callback`.
+    pub cause: &'static str,
+    /// What the callback behind a `callback` change said; null for `sweep`.
+    pub callback: Option<CallbackV1<'a>>,
+}
+
+/// The `callback` object of an event: the `State.StateChange` callback as IM sent it.
+#[derive(Debug, Serialize)]
+pub struct CallbackV1<'a> {
+    /// RFC 3339 time of the callback's `EventTime`.
+    pub event_time: String,
+    /// `Info.Action` (Login, Logout, Disconnect, ...).
+    pub action: &'a str,
+    /// `Info.Reason` (Register, Unregister, LinkClose, TimeOut, ...), if IM sent one.
+    pub reason: Option<&'a str>,
+    /// `KickedDevice[].Platform`, in the callback's platform names.
+    pub kicked_devices: &'a [String],
 }
 
 impl<'a> EventV1<'a> {
@@ -57,6 +74,13 @@ impl<'a> EventV1<'a> {
             observed_at: format_millis(t.observed_at),
             previous_observed_at: t.previous_observed_at.map(format_millis),
             sweep_id: t.sweep_id,
+            cause: t.cause.as_str(),
+            callback: t.cause.callback().map(|h| CallbackV1 {
+                event_time: format_millis(h.event_time),
+                action: &h.action,
+                reason: h.reason.as_deref(),
+                kicked_devices: &h.kicked_devices,
+            }),
         }
     }
 

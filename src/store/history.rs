@@ -1,6 +1,6 @@
 //! Reading the history for people (`presenced history`) and retention.
 
-use super::outbox::{mark, read_event};
+use super::outbox::{event_columns, mark, read_event};
 use super::*;
 
 impl Db {
@@ -20,18 +20,18 @@ impl Db {
         since: Option<i64>,
         until: Option<i64>,
     ) -> Result<Vec<TransitionRecord>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT history_id, 0, event_id, user_id, seq, from_state, to_state, from_platforms, to_platforms,
-                    observed_at, previous_observed_at, sweep_id
-             FROM presence_history
+        let mut stmt = self.conn.prepare_cached(concat!(
+            "SELECT history_id, 0, ",
+            event_columns!(),
+            " FROM presence_history
              WHERE history_id IN (
                      SELECT history_id FROM presence_history_by_account WHERE user_id = ?1
                      UNION ALL -- the rows not folded yet
                      SELECT history_id FROM presence_history
                      WHERE history_id > (SELECT history_id FROM store_marks WHERE mark = 'folded')
                        AND user_id = ?1)
-               AND observed_at >= ?2 AND observed_at < ?3 ORDER BY seq",
-        )?;
+               AND observed_at >= ?2 AND observed_at < ?3 ORDER BY seq"
+        ))?;
         let mut rows = stmt.query(params![
             user_id,
             since.unwrap_or(i64::MIN),
@@ -52,12 +52,13 @@ impl Db {
         after_id: i64,
         limit: usize,
     ) -> Result<Vec<OutboxEvent>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT history_id, 0, event_id, user_id, seq, from_state, to_state, from_platforms, to_platforms,
-                    observed_at, previous_observed_at, sweep_id
-             FROM presence_history
-             WHERE history_id > ?1 AND observed_at >= ?2 AND observed_at < ?3 ORDER BY history_id LIMIT ?4",
-        )?;
+        let mut stmt = self.conn.prepare_cached(concat!(
+            "SELECT history_id, 0, ",
+            event_columns!(),
+            " FROM presence_history
+             WHERE history_id > ?1 AND observed_at >= ?2 AND observed_at < ?3
+             ORDER BY history_id LIMIT ?4"
+        ))?;
         let mut rows = stmt.query(params![after_id, since, until, limit as i64])?;
         let mut out = Vec::new();
         while let Some(r) = rows.next()? {

@@ -35,6 +35,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "0006_state_since_and_known_until.sql",
         include_str!("../../migrations/0006_state_since_and_known_until.sql"),
     ),
+    (
+        7,
+        "0007_callback_cause.sql",
+        include_str!("../../migrations/0007_callback_cause.sql"),
+    ),
 ];
 
 /// What opening a database would migrate: the names of the pending migrations and the size of

@@ -26,7 +26,8 @@ mod write;
 pub use thread::{Store, Submitted};
 
 use crate::model::{
-    platforms_from_json, platforms_to_json, PlatformStatus, State, TransitionRecord,
+    platforms_from_json, platforms_to_json, CallbackHint, Cause, PlatformStatus, State,
+    TransitionRecord,
 };
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::path::{Path, PathBuf};

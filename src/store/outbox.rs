@@ -16,12 +16,14 @@ impl Db {
         limit: usize,
     ) -> Result<Vec<OutboxEvent>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT history_id, committed_at, event_id, user_id, seq, from_state, to_state,
-                    from_platforms, to_platforms, observed_at, previous_observed_at, sweep_id
-             FROM presence_history
+            concat!(
+                "SELECT history_id, committed_at, ",
+                event_columns!(),
+                " FROM presence_history
              WHERE history_id > MAX(?1, (SELECT history_id FROM store_marks WHERE mark = 'published'))
                AND history_id <= ?3
-             ORDER BY history_id LIMIT ?2",
+             ORDER BY history_id LIMIT ?2"
+            ),
         )?;
         let mut rows = stmt.query([after, limit as i64, upto])?;
         let mut out = Vec::new();
@@ -83,6 +85,42 @@ pub(super) fn mark(conn: &Connection, name: &str) -> rusqlite::Result<i64> {
         .query_row([name], |r| r.get(0))
 }
 
+/// The columns [`read_event`] reads after `history_id` and a commit time, in its order.
+macro_rules! event_columns {
+    () => {
+        "event_id, user_id, seq, from_state, to_state, from_platforms, to_platforms, observed_at,
+         previous_observed_at, sweep_id, cause, callback_event_time, callback_action,
+         callback_reason, kicked_devices"
+    };
+}
+pub(super) use event_columns;
+
+/// The cause of a history row from its columns (12 to 16).
+fn read_cause(r: &rusqlite::Row<'_>, user_id: &str) -> Result<Cause, StoreError> {
+    match text(r, 12)? {
+        Some("sweep") | None => Ok(Cause::Sweep),
+        Some("callback") => {
+            let kicked = match text(r, 16)? {
+                Some(json) => serde_json::from_str(json).map_err(|e| StoreError::Corrupt {
+                    user_id: user_id.to_owned(),
+                    message: format!("kicked_devices {json:?}: {e}"),
+                })?,
+                None => vec![],
+            };
+            Ok(Cause::Callback(Box::new(CallbackHint {
+                event_time: r.get::<_, Option<i64>>(13)?.unwrap_or_default(),
+                action: text(r, 14)?.unwrap_or_default().to_owned(),
+                reason: text(r, 15)?.map(str::to_owned),
+                kicked_devices: kicked,
+            })))
+        }
+        Some(other) => Err(StoreError::Corrupt {
+            user_id: user_id.to_owned(),
+            message: format!("unknown cause {other:?}"),
+        }),
+    }
+}
+
 pub(super) fn read_event(r: &rusqlite::Row<'_>) -> Result<OutboxEvent, StoreError> {
     let user_id: String = r.get(3)?;
     let event_text = text(r, 2)?.unwrap_or_default();
@@ -107,6 +145,7 @@ pub(super) fn read_event(r: &rusqlite::Row<'_>) -> Result<OutboxEvent, StoreErro
             observed_at: r.get(9)?,
             previous_observed_at: r.get(10)?,
             sweep_id: r.get(11)?,
+            cause: read_cause(r, &user_id)?,
             user_id,
         },
     })

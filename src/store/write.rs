@@ -14,11 +14,13 @@ impl Db {
         {
             let mut history = tx.prepare_cached(
                 "INSERT INTO presence_history (event_id, user_id, seq, kind, from_state, to_state,
-                     from_platforms, to_platforms, observed_at, previous_observed_at, sweep_id, committed_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                     from_platforms, to_platforms, observed_at, previous_observed_at, sweep_id, committed_at,
+                     cause, callback_event_time, callback_action, callback_reason, kicked_devices)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
             )?;
             let mut event_id_text = uuid::Uuid::encode_buffer();
             for t in &set.transitions {
+                let hint = t.cause.callback();
                 history.execute(params![
                     &*t.event_id.hyphenated().encode_lower(&mut event_id_text),
                     t.user_id,
@@ -32,6 +34,11 @@ impl Db {
                     t.previous_observed_at,
                     t.sweep_id,
                     committed_at,
+                    t.cause.as_str(),
+                    hint.map(|h| h.event_time),
+                    hint.map(|h| h.action.as_str()),
+                    hint.and_then(|h| h.reason.as_deref()),
+                    hint.and_then(|h| h.kicked_devices_json()),
                 ])?;
             }
             let mut not_found = tx.prepare_cached(

@@ -2,7 +2,7 @@
 //! a transition. The hot path: it must stay cheap per account and small per account.
 
 use crate::im::AccountOutcome;
-use crate::model::TransitionRecord;
+use crate::model::{Cause, TransitionRecord};
 use crate::model::{PlatformStatus, State};
 use crate::store::CurrentRow;
 use compact_str::CompactString;
@@ -179,6 +179,7 @@ impl Snapshot {
                         observed_at,
                         previous_observed_at: (from.is_some() && previous > 0).then_some(previous),
                         sweep_id,
+                        cause: Cause::Sweep,
                     })
                 } else if entry.is_some_and(|e| e.not_found) {
                     Decision::FoundAgain

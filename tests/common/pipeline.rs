@@ -141,6 +141,7 @@ pub fn assert_matches_history(consumed: &[Consumed], history: &[TransitionRecord
         assert_eq!(v["seq"], t.seq);
         assert_eq!(v["kind"], t.kind());
         assert_eq!(v["to"], t.to.as_str());
+        assert_eq!(v["cause"], t.cause.as_str());
         assert_eq!(v["from"], serde_json::json!(t.from.map(|s| s.as_str())));
         assert_eq!(
             v["observed_at"],
