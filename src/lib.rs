@@ -1,13 +1,14 @@
 //! presenced: watches which accounts of a Tencent Cloud IM app are online, records every
 //! transition in SQLite and publishes it to Kafka.
 //!
-//! Modules by concern: `config`; `im` (UserSig, wire format, error codes, pacing, client);
+//! Modules by concern: `config`; `callback` (IM's state-change callbacks as hints); `im` (UserSig, wire format, error codes, pacing, client);
 //! `sweep` (snapshot, diff, one sweep); `store` (SQLite); `publish` (events, Kafka, stdout);
 //! `service` (the daemon: start, sweep loop, reload, metrics HTTP); `sim` (the local IM).
 //! docs/DESIGN-NOTES.md has a map of the files and the data path.
 
 #![warn(missing_docs)]
 
+pub mod callback;
 pub mod config;
 pub mod im;
 pub mod logging;

@@ -40,6 +40,18 @@ pub struct KindLabel {
     pub kind: String,
 }
 
+/// Labels of callback counts.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallbackLabels {
+    /// `CallbackCommand` (`State.StateChange`, `other`, or empty when unread).
+    pub command: String,
+    /// `Info.Action` (Login, Logout, Disconnect, CustomStatusChange, `other`, or empty).
+    pub action: String,
+    /// What became of it: accepted, merged, not_watched, overflow, stopping, ignored_action,
+    /// unknown_command, bad_signature, stale, wrong_app, too_large, bad_body, no_account.
+    pub outcome: String,
+}
+
 type FloatGauge = Gauge<f64, AtomicU64>;
 type FloatCounter = Counter<f64, AtomicU64>;
 
@@ -89,6 +101,19 @@ pub struct Metrics {
     pub delivery_errors: Family<KindLabel, Counter>,
     /// `presenced_ready`: 1 while `/readyz` answers 200 (set at each scrape).
     pub ready: Gauge,
+    /// `presenced_callbacks_total` by command, action and outcome.
+    pub callbacks: Family<CallbackLabels, Counter>,
+    /// `presenced_hint_queue_length`: hinted accounts waiting for their re-query.
+    pub hint_queue_length: Gauge,
+    /// `presenced_hinted_calls_total`: IM calls made for hinted accounts.
+    pub hinted_calls: Counter,
+    /// `presenced_hinted_accounts_per_call`.
+    pub hinted_accounts_per_call: Histogram,
+    /// `presenced_callback_detection_seconds`: a hinted observation's time minus its
+    /// callback's `EventTime`.
+    pub callback_detection: Histogram,
+    /// `presenced_stale_answers_total`: answers older than an applied re-query, skipped.
+    pub stale_answers: Counter,
 }
 
 impl Default for Metrics {
@@ -123,6 +148,14 @@ impl Metrics {
             delivery_latency: Histogram::new(exponential_buckets(0.0005, 2.0, 18)),
             delivery_errors: Family::default(),
             ready: Gauge::default(),
+            callbacks: Family::default(),
+            hint_queue_length: Gauge::default(),
+            hinted_calls: Counter::default(),
+            hinted_accounts_per_call: Histogram::new([
+                1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0,
+            ]),
+            callback_detection: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
+            stale_answers: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("sweeps", "Sweeps by result", m.sweeps.clone());
@@ -221,6 +254,36 @@ impl Metrics {
             "ready",
             "1 while /readyz answers 200: sweeping works and Kafka accepts us",
             m.ready.clone(),
+        );
+        registry.register(
+            "callbacks",
+            "IM State.StateChange callbacks received, by command, action and outcome",
+            m.callbacks.clone(),
+        );
+        registry.register(
+            "hint_queue_length",
+            "Accounts a callback hinted at, waiting for their re-query",
+            m.hint_queue_length.clone(),
+        );
+        registry.register(
+            "hinted_calls",
+            "IM calls made to re-query accounts callbacks hinted at",
+            m.hinted_calls.clone(),
+        );
+        registry.register(
+            "hinted_accounts_per_call",
+            "Accounts in one hinted call",
+            m.hinted_accounts_per_call.clone(),
+        );
+        registry.register(
+            "callback_detection_seconds",
+            "Observation time of a hinted account minus its callback's EventTime",
+            m.callback_detection.clone(),
+        );
+        registry.register(
+            "stale_answers",
+            "Answers skipped because a newer re-query of the account was already applied",
+            m.stale_answers.clone(),
         );
         Metrics { registry, ..m }
     }

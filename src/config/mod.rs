@@ -6,6 +6,7 @@
 //! Each section lives beside the module it configures and validates itself (see
 //! [`crate::validation::Section`]); this module gathers them.
 
+pub use crate::callback::CallbackConfig;
 pub use crate::im::config::{Command, ImConfig};
 pub use crate::logging::LogFormat;
 pub use crate::publish::kafka::{is_secret_property, KafkaConfig};
@@ -77,6 +78,8 @@ pub struct Config {
     pub kafka: KafkaConfig,
     /// `[service]`: HTTP endpoints, logging, shutdown.
     pub service: ServiceConfig,
+    /// `[callback]`: IM's state-change callbacks, off by default.
+    pub callback: CallbackConfig,
 }
 
 /// Says where an invalid value came from: the environment variable that set it, or the line of
@@ -156,6 +159,14 @@ impl Config {
             path,
             std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from),
         )?;
+        config
+            .callback
+            .resolve_token()
+            .map_err(|Invalid { key, message }| ConfigError::Invalid {
+                origin: path.display().to_string(),
+                key,
+                message,
+            })?;
         config
             .validate(&path.display().to_string())
             .map_err(|e| locate(e, path, &text, &env))?;
@@ -273,13 +284,14 @@ impl Config {
     /// Checks every section: all numeric ranges first, then each section's own rules. `origin`
     /// names the file in errors; [`Config::load`] adds the line or the variable.
     pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
-        let sections: [&dyn Section; 6] = [
+        let sections: [&dyn Section; 7] = [
             &self.im,
             &self.sweep,
             &self.store,
             &self.kafka,
             &self.service,
             &self.sink,
+            &self.callback,
         ];
         let checked = sections
             .iter()
@@ -292,12 +304,25 @@ impl Config {
             })
             .and_then(|()| self.kafka.check())
             .and_then(|()| self.service.check())
-            .and_then(|()| self.sink.check());
+            .and_then(|()| self.sink.check())
+            .and_then(|()| self.callback.check())
+            .and_then(|()| self.check_listeners());
         checked.map_err(|Invalid { key, message }| ConfigError::Invalid {
             origin: origin.to_owned(),
             key,
             message,
         })
+    }
+
+    /// The callback endpoint and the metrics endpoint cannot share an address.
+    fn check_listeners(&self) -> Result<(), Invalid> {
+        if self.callback.enabled() && self.callback.listen == self.service.metrics_listen {
+            return Err(Invalid::new(
+                "callback.listen",
+                "is service.metrics_listen's address too; give the callback endpoint its own",
+            ));
+        }
+        Ok(())
     }
 
     /// The effective configuration as TOML, with every secret replaced by a marker.

@@ -50,6 +50,14 @@ pub enum ServiceError {
         /// Why binding failed.
         source: std::io::Error,
     },
+    /// The callback address could not be bound.
+    #[error("cannot serve IM callbacks on {addr}: {source}")]
+    Callback {
+        /// The configured address.
+        addr: String,
+        /// Why binding failed.
+        source: std::io::Error,
+    },
 }
 
 impl ServiceError {
@@ -60,7 +68,7 @@ impl ServiceError {
             ServiceError::Store(e) => e.is_configuration(),
             ServiceError::Kafka(e) => e.is_configuration(),
             ServiceError::Client(_) | ServiceError::WatchList(_) => true,
-            ServiceError::Metrics { .. } => false,
+            ServiceError::Metrics { .. } | ServiceError::Callback { .. } => false,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! and its publisher, and the HTTP endpoints; and stopping it again.
 
 use super::{http, notify, RunOptions, ServiceError};
+use crate::callback::{Endpoint, HintQueue, Verifier};
 use crate::config::{Config, KafkaConfig, SinkKind};
 use crate::im::{ClientSettings, ImClient};
 use crate::metrics::Metrics;
@@ -29,6 +30,8 @@ pub(super) struct Running {
     pub kafka_settings: watch::Sender<KafkaConfig>,
     /// The configuration as reloads changed it.
     pub live_config: Config,
+    /// Accounts callbacks hinted at; closed at a stop so late callbacks are answered and dropped.
+    pub hints: Option<Arc<HintQueue>>,
     publisher: Option<JoinHandle<Result<(), StoreError>>>,
     publisher_stop: CancellationToken,
     http_stop: CancellationToken,
@@ -123,6 +126,11 @@ pub(super) async fn start(
         }
     }
 
+    let hints = match config.callback.enabled() {
+        true => Some(serve_callbacks(&config, &mut sweeper, &metrics, &http_stop).await?),
+        false => None,
+    };
+
     notify::spawn_watchdog(vec![sweeper.progress(), client_waiting], shutdown.clone());
     health.ready.store(true, Ordering::Relaxed);
     notify::ready(&format!("watching {} accounts", sweeper.watch_list().len()));
@@ -134,10 +142,50 @@ pub(super) async fn start(
         wake,
         kafka_settings,
         live_config: config,
+        hints,
         publisher,
         publisher_stop,
         http_stop,
     })
+}
+
+/// Starts the callback endpoint; the sweeper re-queries what it hints at.
+async fn serve_callbacks(
+    config: &Config,
+    sweeper: &mut Sweeper,
+    metrics: &Arc<Metrics>,
+    stop: &CancellationToken,
+) -> Result<Arc<HintQueue>, ServiceError> {
+    let c = &config.callback;
+    let queue = Arc::new(HintQueue::new(
+        c.queue_capacity,
+        config.im.batch_size,
+        c.coalesce(),
+        c.min_requery_interval(),
+    ));
+    sweeper.take_hints(queue.clone());
+    let endpoint = Arc::new(Endpoint::new(
+        Verifier {
+            sdkappid: config.im.sdkappid,
+            token: c.token.clone(),
+            max_skew_secs: c.max_clock_skew_secs,
+        },
+        queue.clone(),
+        metrics.clone(),
+        c.max_body_bytes,
+    ));
+    let addr = c.listen.parse().expect("validated");
+    let bound = crate::callback::server::serve(addr, &c.path, endpoint, stop.clone())
+        .await
+        .map_err(|source| ServiceError::Callback {
+            addr: c.listen.clone(),
+            source,
+        })?;
+    if c.token.is_empty() {
+        tracing::warn!("callback.token is not set: anyone who reaches the endpoint can ask for re-queries (they stay within im.calls_per_second); set the console's callback token");
+    }
+    tracing::info!(%bound, path = %c.path, "IM callbacks on http://{bound}{}", c.path);
+    Ok(queue)
 }
 
 /// What a publisher task is made of, whatever its sink.
@@ -173,6 +221,9 @@ impl Running {
     /// endpoints and the store, and says what is left in the outbox.
     pub(super) async fn stop(self) -> Result<(), ServiceError> {
         notify::stopping();
+        if let Some(hints) = &self.hints {
+            hints.close();
+        }
         tracing::info!("stopping: flushing events");
         self.publisher_stop.cancel();
         if let Some(p) = self.publisher {

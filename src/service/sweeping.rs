@@ -8,7 +8,7 @@ use crate::config::{Config, SinkKind};
 use crate::metrics::{Metrics, ResultLabel};
 use crate::model::now_millis;
 use crate::store::{Store, StoreError};
-use crate::sweep::{SweepError, SweepOutcome, SweepReport};
+use crate::sweep::{Idle, SweepError, SweepOutcome, SweepReport};
 use rand::Rng;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -98,16 +98,18 @@ pub(super) async fn sweep_until_stopped(
             0.0
         };
         let next = started + interval + Duration::from_secs_f64(jitter);
-        // Sleep in short steps so the watchdog sees the idle scheduler alive.
+        // Between sweeps: re-query what callbacks hint at, in steps of at most five seconds so
+        // the watchdog sees the idle scheduler alive.
         loop {
             sweeper.progress().store(now_millis(), Ordering::Relaxed);
-            let step = next
-                .saturating_duration_since(tokio::time::Instant::now())
-                .min(Duration::from_secs(5));
-            tokio::select! {
-                _ = tokio::time::sleep(step) => {}
-                _ = shutdown.cancelled() => break,
-                _ = reload_requested(&mut reloads) => {
+            let step = next.min(tokio::time::Instant::now() + Duration::from_secs(5));
+            let idle = sweeper
+                .idle(step, shutdown, reload_requested(&mut reloads))
+                .await?;
+            match idle {
+                Idle::Stopped => break,
+                Idle::Deadline => {}
+                Idle::Interrupted => {
                     match reload(options, live_config, store, sweeper, kafka_settings).await {
                         Ok(()) => {
                             if config_error {
@@ -116,7 +118,9 @@ pub(super) async fn sweep_until_stopped(
                                 health.ready.store(true, Ordering::Relaxed);
                             }
                         }
-                        Err(e) => tracing::error!(error = %e, "reload failed; keeping the previous watch list"),
+                        Err(e) => {
+                            tracing::error!(error = %e, "reload failed; keeping the previous watch list")
+                        }
                     }
                 }
             }

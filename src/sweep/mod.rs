@@ -2,16 +2,21 @@
 //! snapshot, and the results written in transactions of a few batches each.
 
 pub mod config;
+mod hinted;
 pub(crate) mod snapshot;
 
+pub use hinted::Idle;
+use hinted::{Applied, Query};
+
+use crate::callback::HintQueue;
 use crate::im::{AccountOutcome, BatchAnswer, ImClient, QueryError};
 use crate::metrics::{Metrics, TransitionLabels};
-use crate::model::now_millis;
+use crate::model::{now_millis, Cause};
 use crate::store::{Store, StoreError, SweepCounts, WriteSet};
 use futures_util::StreamExt;
 pub use snapshot::{Decision, Snapshot};
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
@@ -91,6 +96,15 @@ pub struct Sweeper {
     progress: Arc<AtomicI64>,
     /// Poked after every commit so the publisher sends new events right away.
     committed: Option<Arc<Notify>>,
+    /// Accounts IM's callbacks hinted at, re-queried ahead of sweep batches.
+    hints: Option<Arc<HintQueue>>,
+    /// The sweep running or last started: hinted observations are recorded under it.
+    last_sweep_id: Option<i64>,
+    /// Numbers every query in the order it was issued.
+    queries_issued: Arc<AtomicU64>,
+    /// Re-queried accounts and the newest query applied for each: an older answer (a sweep's
+    /// batch issued before the re-query) is stale and skipped.
+    applied: Applied,
 }
 
 impl Sweeper {
@@ -120,12 +134,23 @@ impl Sweeper {
             watch: Arc::new(Vec::new()),
             progress: Arc::new(AtomicI64::new(now_millis())),
             committed: None,
+            hints: None,
+            last_sweep_id: None,
+            queries_issued: Arc::new(AtomicU64::new(0)),
+            applied: Applied::default(),
         })
     }
 
     /// Pokes `notify` after every commit that added events (the publisher's wake).
     pub fn notify_commits(&mut self, notify: Arc<Notify>) {
         self.committed = Some(notify);
+    }
+
+    /// Re-queries the accounts `hints` receives: ahead of sweep batches during a sweep, and
+    /// between sweeps in [`Sweeper::idle`].
+    pub fn take_hints(&mut self, hints: Arc<HintQueue>) {
+        hints.set_watch_list(self.watch.clone());
+        self.hints = Some(hints);
     }
 
     /// The time of the last progress, for the watchdog.
@@ -162,6 +187,9 @@ impl Sweeper {
         }
         self.metrics.watched_accounts.set(ids.len() as i64);
         self.watch = Arc::new(ids);
+        if let Some(hints) = &self.hints {
+            hints.set_watch_list(self.watch.clone());
+        }
         Ok(removed.len())
     }
 
@@ -173,6 +201,9 @@ impl Sweeper {
             .store
             .call(move |db| db.begin_sweep(started_at, asked))
             .await?;
+        self.last_sweep_id = Some(sweep_id);
+        // No query from before this sweep is still out: none of them can be outrun any more.
+        self.applied.clear();
         let mut counts = SweepCounts {
             asked,
             ..Default::default()
@@ -181,14 +212,12 @@ impl Sweeper {
         // Queries run in their own task so that in-flight calls keep going while a group of
         // answers is being committed.
         let stop_queries = shutdown.child_token();
-        let (answers_tx, mut answers_rx) = mpsc::channel::<(
-            Vec<String>,
-            Result<BatchAnswer, QueryError>,
-        )>(self.settings.max_in_flight.max(1) * 2);
+        let (answers_tx, mut answers_rx) = mpsc::channel::<(Query, Result<BatchAnswer, QueryError>)>(
+            self.settings.max_in_flight.max(1) * 2,
+        );
         let producer = tokio::spawn(run_queries(
             self.client.clone(),
-            self.watch.clone(),
-            self.settings.batch_size,
+            self.query_source(),
             self.settings.max_in_flight,
             stop_queries.clone(),
             answers_tx,
@@ -198,21 +227,42 @@ impl Sweeper {
         let mut group_batches = 0;
         let mut fatal = None;
         let mut first_failure: Option<String> = None;
-        while let Some((ids, result)) = answers_rx.recv().await {
+        while let Some((query, result)) = answers_rx.recv().await {
             self.progress.store(now_millis(), Ordering::Relaxed);
+            if query.is_hinted() {
+                // The group first: the snapshot a hinted answer is diffed against must include
+                // every decision already made (an account's first observation may wait there).
+                // Then the hinted change, committed at once rather than with a later group.
+                self.commit(std::mem::take(&mut group)).await?;
+                group_batches = 0;
+                let mut hinted = WriteSet::default();
+                self.apply_hinted(&query, result, sweep_id, &mut hinted);
+                self.commit(hinted).await?;
+                continue;
+            }
+            let ids = query.ids;
             match result {
                 Ok(answer) => {
                     let observed_at = now_millis();
                     for (user_id, outcome) in &answer.outcomes {
+                        if self.applied.is_stale(user_id, query.number) {
+                            self.metrics.stale_answers.inc();
+                            counts.observed +=
+                                u64::from(matches!(outcome, AccountOutcome::Observed(_)));
+                            continue;
+                        }
                         self.note(
                             user_id,
                             outcome,
                             observed_at,
                             sweep_id,
+                            &Cause::Sweep,
                             &mut group,
                             &mut counts,
                         );
                     }
+                    let ids = answer.outcomes.iter().map(|(id, _)| id.as_str());
+                    self.applied.record_contested(ids, query.number);
                 }
                 Err(QueryError::Configuration { code, message }) => {
                     counts.failed += ids.len() as u64;
@@ -280,12 +330,14 @@ impl Sweeper {
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn note(
         &mut self,
         user_id: &str,
         outcome: &AccountOutcome,
         observed_at: i64,
         sweep_id: i64,
+        cause: &Cause,
         group: &mut WriteSet,
         counts: &mut SweepCounts,
     ) {
@@ -305,8 +357,9 @@ impl Sweeper {
             self.settings.platform_changes_are_transitions,
         );
         match decision {
-            Decision::Transition(t) => {
+            Decision::Transition(mut t) => {
                 counts.transitions += 1;
+                t.cause = cause.clone();
                 group.transitions.push(t);
             }
             Decision::NewlyNotFound => group
@@ -352,21 +405,19 @@ impl Sweeper {
 
 async fn run_queries(
     client: Arc<ImClient>,
-    watch: Arc<Vec<String>>,
-    batch_size: usize,
+    queries: impl Iterator<Item = Query> + Send + 'static,
     max_in_flight: usize,
     stop: CancellationToken,
-    answers: mpsc::Sender<(Vec<String>, Result<BatchAnswer, QueryError>)>,
+    answers: mpsc::Sender<(Query, Result<BatchAnswer, QueryError>)>,
 ) {
-    let batches = watch.chunks(batch_size.max(1)).map(<[String]>::to_vec);
     let stop_for_filter = stop.clone();
-    let mut results = futures_util::stream::iter(batches)
+    let mut results = futures_util::stream::iter(queries)
         .take_while(move |_| std::future::ready(!stop_for_filter.is_cancelled()))
-        .map(|ids| {
+        .map(|query| {
             let client = client.clone();
             async move {
-                let result = client.query(&ids).await;
-                (ids, result)
+                let result = client.query(&query.ids).await;
+                (query, result)
             }
         })
         .buffer_unordered(max_in_flight.max(1));
@@ -394,4 +445,4 @@ async fn run_queries(
 }
 
 /// How long calls in flight may still come back after shutdown was asked for.
-const IN_FLIGHT_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+pub(crate) const IN_FLIGHT_GRACE: std::time::Duration = std::time::Duration::from_secs(5);

@@ -1,0 +1,152 @@
+//! `[callback]`: the endpoint IM's `State.StateChange` callbacks are sent to, and how the
+//! re-queries they ask for are coalesced.
+
+use crate::secret::{serialize_redacted, Secret};
+use crate::validation::{Invalid, Range, Section};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// `[callback]`. Off while `listen` is empty.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CallbackConfig {
+    /// Address the endpoint listens on, e.g. `127.0.0.1:9465` behind a TLS reverse proxy;
+    /// empty (the default) turns callbacks off.
+    pub listen: String,
+    /// The URL path IM posts to (the console's callback URL ends with it).
+    pub path: String,
+    /// The console's callback authentication token; when set, every callback must carry a
+    /// valid `Sign` and a fresh `RequestTime`. Prefer `token_file`.
+    #[serde(serialize_with = "serialize_redacted")]
+    pub token: Secret,
+    /// A file holding the token (read when `token` is empty).
+    pub token_file: Option<PathBuf>,
+    /// How far `RequestTime` may be from this host's clock, seconds; older callbacks are
+    /// refused as replays.
+    pub max_clock_skew_secs: u64,
+    /// Larger bodies are refused (IM's callbacks are a few hundred bytes).
+    pub max_body_bytes: usize,
+    /// How long a hinted account waits for others to share its call, milliseconds.
+    pub coalesce_ms: u64,
+    /// One account is re-queried at most once per this many milliseconds (flapping clients);
+    /// a hint inside the interval waits for its end.
+    pub min_requery_interval_ms: u64,
+    /// Hinted accounts waiting at most; beyond, hints are counted and left to the next sweep.
+    pub queue_capacity: usize,
+}
+
+impl Default for CallbackConfig {
+    fn default() -> Self {
+        CallbackConfig {
+            listen: String::new(),
+            path: "/im/callback".into(),
+            token: Secret::default(),
+            token_file: None,
+            max_clock_skew_secs: 300,
+            max_body_bytes: 16_384,
+            coalesce_ms: 20,
+            min_requery_interval_ms: 1_000,
+            queue_capacity: 100_000,
+        }
+    }
+}
+
+impl CallbackConfig {
+    /// Whether the endpoint runs.
+    pub fn enabled(&self) -> bool {
+        !self.listen.is_empty()
+    }
+
+    /// [`CallbackConfig::coalesce_ms`] as a duration.
+    pub fn coalesce(&self) -> Duration {
+        Duration::from_millis(self.coalesce_ms)
+    }
+
+    /// [`CallbackConfig::min_requery_interval_ms`] as a duration.
+    pub fn min_requery_interval(&self) -> Duration {
+        Duration::from_millis(self.min_requery_interval_ms)
+    }
+
+    /// Reads `token_file` when the token is not inline. The error never holds the token.
+    pub fn resolve_token(&mut self) -> Result<(), Invalid> {
+        let Some(file) = self.token_file.as_ref().filter(|_| self.token.is_empty()) else {
+            return Ok(());
+        };
+        let text = std::fs::read_to_string(file).map_err(|e| {
+            Invalid::new(
+                "callback.token_file",
+                format!("cannot read {}: {e}", file.display()),
+            )
+        })?;
+        let token = text.trim();
+        if token.is_empty() {
+            return Err(Invalid::new(
+                "callback.token_file",
+                format!("{} is empty", file.display()),
+            ));
+        }
+        self.token = Secret::new(token);
+        Ok(())
+    }
+}
+
+impl Section for CallbackConfig {
+    fn ranges(&self) -> Vec<Range> {
+        vec![
+            Range::new(
+                "callback.max_clock_skew_secs",
+                self.max_clock_skew_secs as f64,
+                1.0,
+                86_400.0,
+            ),
+            Range::new(
+                "callback.max_body_bytes",
+                self.max_body_bytes as f64,
+                256.0,
+                1_048_576.0,
+            ),
+            Range::new(
+                "callback.coalesce_ms",
+                self.coalesce_ms as f64,
+                0.0,
+                10_000.0,
+            ),
+            Range::new(
+                "callback.min_requery_interval_ms",
+                self.min_requery_interval_ms as f64,
+                0.0,
+                3_600_000.0,
+            ),
+            Range::new(
+                "callback.queue_capacity",
+                self.queue_capacity as f64,
+                1.0,
+                10_000_000.0,
+            ),
+        ]
+    }
+
+    fn check(&self) -> Result<(), Invalid> {
+        if self.enabled() && self.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(Invalid::new(
+                "callback.listen",
+                format!("{:?} is not an address such as 127.0.0.1:9465", self.listen),
+            ));
+        }
+        if !self.path.starts_with('/') || self.path.contains(['?', '#', ' ']) {
+            return Err(Invalid::new(
+                "callback.path",
+                format!("{:?} is not a URL path such as /im/callback", self.path),
+            ));
+        }
+        // IM's console takes tokens of 1 to 128 characters.
+        if self.token.expose().len() > 128 {
+            return Err(Invalid::new(
+                "callback.token",
+                "is longer than the 128 characters IM's console accepts",
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,222 @@
+//! The HTTP endpoint IM posts callbacks to. It answers within IM's two seconds whatever
+//! happens next: an accepted hint only joins the queue, and the re-query runs elsewhere.
+
+use super::queue::{HintQueue, Pushed};
+use super::verify::{parse_body, Params, Parsed, Rejection, Verifier};
+use crate::metrics::{CallbackLabels, Metrics};
+use crate::model::now_millis;
+use axum::body::Body;
+use axum::extract::{RawQuery, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// IM's expected answer to a callback it may consider handled.
+pub const OK_BODY: &str = r#"{"ActionStatus":"OK","ErrorCode":0,"ErrorInfo":""}"#;
+
+/// How often one kind of refused or dropped callback is logged at most.
+const LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// What the endpoint needs.
+#[derive(Debug)]
+pub struct Endpoint {
+    /// Checks the query parameters.
+    pub verifier: Verifier,
+    /// Where accepted hints go.
+    pub queue: Arc<HintQueue>,
+    /// Where they are counted.
+    pub metrics: Arc<Metrics>,
+    /// Larger bodies are refused.
+    pub max_body_bytes: usize,
+    /// Last time each kind was logged, and how many went unlogged since.
+    logged: Mutex<HashMap<&'static str, (Instant, u64)>>,
+}
+
+impl Endpoint {
+    /// An endpoint feeding `queue`.
+    pub fn new(
+        verifier: Verifier,
+        queue: Arc<HintQueue>,
+        metrics: Arc<Metrics>,
+        max_body_bytes: usize,
+    ) -> Self {
+        Endpoint {
+            verifier,
+            queue,
+            metrics,
+            max_body_bytes,
+            logged: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn count(&self, command: &str, action: &str, outcome: &str) {
+        self.metrics
+            .callbacks
+            .get_or_create(&CallbackLabels {
+                command: command_label(command).into(),
+                action: action_label(action).into(),
+                outcome: outcome.into(),
+            })
+            .inc();
+    }
+
+    /// Logs a refused or dropped callback, once a minute per kind with the count since.
+    fn log(&self, kind: &'static str, detail: &str) {
+        let mut logged = self.logged.lock().expect("log times");
+        let entry = logged
+            .entry(kind)
+            .or_insert((Instant::now() - LOG_EVERY * 2, 0));
+        if entry.0.elapsed() < LOG_EVERY {
+            entry.1 += 1;
+            return;
+        }
+        let suppressed = std::mem::take(&mut entry.1);
+        entry.0 = Instant::now();
+        drop(logged);
+        tracing::warn!(
+            kind,
+            detail,
+            suppressed_since_last = suppressed,
+            "callback refused or dropped (logged once a minute per kind; all are counted in presenced_callbacks_total)"
+        );
+    }
+
+    /// Handles one request: the status and body to answer.
+    pub fn handle(&self, query: &str, body: Result<&[u8], Rejection>) -> (u16, String) {
+        let params = Params::parse(query);
+        let command = params.command.clone().unwrap_or_default();
+        let refuse = |r: Rejection, detail: &str| {
+            self.count(&command, "", r.as_str());
+            self.log(r.as_str(), detail);
+            (
+                r.status(),
+                format!(
+                    r#"{{"ActionStatus":"FAIL","ErrorCode":{},"ErrorInfo":"{}"}}"#,
+                    r.status(),
+                    r.as_str()
+                ),
+            )
+        };
+        let now_secs = now_millis() / 1000;
+        if let Err(r) = self.verifier.check(&params, now_secs) {
+            let detail = match r {
+                Rejection::WrongApp => format!(
+                    "SdkAppid {:?}, expected {}",
+                    params.sdkappid.as_deref().unwrap_or(""),
+                    self.verifier.sdkappid
+                ),
+                Rejection::Stale => format!(
+                    "RequestTime outside the allowed skew of {} s (a replay, or this host's clock is off)",
+                    self.verifier.max_skew_secs
+                ),
+                _ => "Sign does not match callback.token".into(),
+            };
+            return refuse(r, &detail);
+        }
+        let body = match body {
+            Ok(b) => b,
+            Err(r) => {
+                return refuse(
+                    r,
+                    &format!(
+                        "body over callback.max_body_bytes ({})",
+                        self.max_body_bytes
+                    ),
+                )
+            }
+        };
+        let parsed = match parse_body(body, params.command.as_deref(), now_millis()) {
+            Ok(p) => p,
+            Err(r) => {
+                let detail = match r {
+                    Rejection::NoAccount => "State.StateChange without Info.To_Account",
+                    _ => "the body is not a callback's JSON",
+                };
+                return refuse(r, detail);
+            }
+        };
+        match parsed {
+            Parsed::Other { command } => self.count(&command, "", "unknown_command"),
+            // A custom status says nothing about the connection.
+            Parsed::StateChange { hint, .. } if hint.action == "CustomStatusChange" => {
+                self.count(super::verify::STATE_CHANGE, &hint.action, "ignored_action")
+            }
+            Parsed::StateChange { user_id, hint } => {
+                let action = hint.action.clone();
+                let pushed = self.queue.push(&user_id, hint, tokio::time::Instant::now());
+                self.count(super::verify::STATE_CHANGE, &action, pushed.as_str());
+                self.metrics.hint_queue_length.set(self.queue.len() as i64);
+                if pushed == Pushed::Overflow {
+                    self.log(
+                        "overflow",
+                        "the hint queue is full (callback.queue_capacity): the next sweep sees these changes",
+                    );
+                }
+            }
+        }
+        (200, OK_BODY.to_owned())
+    }
+}
+
+fn command_label(command: &str) -> &'static str {
+    match command {
+        "State.StateChange" => "State.StateChange",
+        "" => "",
+        _ => "other",
+    }
+}
+
+fn action_label(action: &str) -> &'static str {
+    match action {
+        "Login" => "Login",
+        "Logout" => "Logout",
+        "Disconnect" => "Disconnect",
+        "CustomStatusChange" => "CustomStatusChange",
+        "" => "",
+        _ => "other",
+    }
+}
+
+async fn callback(
+    State(endpoint): State<Arc<Endpoint>>,
+    RawQuery(query): RawQuery,
+    body: Body,
+) -> Response {
+    let bytes = axum::body::to_bytes(body, endpoint.max_body_bytes).await;
+    let body = bytes.as_deref().map_err(|_| Rejection::TooLarge);
+    let (status, text) = endpoint.handle(query.as_deref().unwrap_or(""), body);
+    (
+        StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+        [(header::CONTENT_TYPE, "application/json")],
+        text,
+    )
+        .into_response()
+}
+
+/// Serves the endpoint on `addr` at `path` until `stop`; returns the bound address.
+pub async fn serve(
+    addr: SocketAddr,
+    path: &str,
+    endpoint: Arc<Endpoint>,
+    stop: CancellationToken,
+) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let app = Router::new()
+        .route(path, post(callback))
+        // The body limit is the endpoint's own, so that an oversized body is counted.
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(endpoint);
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await;
+    });
+    Ok(bound)
+}
