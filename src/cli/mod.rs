@@ -291,4 +291,11 @@ pub struct SimArgs {
     /// File holding the secret key the simulator verifies UserSigs with.
     #[arg(long)]
     pub secret_key_file: Option<PathBuf>,
+    /// URL to POST State.StateChange callbacks to as the churn changes accounts (the daemon's
+    /// callback.listen and callback.path); faults go in --config's [callback] section.
+    #[arg(long)]
+    pub callback_url: Option<String>,
+    /// File holding the console's callback token: callbacks then carry Sign and RequestTime.
+    #[arg(long)]
+    pub callback_token_file: Option<PathBuf>,
 }

@@ -38,8 +38,17 @@ pub fn run(args: SimArgs) -> Result<(), CliError> {
             .map_err(|e| CliError::Configuration(format!("cannot read {}: {e}", path.display())))?;
         config.secret_key = presenced::secret::Secret::new(key.trim());
     }
+    if let Some(url) = &args.callback_url {
+        config.callback.url = url.clone();
+    }
+    if let Some(path) = &args.callback_token_file {
+        let token = std::fs::read_to_string(path)
+            .map_err(|e| CliError::Configuration(format!("cannot read {}: {e}", path.display())))?;
+        config.callback.token = presenced::secret::Secret::new(token.trim());
+    }
     sim::check_churn(config.churn_per_second)
         .and(config.faults.check())
+        .and(config.callback.check())
         .map_err(|e| CliError::Configuration(format!("sim: {e}")))?;
     runtime().block_on(async move {
         let population = config.population;

@@ -61,7 +61,90 @@ pub(super) async fn delete_account(
 }
 
 pub(super) async fn get_stats(State(state): State<Arc<SimState>>) -> Json<SimStats> {
-    Json(state.stats.lock().expect("stats").clone())
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut stats = state.stats.lock().expect("stats").clone();
+    let c = &state.callbacks.counts;
+    stats.callbacks_sent = c.sent.load(Relaxed);
+    stats.callbacks_suppressed = c.suppressed.load(Relaxed);
+    stats.callbacks_failed = c.failed.load(Relaxed);
+    Json(stats)
+}
+
+pub(super) async fn get_callbacks(State(state): State<Arc<SimState>>) -> Json<SimCallbacks> {
+    Json(state.callback_settings.lock().expect("callbacks").clone())
+}
+
+/// Replaces the callback settings; the token is kept when the new settings carry none (it is
+/// never shown, so a read-modify-write would otherwise drop it).
+pub(super) async fn put_callbacks(
+    State(state): State<Arc<SimState>>,
+    Json(mut settings): Json<SimCallbacks>,
+) -> Result<Json<SimCallbacks>, (StatusCode, String)> {
+    settings
+        .check()
+        .map_err(|e| (StatusCode::BAD_REQUEST, format!("{e}\n")))?;
+    let mut current = state.callback_settings.lock().expect("callbacks");
+    if settings.token.is_empty() {
+        settings.token = current.token.clone();
+    }
+    *current = settings.clone();
+    Ok(Json(settings))
+}
+
+/// A callback to send now, whatever the faults say.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub(super) struct SendCallback {
+    action: Option<String>,
+    reason: Option<String>,
+    kicked: Vec<String>,
+    event_time: Option<i64>,
+}
+
+#[derive(Serialize)]
+pub(super) struct CallbackSent {
+    /// Whether the receiver answered 200.
+    answered_ok: bool,
+}
+
+/// Posts one callback for an account at once (defaults: Login/Register when it is Online,
+/// else Logout/Unregister) and says whether the receiver accepted it.
+pub(super) async fn post_callback(
+    State(state): State<Arc<SimState>>,
+    Path(id): Path<String>,
+    body: Option<Json<SendCallback>>,
+) -> Result<Json<CallbackSent>, (StatusCode, String)> {
+    let req = body.map(|Json(b)| b).unwrap_or_default();
+    let (compression, sdkappid) = {
+        let c = state.config.lock().expect("config");
+        (c.time_compression, c.sdkappid)
+    };
+    let now = state.now_ms(compression);
+    let view = state.population.lock().expect("population").view(&id, now);
+    let online = view
+        .as_ref()
+        .is_some_and(|v| v.status == crate::model::State::Online);
+    let platform = view
+        .and_then(|v| v.platforms.first().map(|p| p.platform.clone()))
+        .unwrap_or_else(|| "Android".into());
+    let (action, reason) = match online {
+        true => ("Login", "Register"),
+        false => ("Logout", "Unregister"),
+    };
+    let announcement = Announcement {
+        user_id: id,
+        action: req.action.unwrap_or_else(|| action.into()),
+        reason: req.reason.unwrap_or_else(|| reason.into()),
+        platform,
+        kicked: req.kicked,
+        event_time: req.event_time.unwrap_or_else(now_millis),
+    };
+    let settings = state.callback_settings.lock().expect("callbacks").clone();
+    if settings.url.is_empty() {
+        return Err((StatusCode::CONFLICT, "no callback url configured\n".into()));
+    }
+    let answered_ok = callbacks::post_now(&settings, sdkappid, &announcement).await;
+    Ok(Json(CallbackSent { answered_ok }))
 }
 
 pub(super) async fn get_faults(State(state): State<Arc<SimState>>) -> Json<Faults> {

@@ -2,13 +2,16 @@
 //! both command paths, verifying UserSigs, enforcing the limits with the real error codes, with a
 //! churning population and fault injection. Tests, benchmarks and the demo run against it.
 
+pub mod callbacks;
 mod control;
 pub mod population;
 mod query;
 
+pub use callbacks::SimCallbacks;
+use callbacks::{Announcement, CallbackSender};
 use control::{
-    delete_account, get_account, get_faults, get_stats, list_accounts, put_account, put_churn,
-    put_faults,
+    delete_account, get_account, get_callbacks, get_faults, get_stats, list_accounts,
+    post_callback, put_account, put_callbacks, put_churn, put_faults,
 };
 use query::query;
 
@@ -91,6 +94,8 @@ pub struct SimConfig {
     pub legacy_state_field: bool,
     /// Injected faults.
     pub faults: Faults,
+    /// `State.StateChange` callbacks sent as the churn changes accounts.
+    pub callback: SimCallbacks,
 }
 
 impl Default for SimConfig {
@@ -108,6 +113,7 @@ impl Default for SimConfig {
             max_accounts_per_call: 500,
             legacy_state_field: false,
             faults: Faults::default(),
+            callback: SimCallbacks::default(),
         }
     }
 }
@@ -123,6 +129,12 @@ pub struct SimStats {
     pub answered_ok: u64,
     /// Rejections and injected faults by code ("60011", "http_502", ...).
     pub errors: BTreeMap<String, u64>,
+    /// Callbacks posted and answered 200.
+    pub callbacks_sent: u64,
+    /// Callbacks the configured faults kept back (drops, silent disconnects, login-only kicks).
+    pub callbacks_suppressed: u64,
+    /// Callbacks refused or not answered.
+    pub callbacks_failed: u64,
 }
 
 #[derive(Debug)]
@@ -138,6 +150,8 @@ struct SimState {
     stats: Mutex<SimStats>,
     pacer: Mutex<Pacer>,
     started: std::time::Instant,
+    callback_settings: Arc<Mutex<SimCallbacks>>,
+    callbacks: CallbackSender,
 }
 
 impl SimState {
@@ -191,7 +205,11 @@ pub async fn start(config: SimConfig, addr: SocketAddr) -> Result<SimHandle, Sim
         &mut rng,
         0,
     );
+    let callback_settings = Arc::new(Mutex::new(config.callback.clone()));
+    let callbacks = CallbackSender::start(config.sdkappid, callback_settings.clone());
     let state = Arc::new(SimState {
+        callback_settings,
+        callbacks,
         population: Mutex::new(population),
         config: Mutex::new(config),
         stats: Mutex::new(SimStats::default()),
@@ -215,6 +233,11 @@ pub async fn start(config: SimConfig, addr: SocketAddr) -> Result<SimHandle, Sim
         .route("/control/stats", get(get_stats))
         .route("/control/faults", get(get_faults).put(put_faults))
         .route("/control/churn", axum::routing::put(put_churn))
+        .route("/control/callbacks", get(get_callbacks).put(put_callbacks))
+        .route(
+            "/control/callbacks/{id}",
+            axum::routing::post(post_callback),
+        )
         .with_state(state.clone());
     let shutdown = CancellationToken::new();
     let churn_stop = shutdown.clone();
@@ -245,11 +268,24 @@ async fn churn_loop(state: Arc<SimState>, stop: CancellationToken) {
             (c.churn_per_second, c.time_compression)
         };
         let now = state.now_ms(compression);
-        let mut population = state.population.lock().expect("population");
-        owed += rate * population.len() as f64 * tick.as_secs_f64();
-        let count = owed.floor() as usize;
-        owed -= count as f64;
-        population.churn(count, &mut rand::rng(), now);
+        let changes = {
+            let mut population = state.population.lock().expect("population");
+            owed += rate * population.len() as f64 * tick.as_secs_f64();
+            let count = owed.floor() as usize;
+            owed -= count as f64;
+            population.churn(count, &mut rand::rng(), now)
+        };
+        let announce = !state
+            .callback_settings
+            .lock()
+            .expect("callback settings")
+            .url
+            .is_empty();
+        if announce {
+            for change in changes {
+                state.callbacks.announce(Announcement::of(change));
+            }
+        }
     }
 }
 

@@ -28,6 +28,22 @@ struct Account {
     devices: Vec<Device>,
 }
 
+/// A change the churn made, as a `State.StateChange` callback would announce it. Platforms are
+/// the query's names; the callback sender translates them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// The account.
+    pub user_id: String,
+    /// Login, Logout or Disconnect.
+    pub action: &'static str,
+    /// Register, Unregister, LinkClose or TimeOut.
+    pub reason: &'static str,
+    /// The device's platform.
+    pub platform: String,
+    /// Devices a login pushed off (a multi-device kick).
+    pub kicked: Vec<String>,
+}
+
 /// One account as the control API shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccountView {
@@ -147,18 +163,29 @@ impl Population {
         }
     }
 
-    /// Applies `count` random logins, logouts, app kills and resumes.
-    pub fn churn(&mut self, count: usize, rng: &mut impl Rng, now: i64) {
+    /// Applies `count` random logins, logouts, app kills, resumes and multi-device kicks;
+    /// returns what a callback would announce of each.
+    pub fn churn(&mut self, count: usize, rng: &mut impl Rng, now: i64) -> Vec<Change> {
+        let mut changes = Vec::new();
         if self.ids.is_empty() {
-            return;
+            return changes;
         }
         for _ in 0..count {
             let i = rng.random_range(0..self.ids.len());
             let Some(account) = self.accounts[i].as_mut() else {
                 continue;
             };
-            step(account, rng, now);
+            if let Some((action, reason, platform, kicked)) = step(account, rng, now) {
+                changes.push(Change {
+                    user_id: self.ids[i].clone(),
+                    action,
+                    reason,
+                    platform,
+                    kicked,
+                });
+            }
         }
+        changes
     }
 }
 
@@ -201,34 +228,61 @@ fn random_login(rng: &mut impl Rng, now: i64) -> Device {
     }
 }
 
-fn step(account: &mut Account, rng: &mut impl Rng, now: i64) {
+/// What one step announces: (action, reason, platform, kicked platforms).
+type Announced = (&'static str, &'static str, String, Vec<String>);
+
+fn step(account: &mut Account, rng: &mut impl Rng, now: i64) -> Option<Announced> {
     if account.devices.is_empty() {
-        account.devices.push(random_login(rng, now));
-        return;
+        let login = random_login(rng, now);
+        let platform = login.platform.clone();
+        account.devices.push(login);
+        return Some(("Login", "Register", platform, vec![]));
     }
     let roll: f64 = rng.random();
     let pick = rng.random_range(0..account.devices.len());
     let device = &mut account.devices[pick];
+    let platform = device.platform.clone();
     match (device.status, roll) {
-        // The app is killed or loses its network: mobile devices keep push delivery.
+        // The app is killed or loses its network: mobile devices keep push delivery, and IM
+        // notices when the heartbeat times out.
         (State::Online, r) if r < 0.35 && is_mobile(&device.platform) => {
             device.status = State::PushOnline;
             device.since = now;
+            Some(("Disconnect", "TimeOut", platform, vec![]))
         }
         (State::Online, r) if r < 0.75 => {
             account.devices.remove(pick);
+            match r < 0.55 {
+                true => Some(("Logout", "Unregister", platform, vec![])),
+                false => Some(("Disconnect", "LinkClose", platform, vec![])),
+            }
         }
         (State::PushOnline, r) if r < 0.6 => {
             device.status = State::Online;
             device.since = now;
+            Some(("Login", "Register", platform, vec![]))
         }
         (State::PushOnline, _) => {
             account.devices.remove(pick);
+            Some(("Logout", "Unregister", platform, vec![]))
         }
         _ => {
             let login = random_login(rng, now);
-            if !account.devices.iter().any(|d| d.platform == login.platform) {
-                account.devices.push(login);
+            let platform = login.platform.clone();
+            match account
+                .devices
+                .iter()
+                .position(|d| d.platform == login.platform)
+            {
+                // A second device of the same platform pushes the first off: still Online.
+                Some(i) => {
+                    account.devices[i] = login;
+                    Some(("Login", "Register", platform.clone(), vec![platform]))
+                }
+                None => {
+                    account.devices.push(login);
+                    Some(("Login", "Register", platform, vec![]))
+                }
             }
         }
     }

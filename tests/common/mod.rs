@@ -134,6 +134,35 @@ impl Control {
 }
 
 impl Control {
+    /// Where and how the simulator sends State.StateChange callbacks (SimCallbacks fields,
+    /// the token included).
+    pub async fn callbacks(&self, settings: serde_json::Value) {
+        let r = self
+            .http
+            .put(format!("{}control/callbacks", self.base))
+            .json(&settings)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.status());
+    }
+
+    /// Posts one callback for `id` now (fields: action, reason, kicked, event_time); whether
+    /// the receiver answered 200.
+    pub async fn send_callback(&self, id: &str, body: serde_json::Value) -> bool {
+        let v: serde_json::Value = self
+            .http
+            .post(format!("{}control/callbacks/{id}", self.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["answered_ok"].as_bool().unwrap()
+    }
+
     pub async fn churn(&self, per_second: f64) {
         let r = self
             .http

@@ -1,0 +1,704 @@
+//! IM's State.StateChange callbacks end to end: the daemon binary with its callback endpoint,
+//! the simulator process sending callbacks over HTTP, a real SQLite file.
+
+mod common;
+
+use common::*;
+use presenced::model::State;
+use presenced::store::Db;
+use rand::Rng;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const TOKEN: &str = "presenced-test-token";
+
+fn spawn_daemon(config: &std::path::Path, log: Option<&std::path::Path>) -> Child {
+    let stderr = match log {
+        Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
+        None => Stdio::null(),
+    };
+    Command::new(env!("CARGO_BIN_EXE_presenced"))
+        .args(["run", "--config"])
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("presenced run starts")
+}
+
+async fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn wait_listening(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "port {port} never answered");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn query_i64(db: &std::path::Path, sql: &str) -> i64 {
+    let Ok(conn) = rusqlite::Connection::open(db) else {
+        return -1;
+    };
+    conn.busy_timeout(Duration::from_secs(5)).unwrap();
+    conn.query_row(sql, [], |r| r.get(0)).unwrap_or(-1)
+}
+
+/// A daemon configuration with the callback endpoint on `port`.
+fn config_with_callbacks(
+    dir: &std::path::Path,
+    sim: &SimProcess,
+    port: u16,
+    extra: &str,
+) -> std::path::PathBuf {
+    let watch = dir.join("watch.txt");
+    write_daemon_config(
+        dir,
+        &sim.base_url(),
+        &format!(
+            "[sink]\nkind = \"none\"\n[watch]\nfile = \"{}\"\n[callback]\nlisten = \"127.0.0.1:{port}\"\npath = \"/im/state\"\n{extra}",
+            watch.display()
+        ),
+    )
+}
+
+fn callback_url(port: u16) -> String {
+    format!("http://127.0.0.1:{port}/im/state")
+}
+
+fn set_sweep(config: &std::path::Path, interval: f64, im_extra: &str) {
+    let text = std::fs::read_to_string(config)
+        .unwrap()
+        .replace(
+            "interval_secs = 0.3",
+            &format!("interval_secs = {interval}"),
+        )
+        .replace("[im]\n", &format!("[im]\n{im_extra}"));
+    std::fs::write(config, text).unwrap();
+}
+
+fn completed_sweeps(db: &std::path::Path) -> i64 {
+    query_i64(
+        db,
+        "SELECT COUNT(*) FROM sweeps WHERE outcome = 'completed'",
+    )
+}
+
+/// The database matches the simulator's ground truth, account for account.
+async fn assert_matches_truth(db_path: &std::path::Path, control: &Control) {
+    let mut db = Db::open(db_path, Duration::from_secs(5)).unwrap();
+    check_invariants(&mut db);
+    let truth = control.truth().await;
+    let current = db.load_current().unwrap();
+    let by_id: std::collections::HashMap<_, _> =
+        current.iter().map(|r| (r.user_id.as_str(), r)).collect();
+    let mut mismatched = Vec::new();
+    for account in &truth {
+        let row = by_id.get(account.user_id.as_str());
+        let mut platforms = account.platforms.clone();
+        platforms.sort_by(|a, b| a.platform.cmp(&b.platform));
+        if row.is_none_or(|r| r.state != Some(account.status) || r.platforms != platforms) {
+            mismatched.push(account.user_id.clone());
+        }
+    }
+    assert!(
+        mismatched.is_empty(),
+        "SQLite must match the simulator: {} accounts differ, e.g. {:?}",
+        mismatched.len(),
+        &mismatched[..mismatched.len().min(5)]
+    );
+}
+
+/// A transition that changes nothing (same state, same platforms) is an extra one.
+fn no_op_transitions(db: &std::path::Path) -> i64 {
+    query_i64(
+        db,
+        "SELECT COUNT(*) FROM presence_history
+         WHERE from_state IS to_state AND from_platforms IS to_platforms",
+    )
+}
+
+fn signed_url(port: u16, sdkappid: u64, time: i64, sign: Option<&str>, command: &str) -> String {
+    let sign = sign
+        .map(str::to_owned)
+        .unwrap_or_else(|| presenced::callback::sign(TOKEN, &time.to_string()));
+    format!(
+        "{}?SdkAppid={sdkappid}&CallbackCommand={command}&contenttype=json&ClientIP=10.0.0.1&OptPlatform=IOS&Sign={sign}&RequestTime={time}",
+        callback_url(port)
+    )
+}
+
+fn state_change(user: &str) -> serde_json::Value {
+    serde_json::json!({
+        "CallbackCommand": "State.StateChange",
+        "EventTime": presenced::model::now_millis(),
+        "Info": {"Action": "Login", "To_Account": user, "Reason": "Register"}
+    })
+}
+
+fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|x| l.contains(x)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callbacks_are_verified_counted_and_answered_as_im_expects() {
+    let sim = SimProcess::start(&["--population", "20", "--churn", "0", "--rate", "0"]);
+    let dir = tempfile::tempdir().unwrap();
+    let (port, metrics_port) = (free_port(), free_port());
+    std::fs::write(dir.path().join("watch.txt"), ids("user", 20).join("\n")).unwrap();
+    let config = config_with_callbacks(
+        dir.path(),
+        &sim,
+        port,
+        &format!("token = \"{TOKEN}\"\nmax_body_bytes = 4096\n"),
+    );
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "metrics_listen = \"\"",
+        &format!("metrics_listen = \"127.0.0.1:{metrics_port}\""),
+    );
+    std::fs::write(&config, text).unwrap();
+    let log = dir.path().join("daemon.log");
+    let mut daemon = spawn_daemon(&config, Some(&log));
+    wait_listening(port);
+    let app = presenced::sim::SimConfig::default().sdkappid;
+    let now = presenced::model::now_millis() / 1000;
+    let http = reqwest::Client::new();
+    let post = |url: String, body: Vec<u8>| {
+        let http = http.clone();
+        async move {
+            let r = http.post(url).body(body).send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.text().await.unwrap())
+        }
+    };
+    let body = |v: serde_json::Value| serde_json::to_vec(&v).unwrap();
+    let command = "State.StateChange";
+
+    let (status, text) = post(
+        signed_url(port, app, now, None, command),
+        body(state_change("user1")),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        text,
+        r#"{"ActionStatus":"OK","ErrorCode":0,"ErrorInfo":""}"#
+    );
+    // A captured request replayed after the window, correctly signed for its old time.
+    let old = now - 3_600;
+    let (status, _) = post(
+        signed_url(port, app, old, None, command),
+        body(state_change("user1")),
+    )
+    .await;
+    assert_eq!(status, 401, "a replay outside the skew window is refused");
+    let bad = "0".repeat(64);
+    let (status, _) = post(
+        signed_url(port, app, now, Some(&bad), command),
+        body(state_change("user1")),
+    )
+    .await;
+    assert_eq!(status, 401, "a wrong signature is refused");
+    let (status, _) = post(
+        signed_url(port, app + 1, now, None, command),
+        body(state_change("user1")),
+    )
+    .await;
+    assert_eq!(status, 403, "another app's callback is refused");
+    let mut huge = state_change("user1");
+    huge["Padding"] = serde_json::Value::String("x".repeat(10_000));
+    let (status, _) = post(signed_url(port, app, now, None, command), body(huge)).await;
+    assert_eq!(status, 413, "an oversized body is refused");
+    let (status, _) = post(
+        signed_url(port, app, now, None, command),
+        b"<html>not json".to_vec(),
+    )
+    .await;
+    assert_eq!(status, 400, "a body that is not JSON is refused");
+    let (status, _) = post(
+        signed_url(port, app, now, None, command),
+        body(serde_json::json!({"CallbackCommand": command, "Info": {"Action": "Login"}})),
+    )
+    .await;
+    assert_eq!(status, 400, "a state change without an account is refused");
+    let (status, text) = post(
+        signed_url(port, app, now, None, "Group.CallbackAfterNewMemberJoin"),
+        body(serde_json::json!({"CallbackCommand": "Group.CallbackAfterNewMemberJoin"})),
+    )
+    .await;
+    assert_eq!((status, text.contains("\"OK\"")), (200, true));
+    let (status, _) = post(
+        signed_url(port, app, now, None, command),
+        body(state_change("nobody-watches-me")),
+    )
+    .await;
+    assert_eq!(status, 200, "an account off the watch list is answered OK");
+
+    let metrics = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for (outcome, n) in [
+        ("accepted", 1.0),
+        ("stale", 1.0),
+        ("bad_signature", 1.0),
+        ("wrong_app", 1.0),
+        ("too_large", 1.0),
+        ("bad_body", 1.0),
+        ("no_account", 1.0),
+        ("unknown_command", 1.0),
+        ("not_watched", 1.0),
+    ] {
+        let label = format!("outcome=\"{outcome}\"");
+        assert_eq!(
+            metric(&metrics, "presenced_callbacks_total", &[&label]),
+            n,
+            "{outcome}:\n{metrics}"
+        );
+    }
+    signal(&daemon, "TERM");
+    assert!(daemon.wait().unwrap().success());
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(!logged.contains(TOKEN), "the token is never logged");
+    assert!(logged.contains("bad_signature") && logged.contains("wrong_app"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callback_change_is_committed_long_before_the_next_sweep_and_repeats_add_nothing() {
+    let sim = SimProcess::start(&["--population", "50", "--churn", "0", "--rate", "0"]);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    std::fs::write(dir.path().join("watch.txt"), ids("user", 50).join("\n")).unwrap();
+    let config = config_with_callbacks(
+        dir.path(),
+        &sim,
+        port,
+        &format!("token = \"{TOKEN}\"\nmin_requery_interval_ms = 200\n"),
+    );
+    // One sweep an hour: whatever arrives after the first is the callback's doing.
+    set_sweep(&config, 3_600.0, "");
+    let db = dir.path().join("presence.db");
+    let mut daemon = spawn_daemon(&config, None);
+    wait_for("the first sweep", Duration::from_secs(30), || {
+        completed_sweeps(&db) == 1
+    })
+    .await;
+    let control = sim.control();
+    control
+        .callbacks(serde_json::json!({"url": callback_url(port), "token": TOKEN}))
+        .await;
+
+    control.set("user7", &[("iPhone", State::Online)]).await;
+    control.set("user8", &[]).await;
+    let history = |user: &str| {
+        query_i64(
+            &db,
+            &format!("SELECT COUNT(*) FROM presence_history WHERE user_id = '{user}'"),
+        )
+    };
+    let before8 = history("user8");
+    assert!(
+        control
+            .send_callback(
+                "user7",
+                serde_json::json!({"action": "Login", "reason": "Register", "kicked": ["PC"]}),
+            )
+            .await
+    );
+    wait_for("the hinted change", Duration::from_secs(20), || {
+        query_i64(
+            &db,
+            "SELECT COUNT(*) FROM presence_history WHERE user_id = 'user7' AND cause = 'callback'",
+        ) == 1
+    })
+    .await;
+    assert_eq!(completed_sweeps(&db), 1, "found without a second sweep");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let (to, action, reason, kicked, event_time): (String, String, String, String, i64) = conn
+        .query_row(
+            "SELECT to_state, callback_action, callback_reason, kicked_devices, callback_event_time
+             FROM presence_history WHERE user_id = 'user7' AND cause = 'callback'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )
+        .unwrap();
+    assert_eq!(
+        (to.as_str(), action.as_str(), reason.as_str()),
+        ("Online", "Login", "Register")
+    );
+    assert_eq!(
+        kicked, r#"["Windows"]"#,
+        "kicked devices keep the callback's names"
+    );
+    assert!((presenced::model::now_millis() - event_time).abs() < 120_000);
+
+    // Duplicates, out of order, and one that says the opposite of the truth: each re-queries,
+    // none is a change.
+    let settled = history("user7");
+    let calls_before = control.stats().await.accounts_queried;
+    for (action, reason, age) in [
+        ("Login", "Register", 0),
+        ("Login", "Register", 0),
+        ("Logout", "Unregister", 5_000),
+        ("Disconnect", "TimeOut", 60_000),
+    ] {
+        let at = presenced::model::now_millis() - age;
+        assert!(
+            control
+                .send_callback(
+                    "user7",
+                    serde_json::json!({"action": action, "reason": reason, "event_time": at}),
+                )
+                .await
+        );
+    }
+    wait_for("the re-queries", Duration::from_secs(20), || {
+        let stats = futures_executor(control.stats());
+        stats.accounts_queried > calls_before
+    })
+    .await;
+    // user8 changed nothing and heard nothing.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        history("user7"),
+        settled,
+        "repeated callbacks add no transition"
+    );
+    assert_eq!(history("user8"), before8);
+    assert_eq!(no_op_transitions(&db), 0);
+    signal(&daemon, "TERM");
+    assert!(daemon.wait().unwrap().success());
+}
+
+/// Runs a future to completion from a synchronous closure (the polling helpers take one).
+fn futures_executor<F: std::future::Future>(f: F) -> F::Output {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_duplicated_and_reordered_callbacks_leave_the_history_true() {
+    let sim = SimProcess::start(&[
+        "--population",
+        "400",
+        "--churn",
+        "0.02",
+        "--rate",
+        "0",
+        "--latency-ms",
+        "5",
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    std::fs::write(dir.path().join("watch.txt"), ids("user", 400).join("\n")).unwrap();
+    let config = config_with_callbacks(dir.path(), &sim, port, "min_requery_interval_ms = 100\n");
+    set_sweep(&config, 2.0, "batch_size = 50\n");
+    let db = dir.path().join("presence.db");
+    let mut daemon = spawn_daemon(&config, None);
+    wait_listening(port);
+    let control = sim.control();
+    control
+        .callbacks(serde_json::json!({
+            "url": callback_url(port),
+            "drop_rate": 0.2,
+            "duplicate_rate": 0.5,
+            "max_delay_ms": 300.0,
+            "silent_disconnect_rate": 0.5,
+            "kick_login_only_rate": 0.5,
+        }))
+        .await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    control.churn(0.0).await;
+    let quiet_since = presenced::model::now_millis();
+    // Callbacks still on their way land before a sweep that starts a second later.
+    wait_for(
+        "a sweep after the churn stopped",
+        Duration::from_secs(60),
+        || {
+            query_i64(
+                &db,
+                &format!(
+                    "SELECT COUNT(*) FROM sweeps WHERE outcome = 'completed' AND started_at > {}",
+                    quiet_since + 1_000
+                ),
+            ) > 0
+        },
+    )
+    .await;
+    signal(&daemon, "TERM");
+    assert!(daemon.wait().unwrap().success());
+
+    assert_matches_truth(&db, &control).await;
+    assert_eq!(no_op_transitions(&db), 0, "no transition without a change");
+    let by_callback = query_i64(
+        &db,
+        "SELECT COUNT(*) FROM presence_history WHERE cause = 'callback'",
+    );
+    let by_sweep = query_i64(
+        &db,
+        "SELECT COUNT(*) FROM presence_history WHERE cause = 'sweep' AND kind = 'changed'",
+    );
+    let stats = control.stats().await;
+    eprintln!(
+        "changes found by callbacks {by_callback}, by sweeps {by_sweep}; callbacks sent {}, suppressed {}",
+        stats.callbacks_sent, stats.callbacks_suppressed
+    );
+    assert!(by_callback > 0, "callbacks found changes");
+    assert!(
+        by_sweep > 0,
+        "sweeps found what lost callbacks did not announce"
+    );
+    assert!(stats.callbacks_suppressed > 0 && stats.callbacks_sent > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_callbacks_are_caught_by_the_next_sweep() {
+    let sim = SimProcess::start(&["--population", "100", "--churn", "0", "--rate", "0"]);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    std::fs::write(dir.path().join("watch.txt"), ids("user", 100).join("\n")).unwrap();
+    let config = config_with_callbacks(dir.path(), &sim, port, "");
+    set_sweep(&config, 1.0, "");
+    let db = dir.path().join("presence.db");
+    let mut daemon = spawn_daemon(&config, None);
+    wait_for("the first sweep", Duration::from_secs(30), || {
+        completed_sweeps(&db) >= 1
+    })
+    .await;
+    let control = sim.control();
+    control
+        .callbacks(serde_json::json!({"url": callback_url(port), "drop_rate": 1.0}))
+        .await;
+    control.churn(0.05).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    control.churn(0.0).await;
+    let quiet_since = presenced::model::now_millis();
+    wait_for("a sweep after the churn stopped", Duration::from_secs(60), || {
+        query_i64(
+            &db,
+            &format!(
+                "SELECT COUNT(*) FROM sweeps WHERE outcome = 'completed' AND started_at > {quiet_since}"
+            ),
+        ) > 0
+    })
+    .await;
+    signal(&daemon, "TERM");
+    assert!(daemon.wait().unwrap().success());
+    let stats = control.stats().await;
+    assert!(stats.callbacks_suppressed > 0);
+    assert_eq!(stats.callbacks_sent, 0);
+    assert_matches_truth(&db, &control).await;
+    assert_eq!(
+        query_i64(
+            &db,
+            "SELECT COUNT(*) FROM presence_history WHERE cause = 'callback'"
+        ),
+        0
+    );
+    assert!(
+        query_i64(
+            &db,
+            "SELECT COUNT(*) FROM presence_history WHERE kind = 'changed'"
+        ) > 0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_callbacks_stays_within_the_configured_call_rate() {
+    // The simulator refuses with 60011 past 20 calls a second; the daemon is set to 15.
+    let sim = SimProcess::start(&["--population", "3000", "--churn", "0", "--rate", "20"]);
+    let dir = tempfile::tempdir().unwrap();
+    let (port, metrics_port) = (free_port(), free_port());
+    std::fs::write(dir.path().join("watch.txt"), ids("user", 3000).join("\n")).unwrap();
+    let config = config_with_callbacks(
+        dir.path(),
+        &sim,
+        port,
+        "coalesce_ms = 0\nmin_requery_interval_ms = 0\nqueue_capacity = 1000\n",
+    );
+    set_sweep(&config, 3_600.0, "calls_per_second = 15\nbatch_size = 20\n");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "metrics_listen = \"\"",
+        &format!("metrics_listen = \"127.0.0.1:{metrics_port}\""),
+    );
+    std::fs::write(&config, text).unwrap();
+    let db = dir.path().join("presence.db");
+    let mut daemon = spawn_daemon(&config, None);
+    wait_listening(port);
+    let app = presenced::sim::SimConfig::default().sdkappid;
+    // 3,000 callbacks for distinct accounts as fast as they go, while the first sweep runs.
+    let http = reqwest::Client::new();
+    let url = format!(
+        "{}?SdkAppid={app}&CallbackCommand=State.StateChange&contenttype=json",
+        callback_url(port)
+    );
+    let started = Instant::now();
+    let calls_before = sim.control().stats().await.calls;
+    let mut accepted = 0;
+    for i in (0..3000).rev() {
+        let r = http
+            .post(&url)
+            .json(&state_change(&format!("user{i}")))
+            .send()
+            .await
+            .unwrap();
+        accepted += usize::from(r.status().is_success());
+    }
+    assert_eq!(accepted, 3000, "every callback is answered OK");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let stats = sim.control().stats().await;
+    let calls = stats.calls - calls_before;
+    let metrics = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let hinted = metric(&metrics, "presenced_hinted_calls_total", &[]);
+    let overflow = metric(
+        &metrics,
+        "presenced_callbacks_total",
+        &["outcome=\"overflow\""],
+    );
+    eprintln!(
+        "{calls} calls in {elapsed:.1} s ({:.1}/s), {hinted} hinted, {overflow} callbacks over capacity",
+        calls as f64 / elapsed
+    );
+    assert_eq!(
+        stats.errors.get("60011").copied().unwrap_or(0),
+        0,
+        "IM never said the frequency was exceeded"
+    );
+    // The limiter's pace plus its initial burst: never the flood's.
+    assert!(
+        (calls as f64) <= 15.0 * elapsed + 10.0,
+        "{calls} calls in {elapsed:.1} s exceed 15 a second"
+    );
+    assert!(hinted > 0.0, "hinted calls went out during the sweep");
+    assert!(overflow > 0.0, "a full queue is counted");
+    signal(&daemon, "TERM");
+    assert!(daemon.wait().unwrap().success());
+    let mut db = Db::open(&db, Duration::from_secs(5)).unwrap();
+    check_invariants(&mut db);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_hinted_queries_loses_nothing() {
+    let sim = SimProcess::start(&[
+        "--population",
+        "2000",
+        "--churn",
+        "0.02",
+        "--rate",
+        "0",
+        "--latency-ms",
+        "3",
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    std::fs::write(dir.path().join("watch.txt"), ids("user", 2000).join("\n")).unwrap();
+    let config = config_with_callbacks(dir.path(), &sim, port, "min_requery_interval_ms = 50\n");
+    // Sweeps far apart: between them, every change is a hinted re-query.
+    set_sweep(&config, 4.0, "batch_size = 100\nmax_in_flight = 8\n");
+    let db = dir.path().join("presence.db");
+    let control = sim.control();
+    control
+        .callbacks(serde_json::json!({"url": callback_url(port), "duplicate_rate": 0.3}))
+        .await;
+    let mut rng = rand::rng();
+    for round in 0..8 {
+        let mut child = spawn_daemon(&config, None);
+        let wait = rng.random_range(300..2_500);
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let mut opened = Db::open(&db, Duration::from_secs(5)).unwrap();
+        check_invariants(&mut opened);
+        eprintln!(
+            "round {round}: killed after {wait} ms; {} changes found by callbacks so far",
+            query_i64(
+                &db,
+                "SELECT COUNT(*) FROM presence_history WHERE cause = 'callback'"
+            )
+        );
+    }
+    assert!(
+        query_i64(
+            &db,
+            "SELECT COUNT(*) FROM presence_history WHERE cause = 'callback'"
+        ) > 0,
+        "kills landed while hinted queries were committing"
+    );
+    control.churn(0.0).await;
+    let quiet_since = presenced::model::now_millis();
+    let mut daemon = spawn_daemon(&config, None);
+    wait_for("a sweep after the churn stopped", Duration::from_secs(60), || {
+        query_i64(
+            &db,
+            &format!(
+                "SELECT COUNT(*) FROM sweeps WHERE outcome = 'completed' AND started_at > {quiet_since}"
+            ),
+        ) > 0
+    })
+    .await;
+    signal(&daemon, "TERM");
+    assert!(daemon.wait().unwrap().success());
+    assert_matches_truth(&db, &control).await;
+    assert_eq!(no_op_transitions(&db), 0);
+}
+
+#[test]
+fn events_say_how_a_change_was_found_and_match_the_schema() {
+    use presenced::model::{CallbackHint, Cause, TransitionRecord};
+    use presenced::publish::event::EventV1;
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string("schemas/presenced.transition.v1.json").unwrap(),
+    )
+    .unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let swept = TransitionRecord::builder("u1", 1, State::Online)
+        .observed_at(1_764_300_000_000)
+        .build();
+    let hinted = TransitionRecord::builder("u1", 2, State::Offline)
+        .from(Some(State::Online), 1_764_300_000_000)
+        .observed_at(1_764_300_000_900)
+        .cause(Cause::Callback(Box::new(CallbackHint {
+            event_time: 1_764_300_000_500,
+            action: "Disconnect".into(),
+            reason: Some("TimeOut".into()),
+            kicked_devices: vec![],
+        })))
+        .build();
+    let swept: serde_json::Value =
+        serde_json::from_slice(&EventV1::new(1400000000, &swept).to_json()).unwrap();
+    let hinted: serde_json::Value =
+        serde_json::from_slice(&EventV1::new(1400000000, &hinted).to_json()).unwrap();
+    for v in [&swept, &hinted] {
+        if let Err(e) = validator.validate(v) {
+            panic!("{e}: {v}");
+        }
+    }
+    assert_eq!(swept["cause"], "sweep");
+    assert!(swept["callback"].is_null());
+    assert_eq!(hinted["cause"], "callback");
+    assert_eq!(
+        hinted["callback"],
+        serde_json::json!({"event_time": "2025-11-28T03:20:00.500Z", "action": "Disconnect",
+                           "reason": "TimeOut", "kicked_devices": []})
+    );
+    // The schema holds the two together.
+    let mut broken = hinted.clone();
+    broken["callback"] = serde_json::Value::Null;
+    assert!(validator.validate(&broken).is_err());
+}
