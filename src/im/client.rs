@@ -233,11 +233,20 @@ impl ImClient {
 
     /// Queries one batch (at most 500 ids), retrying as the error table says.
     pub async fn query(&self, ids: &[String]) -> Result<BatchAnswer, QueryError> {
+        self.query_as(ids, false).await
+    }
+
+    /// [`ImClient::query`], paced ahead of sweep calls (a callback's re-query).
+    pub async fn query_urgent(&self, ids: &[String]) -> Result<BatchAnswer, QueryError> {
+        self.query_as(ids, true).await
+    }
+
+    async fn query_as(&self, ids: &[String], urgent: bool) -> Result<BatchAnswer, QueryError> {
         let mut regenerated_for_invalid = false;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let err = match self.call_once(ids).await {
+            let err = match self.call_once(ids, urgent).await {
                 Ok(answer) => return Ok(answer),
                 Err(e) => e,
             };
@@ -304,8 +313,11 @@ impl ImClient {
         Duration::from_secs_f64(rand::rng().random_range(0.0..=ceiling.max(0.0)))
     }
 
-    async fn call_once(&self, ids: &[String]) -> Result<BatchAnswer, CallError> {
-        let waited = self.limiter.acquire().await;
+    async fn call_once(&self, ids: &[String], urgent: bool) -> Result<BatchAnswer, CallError> {
+        let waited = match urgent {
+            true => self.limiter.acquire_urgent().await,
+            false => self.limiter.acquire().await,
+        };
         self.metrics
             .ratelimit_wait_seconds
             .inc_by(waited.as_secs_f64());

@@ -4,10 +4,18 @@
 //! Each caller reserves the next slot of a schedule (GCRA) under a short lock, then sleeps until
 //! it. Slots follow the schedule, not the moment a sleeper woke, so timer lateness is not lost
 //! and waiters never stampede.
+//!
+//! Sweep calls reserve a slot only once the schedule is at most [`LOOKAHEAD`] ahead, so the
+//! slots they hold are few: an urgent call (the re-query a callback asked for) reserves at once
+//! and goes right after them, instead of behind every sweep call in flight.
 
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::time::Instant;
+
+/// How far ahead of the schedule sweep calls reserve slots (at least ten intervals): enough to
+/// keep the pace through late timer wake-ups, little for an urgent call to wait behind.
+pub const LOOKAHEAD: Duration = Duration::from_millis(50);
 
 /// Paces calls evenly at a rate that halves on IM's rate-limit codes and recovers.
 #[derive(Debug)]
@@ -48,24 +56,41 @@ impl RateLimiter {
         self.inner.lock().expect("limiter lock").rate
     }
 
-    /// Waits for a call slot. Returns how long it waited.
+    /// Waits for a call slot, behind urgent calls. Returns how long it waited.
     pub async fn acquire(&self) -> Duration {
-        let now = Instant::now();
-        let slot = {
-            let mut s = self.inner.lock().expect("limiter lock");
-            s.recover(now, self.ceiling);
-            let interval = Duration::from_secs_f64(1.0 / s.rate);
-            let earliest = now
-                .checked_sub(interval.mul_f64(self.burst - 1.0))
-                .unwrap_or(now);
-            let slot = s.next.max(earliest);
-            s.next = slot + interval;
-            slot
+        self.acquire_as(false).await
+    }
+
+    /// Waits for a call slot ahead of any sweep call not yet holding one.
+    pub async fn acquire_urgent(&self) -> Duration {
+        self.acquire_as(true).await
+    }
+
+    async fn acquire_as(&self, urgent: bool) -> Duration {
+        let asked = Instant::now();
+        let slot = loop {
+            let now = Instant::now();
+            let wait_until = {
+                let mut s = self.inner.lock().expect("limiter lock");
+                s.recover(now, self.ceiling);
+                let interval = Duration::from_secs_f64(1.0 / s.rate);
+                let earliest = now
+                    .checked_sub(interval.mul_f64(self.burst - 1.0))
+                    .unwrap_or(now);
+                let slot = s.next.max(earliest);
+                let lookahead = LOOKAHEAD.max(interval * 10);
+                if urgent || slot <= now + lookahead {
+                    s.next = slot + interval;
+                    break slot;
+                }
+                slot - lookahead
+            };
+            tokio::time::sleep_until(wait_until).await;
         };
-        if slot > now {
+        if slot > Instant::now() {
             tokio::time::sleep_until(slot).await;
         }
-        slot.saturating_duration_since(now)
+        slot.saturating_duration_since(asked)
     }
 
     /// IM said "frequency exceeded": halve the rate, at most once per second so that a burst of
@@ -151,5 +176,30 @@ mod tests {
             limiter.acquire().await;
         }
         assert_eq!(limiter.current_rate(), 200.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_urgent_call_goes_ahead_of_sweep_calls_waiting_for_slots() {
+        let limiter = std::sync::Arc::new(RateLimiter::new(200.0, 1));
+        let start = Instant::now();
+        // 64 sweep calls waiting at once, as a sweep keeps them in flight.
+        let sweep: Vec<_> = (0..64)
+            .map(|_| {
+                let l = limiter.clone();
+                tokio::spawn(async move { l.acquire().await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let waited = limiter.acquire_urgent().await;
+        // Behind the slots reserved within the look-ahead, not behind all 64 (320 ms).
+        assert!(
+            waited <= LOOKAHEAD + Duration::from_millis(10),
+            "waited {waited:?}"
+        );
+        for t in sweep {
+            t.await.unwrap();
+        }
+        // The sweep's own pace is unchanged: 65 calls at 200/s.
+        assert_eq!(start.elapsed(), Duration::from_millis(320));
     }
 }

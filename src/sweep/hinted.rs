@@ -239,7 +239,7 @@ impl Sweeper {
                     let query = self.hinted_query(taken);
                     let client = self.client.clone();
                     calls.push(async move {
-                        let result = client.query(&query.ids).await;
+                        let result = client.query_urgent(&query.ids).await;
                         (query, result)
                     });
                 }

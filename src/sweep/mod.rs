@@ -416,7 +416,10 @@ async fn run_queries(
         .map(|query| {
             let client = client.clone();
             async move {
-                let result = client.query(&query.ids).await;
+                let result = match query.is_hinted() {
+                    true => client.query_urgent(&query.ids).await,
+                    false => client.query(&query.ids).await,
+                };
                 (query, result)
             }
         })
