@@ -350,7 +350,12 @@ impl<S: Sink> Publisher<S> {
                 return Ok(drained);
             }
         }
-        let tombstone_failed = self.send_tombstones().await?;
+        // Tombstones with nothing in flight: they follow every event already sent, and the
+        // exactly-once sink sends them in a transaction of their own between its batches.
+        let tombstone_failed = match self.inflight.is_empty() {
+            true => self.send_tombstones().await?,
+            false => false,
+        };
         // Pipelined: start the next batch (read and encoded ahead), ask the store for the one
         // after it, and settle the oldest batch once the window is full or the outbox is drained.
         let after = self

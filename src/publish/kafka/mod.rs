@@ -11,6 +11,7 @@
 mod config;
 mod encode;
 pub(crate) mod health;
+mod read_back;
 mod topics;
 mod transactional;
 

@@ -1,14 +1,21 @@
 //! The exactly-once sink: each outbox batch, with its state-topic records, in one Kafka
-//! transaction, and the publish mark read back from the topic whenever the producer starts or a
+//! transaction, and the publish mark read back from the topic whenever a producer starts or a
 //! commit's outcome is unknown.
 //!
 //! Why no duplicate reaches a `read_committed` consumer: a batch is visible only once its
 //! transaction commits, and the publish mark moves after the commit. A crash between the two
 //! leaves the mark behind what the topic has; the next start calls `init_transactions` (which
-//! aborts whatever a previous producer with this `transactional.id` left open and fences it),
-//! reads back the highest `presenced_history_id` committed on the topic, and moves the mark there
-//! before sending anything. Batches go one at a time, in outbox order, so everything up to that
-//! id is on the topic and nothing after it is.
+//! aborts whatever a previous producer with the same `transactional.id` left open and fences
+//! it), reads back the highest `presenced_history_id` committed on the topic, and moves the mark
+//! there before sending anything.
+//!
+//! Two producers ("lanes", with the ids `ID` and `ID-b`) take turns, so that one transaction's
+//! commit overlaps the next one's sending: a producer can only begin a transaction once its
+//! last one is committed, and a commit is a round trip during which the broker would otherwise
+//! idle. Order still holds: a batch is produced only after every record of the batch before it
+//! was acknowledged (so on every partition its offsets come after), and it commits only after
+//! the batch before it committed; when a commit fails, the batch after it is aborted too. The
+//! committed batches are therefore always a prefix of the outbox, which the read-back relies on.
 //!
 //! librdkafka sorts transactional errors into retriable (call again), abortable (abort, then
 //! send the batch again) and fatal (the producer is unusable: re-create it). Fencing is fatal
@@ -16,16 +23,15 @@
 //! a fenced sink stops for good.
 
 use super::health::BrokerHealth;
-use super::{client_config, KafkaEncoder, KafkaSetupError, KafkaSink, Records, HISTORY_ID_HEADER};
+use super::read_back::read_back;
+use super::{KafkaEncoder, KafkaSetupError, KafkaSink, Records};
 use crate::publish::kafka::KafkaConfig;
 use crate::publish::sink::Sink;
 use crate::publish::DeliveryError;
 use crate::store::OutboxEvent;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Headers, Message};
 use rdkafka::producer::Producer;
-use rdkafka::{Offset, TopicPartitionList};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,8 +42,10 @@ pub enum TransactionPending {
     Open {
         /// Events in it.
         events: usize,
-        /// Their records' delivery reports, awaited before the commit.
-        enqueued: super::Enqueued,
+        /// The producer it is open on.
+        lane: usize,
+        /// Its place in the order transactions were started.
+        number: u64,
     },
     /// The transaction could not begin or take the records.
     Failed {
@@ -48,20 +56,34 @@ pub enum TransactionPending {
     },
 }
 
-/// The Kafka sink of `kafka.delivery = "exactly-once"`.
-pub struct TransactionalSink {
-    inner: KafkaSink,
-    transactional_id: String,
+/// One transactional producer and what it still has to do.
+struct Lane {
+    sink: KafkaSink,
+    id: String,
     /// `init_transactions` is due: the producer is new.
     needs_init: bool,
-    /// The topic must be read back before the next batch: the producer is new, or a commit's
-    /// outcome is unknown.
-    needs_read_back: bool,
     /// The open transaction must be aborted before the next begins.
     needs_abort: bool,
     /// When the open transaction began: a fencing error while it is younger than the
     /// transaction timeout means another daemon took over, not that the broker timed us out.
     began: Option<Instant>,
+}
+
+/// The Kafka sink of `kafka.delivery = "exactly-once"`.
+pub struct TransactionalSink {
+    lanes: [Lane; 2],
+    /// The lane the next transaction begins on.
+    next_lane: usize,
+    next_number: u64,
+    /// The records of the last transaction started, not yet known to be acknowledged.
+    unsettled: Option<(u64, super::Enqueued)>,
+    /// Acknowledgement outcomes of started transactions, awaited before the next one began.
+    settled: HashMap<u64, Option<DeliveryError>>,
+    /// A transaction failed: those started after it are aborted, not committed.
+    poisoned: bool,
+    /// The topic must be read back before the next batch: a producer is new, or a commit's
+    /// outcome is unknown.
+    needs_read_back: bool,
     /// Set once another producer with our id took over; never cleared.
     fenced: Option<String>,
 }
@@ -69,10 +91,15 @@ pub struct TransactionalSink {
 impl std::fmt::Debug for TransactionalSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TransactionalSink")
-            .field("topic", &self.inner.settings.topic)
-            .field("transactional_id", &self.transactional_id)
+            .field("topic", &self.lanes[0].sink.settings.topic)
+            .field("transactional_id", &self.lanes[0].id)
             .finish()
     }
+}
+
+/// The `transactional.id` of each lane: the configured one, and a second derived from it.
+fn lane_ids(base: &str) -> [String; 2] {
+    [base.to_owned(), format!("{base}-b")]
 }
 
 impl TransactionalSink {
@@ -83,52 +110,67 @@ impl TransactionalSink {
         sdkappid: u64,
     ) -> Result<(TransactionalSink, bool), KafkaSetupError> {
         super::warn_ignored_settings(settings);
-        let transactional_id = settings.transactional_id_for(sdkappid);
+        let base = settings.transactional_id_for(sdkappid);
         let health = Arc::new(BrokerHealth::default());
-        let producer = super::create_producer(settings, Some(&transactional_id), &health)
-            .map_err(KafkaSetupError::Client)?;
-        let inner = KafkaSink {
-            producer,
-            health,
-            settings: Box::new(settings.clone()),
-            sdkappid,
-            refused_rounds: 0,
-            transactional_id: Some(transactional_id.clone()),
-        };
-        let reachable = inner.check_topic().await?;
-        tracing::info!(
-            transactional_id = %transactional_id,
-            "exactly-once delivery: each batch is one Kafka transaction"
-        );
-        Ok((
-            TransactionalSink {
-                inner,
-                transactional_id,
+        let lane = |id: String| -> Result<Lane, KafkaSetupError> {
+            let producer = super::create_producer(settings, Some(&id), &health)
+                .map_err(KafkaSetupError::Client)?;
+            let sink = KafkaSink {
+                producer,
+                health: health.clone(),
+                settings: Box::new(settings.clone()),
+                sdkappid,
+                refused_rounds: 0,
+                transactional_id: Some(id.clone()),
+            };
+            Ok(Lane {
+                sink,
+                id,
                 needs_init: true,
-                needs_read_back: true,
                 needs_abort: false,
                 began: None,
-                fenced: None,
-            },
-            reachable,
-        ))
+            })
+        };
+        let [first, second] = lane_ids(&base);
+        let lanes = [lane(first)?, lane(second)?];
+        let reachable = lanes[0].sink.check_topic().await?;
+        tracing::info!(
+            transactional_id = %base,
+            "exactly-once delivery: each batch is one Kafka transaction (two producers take turns: {base} and {base}-b)"
+        );
+        let sink = TransactionalSink {
+            lanes,
+            next_lane: 0,
+            next_number: 0,
+            unsettled: None,
+            settled: HashMap::new(),
+            poisoned: false,
+            needs_read_back: true,
+            fenced: None,
+        };
+        Ok((sink, reachable))
     }
 
-    /// What the producer learnt about the brokers.
+    /// What the producers learnt about the brokers.
     pub fn health(&self) -> Arc<BrokerHealth> {
-        self.inner.health()
+        self.lanes[0].sink.health()
+    }
+
+    fn settings(&self) -> &KafkaConfig {
+        &self.lanes[0].sink.settings
     }
 
     fn timeout(&self) -> Duration {
-        Duration::from_millis(self.inner.settings.transaction_timeout_ms)
+        Duration::from_millis(self.settings().transaction_timeout_ms)
     }
 
-    /// Runs a blocking transactional call of the producer on a helper thread.
+    /// Runs a blocking transactional call of a lane's producer on a helper thread.
     async fn blocking<R: Send + 'static>(
         &self,
+        lane: usize,
         call: impl FnOnce(&super::HealthProducer) -> R + Send + 'static,
     ) -> R {
-        let producer = self.inner.producer.clone();
+        let producer = self.lanes[lane].sink.producer.clone();
         tokio::task::spawn_blocking(move || call(&producer))
             .await
             .expect("a producer call does not panic")
@@ -136,64 +178,130 @@ impl TransactionalSink {
 
     /// Sorts a transactional error: fenced (stop for good), fatal (a new producer, then
     /// `init_transactions` and a read-back), abortable or other (abort, read back, send again).
-    fn failed(&mut self, what: &str, error: KafkaError) -> DeliveryError {
+    fn failed(&mut self, lane: usize, what: &str, error: KafkaError) -> DeliveryError {
+        self.poisoned = true;
         let (fatal, requires_abort) = match &error {
             KafkaError::Transaction(e) => (e.is_fatal(), e.txn_requires_abort()),
             _ => (false, true),
         };
-        let fatal_code = self.inner.producer.client().fatal_error().map(|(c, _)| c);
+        let l = &self.lanes[lane];
+        let fatal_code = l.sink.producer.client().fatal_error().map(|(c, _)| c);
         let code = error.rdkafka_error_code().or(fatal_code);
-        let young = self.began.is_none_or(|t| t.elapsed() < self.timeout());
+        let young = l.began.is_none_or(|t| t.elapsed() < self.timeout());
         if is_fenced(code) && young {
             let message = format!("{what}: {error}");
+            let base = self.lanes[0].id.clone();
             if self.fenced.is_none() {
-                self.inner.health.fenced();
+                self.health().fenced();
                 tracing::error!(
-                    transactional_id = %self.transactional_id,
+                    transactional_id = %base,
                     error = %message,
                     "another presenced with the same transactional.id took over: this one stops publishing for good (restart it only once the other is stopped)"
                 );
             }
-            self.fenced = Some(self.transactional_id.clone());
-            return DeliveryError::Fenced(self.transactional_id.clone());
+            self.fenced = Some(base.clone());
+            return DeliveryError::Fenced(base);
         }
         self.needs_read_back = true;
         if fatal || fatal_code.is_some() {
             tracing::warn!(error = %error, "{what} failed with a fatal error; re-creating the transactional producer");
-            self.recreate();
-        } else if requires_abort || self.began.is_some() {
-            self.needs_abort = true;
+            self.recreate(lane);
+        } else if requires_abort || self.lanes[lane].began.is_some() {
+            self.lanes[lane].needs_abort = true;
             tracing::warn!(error = %error, "{what} failed; the transaction is aborted and its batch sent again");
         }
         DeliveryError::Broker(format!("{what}: {error}"))
     }
 
     /// A record was refused before the commit: the transaction is aborted and sent again.
-    fn abort_needed(&mut self, what: &str, error: DeliveryError) -> DeliveryError {
+    fn abort_needed(&mut self, lane: usize, what: &str, error: DeliveryError) -> DeliveryError {
         tracing::warn!(error = %error, "{what} failed; the transaction is aborted and its batch sent again");
-        self.needs_abort = true;
+        self.lanes[lane].needs_abort = true;
         self.needs_read_back = true;
+        self.poisoned = true;
         error
     }
 
-    fn recreate(&mut self) {
-        match super::create_producer(
-            &self.inner.settings,
-            Some(&self.transactional_id),
-            &self.inner.health,
-        ) {
+    fn recreate(&mut self, lane: usize) {
+        let l = &mut self.lanes[lane];
+        match super::create_producer(&l.sink.settings, Some(&l.id), &l.sink.health) {
             Ok(p) => {
-                let old = std::mem::replace(&mut self.inner.producer, p);
+                let old = std::mem::replace(&mut l.sink.producer, p);
                 tokio::task::spawn_blocking(move || drop(old));
-                self.needs_init = true;
-                self.needs_abort = false;
-                self.began = None;
+                l.needs_init = true;
+                l.needs_abort = false;
+                l.began = None;
             }
             Err(e) => {
                 tracing::error!(error = %e, "re-creating the transactional producer failed; will retry")
             }
         }
     }
+
+    /// The acknowledgement outcome of transaction `number`, waiting for it if needed.
+    async fn acknowledged(&mut self, number: u64) -> Option<DeliveryError> {
+        match self.unsettled.take() {
+            Some((n, enqueued)) if n == number => enqueued.settle_all().await,
+            other => {
+                self.unsettled = other;
+                self.settled.remove(&number).flatten()
+            }
+        }
+    }
+
+    /// Begins a transaction on the next lane and hands it the records, once every record of the
+    /// transaction before has been acknowledged.
+    async fn begin(&mut self, n: usize, enqueue: Enqueue<'_>) -> TransactionPending {
+        if let Some((number, enqueued)) = self.unsettled.take() {
+            let outcome = enqueued.settle_all().await;
+            let refused = outcome.is_some();
+            self.settled.insert(number, outcome);
+            if refused {
+                // The batch before fails at its finish; this one would be aborted after it.
+                let error = DeliveryError::Broker("an earlier batch was refused".into());
+                return TransactionPending::Failed { events: n, error };
+            }
+        }
+        if let Some(id) = &self.fenced {
+            let error = DeliveryError::Fenced(id.clone());
+            return TransactionPending::Failed { events: n, error };
+        }
+        if self.poisoned {
+            // An earlier batch will be sent again, and this one after it.
+            let error = DeliveryError::Broker("an earlier transaction failed".into());
+            return TransactionPending::Failed { events: n, error };
+        }
+        let lane = self.next_lane;
+        if let Err(e) = self.lanes[lane].sink.producer.begin_transaction() {
+            let error = self.failed(lane, "beginning a transaction", e);
+            return TransactionPending::Failed { events: n, error };
+        }
+        self.lanes[lane].began = Some(Instant::now());
+        let sink = &self.lanes[lane].sink;
+        let enqueued = match enqueue {
+            Enqueue::Batch(events, records) => sink.enqueue_batch(events, records).await,
+            Enqueue::Tombstones(ids) => sink.enqueue_tombstones(ids).await,
+        };
+        if let Some(error) = enqueued.first_error() {
+            let error = self.abort_needed(lane, "producing", error);
+            return TransactionPending::Failed { events: n, error };
+        }
+        let number = self.next_number;
+        self.next_number += 1;
+        self.next_lane = 1 - lane;
+        self.unsettled = Some((number, enqueued));
+        TransactionPending::Open {
+            events: n,
+            lane,
+            number,
+        }
+    }
+}
+
+/// What a transaction carries.
+enum Enqueue<'a> {
+    Batch(&'a [OutboxEvent], Vec<Records>),
+    Tombstones(&'a [String]),
 }
 
 /// Whether a code says another producer with our `transactional.id` took over.
@@ -209,46 +317,58 @@ impl Sink for TransactionalSink {
     type Pending = TransactionPending;
 
     fn encoder(&self) -> KafkaEncoder {
-        self.inner.encoder().with_history_ids()
+        self.lanes[0].sink.encoder().with_history_ids()
     }
 
-    /// One transaction at a time: a batch's commit decides for all of it.
+    /// Two transactions at a time, one per producer: one commits while the next one sends.
     fn window(&self) -> usize {
-        1
+        2
     }
 
-    /// Aborts what a failure left open, initialises a new producer, and reads back the highest
-    /// history id committed on the topic when the last commit's outcome is unknown.
+    /// Aborts what a failure left open, initialises new producers, and reads back the highest
+    /// history id committed on the topic when a commit's outcome is unknown. The publisher
+    /// calls it with nothing in flight.
     async fn recover(&mut self) -> Result<Option<i64>, DeliveryError> {
         if let Some(id) = &self.fenced {
             return Err(DeliveryError::Fenced(id.clone()));
         }
+        self.unsettled = None;
+        self.settled.clear();
         let timeout = self.timeout();
-        // A transaction still open here was started and never finished: the publisher dropped
-        // its batch (a stop or a reload interrupted the round). It goes, then the batch again.
-        if self.began.is_some() {
-            self.needs_abort = true;
-            self.needs_read_back = true;
-        }
-        if self.needs_abort {
-            match self.blocking(move |p| p.abort_transaction(timeout)).await {
-                Ok(()) => {
-                    self.needs_abort = false;
-                    self.began = None;
+        for lane in 0..2 {
+            // A transaction still open here was started and never finished: the publisher
+            // dropped its batch (a stop, a reload or a failure before it). It goes.
+            if self.lanes[lane].began.is_some() {
+                self.lanes[lane].needs_abort = true;
+                self.needs_read_back = true;
+            }
+            if self.lanes[lane].needs_abort {
+                match self
+                    .blocking(lane, move |p| p.abort_transaction(timeout))
+                    .await
+                {
+                    Ok(()) => {
+                        self.lanes[lane].needs_abort = false;
+                        self.lanes[lane].began = None;
+                    }
+                    Err(e) => return Err(self.failed(lane, "aborting the transaction", e)),
                 }
-                Err(e) => return Err(self.failed("aborting the transaction", e)),
+            }
+            if self.lanes[lane].needs_init {
+                match self
+                    .blocking(lane, move |p| p.init_transactions(timeout))
+                    .await
+                {
+                    Ok(()) => self.lanes[lane].needs_init = false,
+                    Err(e) => return Err(self.failed(lane, "initialising transactions", e)),
+                }
             }
         }
-        if self.needs_init {
-            match self.blocking(move |p| p.init_transactions(timeout)).await {
-                Ok(()) => self.needs_init = false,
-                Err(e) => return Err(self.failed("initialising transactions", e)),
-            }
-        }
+        self.poisoned = false;
         if !self.needs_read_back {
             return Ok(None);
         }
-        let settings = self.inner.settings.clone();
+        let settings = self.settings().clone();
         let committed = tokio::task::spawn_blocking(move || read_back(&settings))
             .await
             .expect("the read-back does not panic")
@@ -262,111 +382,100 @@ impl Sink for TransactionalSink {
     }
 
     async fn start(&mut self, events: &[OutboxEvent], records: Vec<Records>) -> TransactionPending {
-        let n = events.len();
-        if let Some(id) = &self.fenced {
-            let error = DeliveryError::Fenced(id.clone());
-            return TransactionPending::Failed { events: n, error };
-        }
-        if let Err(e) = self.inner.producer.begin_transaction() {
-            let error = self.failed("beginning a transaction", e);
-            return TransactionPending::Failed { events: n, error };
-        }
-        self.began = Some(Instant::now());
-        // The records' own outcomes are decided by the commit: a failed one fails it.
-        let enqueued = self.inner.enqueue_batch(events, records).await;
-        if let Some(error) = enqueued.first_error() {
-            let error = self.abort_needed("producing", error);
-            return TransactionPending::Failed { events: n, error };
-        }
-        TransactionPending::Open {
-            events: n,
-            enqueued,
-        }
+        self.begin(events.len(), Enqueue::Batch(events, records))
+            .await
     }
 
     async fn finish(&mut self, pending: TransactionPending) -> Vec<Result<(), DeliveryError>> {
-        let (n, outcome) = match pending {
-            TransactionPending::Failed { events, error } => (events, Err(error)),
-            TransactionPending::Open { events, enqueued } => {
-                // Every record acknowledged first: the commit's own flush then has nothing to
-                // wait for (rust-rdkafka's flush waits in steps of up to 100 ms for delivery
-                // reports another thread serves, which cost a tenth of a second a transaction).
-                if let Some(error) = enqueued.settle_all().await {
-                    let error = self.abort_needed("producing", error);
-                    return vec![Err(error); events];
-                }
-                let timeout = self.timeout();
-                let committed = self.blocking(move |p| commit(p, timeout)).await;
-                match committed {
-                    Ok(()) => {
-                        self.began = None;
-                        (events, Ok(()))
-                    }
-                    Err(e) => (events, Err(self.failed("committing the transaction", e))),
-                }
-            }
+        let (lane, number, n) = match pending {
+            TransactionPending::Failed { events, error } => return vec![Err(error); events],
+            TransactionPending::Open {
+                events,
+                lane,
+                number,
+            } => (lane, number, events),
         };
-        if outcome.is_ok() {
-            self.inner.health.delivered();
+        // Every record acknowledged first: the commit's own flush then has nothing to wait for
+        // (rust-rdkafka's flush waits in steps of up to 100 ms for delivery reports another
+        // thread serves, which cost a tenth of a second a transaction).
+        let acknowledged = self.acknowledged(number).await;
+        if self.poisoned {
+            // One before this failed: this one is aborted with it, at the next recovery.
+            self.lanes[lane].needs_abort = true;
+            let error = DeliveryError::Broker("an earlier transaction failed".into());
+            return vec![Err(error); n];
         }
-        vec![outcome; n]
+        if let Some(error) = acknowledged {
+            let error = self.abort_needed(lane, "producing", error);
+            return vec![Err(error); n];
+        }
+        let timeout = self.timeout();
+        match self.blocking(lane, move |p| commit(p, timeout)).await {
+            Ok(()) => {
+                self.lanes[lane].began = None;
+                self.health().delivered();
+                vec![Ok(()); n]
+            }
+            Err(e) => vec![Err(self.failed(lane, "committing the transaction", e)); n],
+        }
     }
 
     /// At a stop: a transaction left open would hold back `read_committed` consumers of its
     /// partitions until the broker times it out, so it is aborted now (its batch is still in
     /// the outbox).
     async fn flush(&self, timeout: Duration) {
-        if self.began.is_none() || self.needs_init || self.fenced.is_some() {
+        if self.fenced.is_some() {
             return;
         }
-        let aborted = self.blocking(move |p| p.abort_transaction(timeout)).await;
-        if let Err(e) = aborted {
-            tracing::warn!(error = %e, "the open transaction could not be aborted at stop; the broker aborts it after kafka.transaction_timeout_ms");
+        for lane in 0..2 {
+            let l = &self.lanes[lane];
+            if l.began.is_none() || l.needs_init {
+                continue;
+            }
+            let aborted = self
+                .blocking(lane, move |p| p.abort_transaction(timeout))
+                .await;
+            if let Err(e) = aborted {
+                tracing::warn!(error = %e, "the open transaction could not be aborted at stop; the broker aborts it after kafka.transaction_timeout_ms");
+            }
         }
     }
 
     fn has_state_topic(&self) -> bool {
-        self.inner.has_state_topic()
+        self.lanes[0].sink.has_state_topic()
     }
 
-    /// Tombstones go in a transaction of their own, committed before the events that follow.
+    /// Tombstones go in a transaction of their own, committed before the events that follow
+    /// (the publisher sends them with nothing in flight).
     async fn deliver_tombstones(&mut self, user_ids: &[String]) -> Vec<Result<(), DeliveryError>> {
         let n = user_ids.len();
         if let Err(e) = self.recover().await {
             return vec![Err(e); n];
         }
-        if let Err(e) = self.inner.producer.begin_transaction() {
-            return vec![Err(self.failed("beginning a transaction", e)); n];
-        }
-        self.began = Some(Instant::now());
-        let enqueued = self.inner.enqueue_tombstones(user_ids).await;
-        if let Some(error) = enqueued.first_error() {
-            return vec![Err(self.abort_needed("producing tombstones", error)); n];
-        }
-        self.finish(TransactionPending::Open {
-            events: n,
-            enqueued,
-        })
-        .await
+        let pending = self.begin(n, Enqueue::Tombstones(user_ids)).await;
+        self.finish(pending).await
     }
 
     fn broker_health(&self) -> Option<Arc<BrokerHealth>> {
-        Some(self.inner.health())
+        Some(self.health())
     }
 
-    /// A new producer with the reloaded settings (the topics and the `transactional.id` stay);
-    /// it is initialised and reads the topic back before the next batch.
+    /// New producers with the reloaded settings (the topics and the `transactional.id` stay);
+    /// they are initialised and the topic is read back before the next batch.
     fn reconfigure(&mut self, settings: &KafkaConfig) -> Result<(), String> {
         if self.fenced.is_some() {
             return Err("fenced: this daemon no longer publishes".into());
         }
-        self.inner
-            .reconfigure(settings)
-            .map_err(|e| e.to_string())?;
-        self.needs_init = true;
+        for lane in &mut self.lanes {
+            lane.sink.reconfigure(settings).map_err(|e| e.to_string())?;
+            lane.needs_init = true;
+            lane.needs_abort = false;
+            lane.began = None;
+        }
         self.needs_read_back = true;
-        self.needs_abort = false;
-        self.began = None;
+        self.unsettled = None;
+        self.settled.clear();
+        self.poisoned = false;
         Ok(())
     }
 }
@@ -391,90 +500,4 @@ fn commit(producer: &super::HealthProducer, timeout: Duration) -> Result<(), Kaf
             other => return other,
         }
     }
-}
-
-/// The highest history id committed on the topic, from the newest records a `read_committed`
-/// consumer sees in each partition; `None` when no partition's newest record carries one (an
-/// empty topic, or one written before exactly-once mode).
-fn read_back(settings: &KafkaConfig) -> Result<Option<i64>, KafkaError> {
-    let consumer: BaseConsumer = client_config(settings)
-        .set("group.id", "presenced-read-back")
-        .set("isolation.level", "read_committed")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        // The end of a partition shows as an empty fetch, which the broker holds this long.
-        .set("fetch.wait.max.ms", "20")
-        .create()?;
-    let wait = Duration::from_secs(10);
-    let topic = settings.topic.as_str();
-    let metadata = consumer.fetch_metadata(Some(topic), wait)?;
-    let mut windows: Vec<(i32, i64, i64, i64)> = Vec::new(); // (partition, low, high, window)
-    for p in metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic)
-        .flat_map(|t| t.partitions())
-    {
-        let (low, high) = consumer.fetch_watermarks(topic, p.id(), wait)?;
-        if high > low {
-            windows.push((p.id(), low, high, 256));
-        }
-    }
-    let mut highest = None;
-    // Each pass reads every open partition's window from its end at once. A window holding
-    // only records of aborted transactions (a crash's unfinished batch) grows and is read again.
-    while !windows.is_empty() {
-        let mut assignment = TopicPartitionList::new();
-        for &(partition, low, high, window) in &windows {
-            let start = (high - window).max(low);
-            assignment.add_partition_offset(topic, partition, Offset::Offset(start))?;
-        }
-        consumer.assign(&assignment)?;
-        let newest = read_to_end(&consumer, windows.len(), wait * 3)?;
-        let mut again = Vec::new();
-        for (partition, low, high, window) in windows {
-            match newest.get(&partition) {
-                Some(id) => highest = highest.max(*id),
-                None if (high - window).max(low) == low => {}
-                None => again.push((partition, low, high, window * 4)),
-            }
-        }
-        windows = again;
-    }
-    Ok(highest)
-}
-
-/// Reads the assigned partitions to their ends; for each partition that had a visible record,
-/// the history id of the newest one (`None` inside when it carries none).
-fn read_to_end(
-    consumer: &BaseConsumer,
-    partitions: usize,
-    timeout: Duration,
-) -> Result<std::collections::HashMap<i32, Option<i64>>, KafkaError> {
-    let mut newest = std::collections::HashMap::new();
-    let mut ended = std::collections::HashSet::new();
-    let deadline = Instant::now() + timeout;
-    while ended.len() < partitions {
-        match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(m)) => {
-                let id = m.headers().and_then(|h| {
-                    h.iter()
-                        .find(|h| h.key == HISTORY_ID_HEADER)
-                        .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse::<i64>().ok())
-                });
-                newest.insert(m.partition(), id);
-            }
-            Some(Err(KafkaError::PartitionEOF(partition))) => {
-                ended.insert(partition);
-            }
-            Some(Err(e)) => return Err(e),
-            None if Instant::now() > deadline => {
-                return Err(KafkaError::MetadataFetch(
-                    RDKafkaErrorCode::OperationTimedOut,
-                ))
-            }
-            None => {}
-        }
-    }
-    Ok(newest)
 }
