@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
 # Every benchmark, with its output kept in target/bench-results.txt. Starts a local Apache Kafka
 # broker (scripts/kafka.sh) for the Kafka scenario.
-# Usage: scripts/bench.sh [SCENARIO ...]   (client-rate client-ceiling store prune kafka e2e import diff publish migrate)
+# Usage: scripts/bench.sh [SCENARIO ...]   (client-rate client-ceiling store prune kafka e2e import diff publish migrate detection)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 out=target/bench-results.txt
 mkdir -p target
 scenarios=("$@")
-[ ${#scenarios[@]} -gt 0 ] || scenarios=(client-rate client-ceiling store prune kafka e2e import diff publish migrate)
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(client-rate client-ceiling store prune kafka e2e import diff publish migrate detection)
 
 cargo build --release --quiet
-cargo bench --no-run --quiet --bench throughput --bench diff --bench publish
+cargo bench --no-run --quiet --bench throughput --bench diff --bench publish --bench detection
 
 tmp=$(mktemp -d)
 trap 'scripts/kafka.sh stop "$tmp/kafka" >/dev/null 2>&1 || true; rm -rf "$tmp"' EXIT
@@ -30,6 +30,7 @@ fi
     case "$s" in
       diff | publish) cargo bench --quiet --bench "$s" 2>&1 | grep -E '^[a-z_]+/|time:|thrpt:' ;;
       migrate) echo; echo "## migrate"; python3 scripts/bench-migration.py ;;
+      detection) echo; echo "## detection"; cargo bench --quiet --bench detection ;;
       import)
         echo; echo "## import"
         seq -f 'user%.0f' 0 999999 > "$tmp/ids.txt"

@@ -39,6 +39,14 @@ pub enum SimError {
         /// Why.
         source: std::io::Error,
     },
+    /// The change log could not be created.
+    #[error("cannot create the change log {path}: {source}")]
+    ChangeLog {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// Faults injected into answers, each with its own probability per call.
@@ -96,6 +104,10 @@ pub struct SimConfig {
     pub faults: Faults,
     /// `State.StateChange` callbacks sent as the churn changes accounts.
     pub callback: SimCallbacks,
+    /// A file the churn appends each visible change to, one JSON line each (`at` in ms since
+    /// the epoch, the account, its state and platforms after): the ground truth benchmarks
+    /// measure detection latency against.
+    pub change_log: Option<std::path::PathBuf>,
 }
 
 impl Default for SimConfig {
@@ -114,6 +126,7 @@ impl Default for SimConfig {
             legacy_state_field: false,
             faults: Faults::default(),
             callback: SimCallbacks::default(),
+            change_log: None,
         }
     }
 }
@@ -241,7 +254,18 @@ pub async fn start(config: SimConfig, addr: SocketAddr) -> Result<SimHandle, Sim
         .with_state(state.clone());
     let shutdown = CancellationToken::new();
     let churn_stop = shutdown.clone();
-    tokio::spawn(churn_loop(state.clone(), churn_stop));
+    let change_log = match &state.config.lock().expect("config").change_log {
+        Some(path) => Some(
+            std::fs::File::create(path)
+                .map(std::io::BufWriter::new)
+                .map_err(|source| SimError::ChangeLog {
+                    path: path.clone(),
+                    source,
+                })?,
+        ),
+        None => None,
+    };
+    tokio::spawn(churn_loop(state.clone(), change_log, churn_stop));
     let stop = shutdown.clone();
     let task = tokio::spawn(async move {
         let _ = axum::serve(listener, app)
@@ -255,7 +279,12 @@ pub async fn start(config: SimConfig, addr: SocketAddr) -> Result<SimHandle, Sim
     })
 }
 
-async fn churn_loop(state: Arc<SimState>, stop: CancellationToken) {
+async fn churn_loop(
+    state: Arc<SimState>,
+    mut change_log: Option<std::io::BufWriter<std::fs::File>>,
+    stop: CancellationToken,
+) {
+    use std::io::Write;
     let tick = Duration::from_millis(100);
     let mut owed = 0.0;
     loop {
@@ -275,6 +304,15 @@ async fn churn_loop(state: Arc<SimState>, stop: CancellationToken) {
             owed -= count as f64;
             population.churn(count, &mut rand::rng(), now)
         };
+        if let Some(log) = &mut change_log {
+            let at = now_millis();
+            for view in changes.iter().filter_map(|c| c.visible.as_ref()) {
+                let line = serde_json::json!({"at": at, "user_id": view.user_id,
+                    "state": view.status, "platforms": view.platforms});
+                let _ = writeln!(log, "{line}");
+            }
+            let _ = log.flush();
+        }
         let announce = !state
             .callback_settings
             .lock()

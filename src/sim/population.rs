@@ -42,6 +42,9 @@ pub struct Change {
     pub platform: String,
     /// Devices a login pushed off (a multi-device kick).
     pub kicked: Vec<String>,
+    /// The account as a query answers after the change, if the change is visible to one (a
+    /// kick that leaves the same platforms online is not).
+    pub visible: Option<AccountView>,
 }
 
 /// One account as the control API shows it.
@@ -175,13 +178,16 @@ impl Population {
             let Some(account) = self.accounts[i].as_mut() else {
                 continue;
             };
+            let before = view_of(&self.ids[i], account);
             if let Some((action, reason, platform, kicked)) = step(account, rng, now) {
+                let after = view_of(&self.ids[i], account);
                 changes.push(Change {
                     user_id: self.ids[i].clone(),
                     action,
                     reason,
                     platform,
                     kicked,
+                    visible: (after != before).then_some(after),
                 });
             }
         }

@@ -1,0 +1,377 @@
+//! Detection latency at the scale the product is for: 1,000,000 accounts swept every 30 s by
+//! the daemon binary against the simulator process, which churns and (when asked) sends
+//! State.StateChange callbacks. The simulator logs each visible change with its moment; a change
+//! is detected when the history first records the account in the state it changed to, before
+//! its next change. Run by `scripts/bench.sh detection`.
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const SIM_KEY: &str = "presenced-simulator-secret-key";
+const ACCOUNTS: usize = 1_000_000;
+/// 200 changes a second.
+const CHURN: f64 = 0.0002;
+const INTERVAL_SECS: f64 = 30.0;
+/// Measured after the first sweep (which records every account once).
+const MEASURE: Duration = Duration::from_secs(120);
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Blocking HTTP for a benchmark that otherwise only waits.
+struct Http {
+    rt: tokio::runtime::Runtime,
+    client: reqwest::Client,
+}
+
+impl Http {
+    fn new() -> Self {
+        Http {
+            rt: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap(),
+            client: reqwest::Client::new(),
+        }
+    }
+
+    fn put(&self, url: &str, body: serde_json::Value) {
+        let r = self
+            .rt
+            .block_on(self.client.put(url).json(&body).send())
+            .unwrap();
+        assert!(r.status().is_success(), "{url}: {}", r.status());
+    }
+
+    fn text(&self, url: &str) -> String {
+        self.rt
+            .block_on(async { self.client.get(url).send().await?.text().await })
+            .unwrap()
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "port {port} never opened");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+struct Scenario {
+    name: &'static str,
+    callbacks: bool,
+    drop_rate: f64,
+    coalesce_ms: u64,
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        return; // `cargo test --benches` builds this; only `cargo bench` runs it
+    }
+    println!(
+        "{ACCOUNTS} accounts, sweep interval {INTERVAL_SECS} s, 200 calls/s (simulator limit 200, 20 ms latency), churn {} changes/s, measured over {} s after the first sweep",
+        (ACCOUNTS as f64 * CHURN) as u64,
+        MEASURE.as_secs()
+    );
+    for s in [
+        Scenario {
+            name: "callbacks off",
+            callbacks: false,
+            drop_rate: 0.0,
+            coalesce_ms: 20,
+        },
+        Scenario {
+            name: "callbacks on",
+            callbacks: true,
+            drop_rate: 0.0,
+            coalesce_ms: 20,
+        },
+        Scenario {
+            name: "callbacks on, 30% dropped",
+            callbacks: true,
+            drop_rate: 0.3,
+            coalesce_ms: 20,
+        },
+        Scenario {
+            name: "callbacks on, coalesce 200 ms",
+            callbacks: true,
+            drop_rate: 0.0,
+            coalesce_ms: 200,
+        },
+    ] {
+        run(&s);
+    }
+}
+
+fn run(s: &Scenario) {
+    let dir = tempfile::tempdir().unwrap();
+    let (sim_port, cb_port, metrics_port) = (free_port(), free_port(), free_port());
+    let change_log = dir.path().join("changes.jsonl");
+    let callback = match s.callbacks {
+        true => format!(
+            "[callback]\nurl = \"http://127.0.0.1:{cb_port}/im/callback\"\ndrop_rate = {}\n",
+            s.drop_rate
+        ),
+        false => String::new(),
+    };
+    let sim_config = dir.path().join("sim.toml");
+    std::fs::write(
+        &sim_config,
+        format!(
+            "population = {ACCOUNTS}\nchurn_per_second = 0.0\ncalls_per_second = 200.0\nchange_log = \"{}\"\n[faults]\nlatency_ms = 20.0\n{callback}",
+            change_log.display()
+        ),
+    )
+    .unwrap();
+    let sim = Proc(
+        Command::new(env!("CARGO_BIN_EXE_presenced"))
+            .args(["sim", "--listen", &format!("127.0.0.1:{sim_port}")])
+            .arg("--config")
+            .arg(&sim_config)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_port(sim_port);
+    let ids: Vec<String> = (0..ACCOUNTS).map(|i| format!("user{i}")).collect();
+    let watch = dir.path().join("watch.txt");
+    std::fs::write(&watch, ids.join("\n")).unwrap();
+    let db = dir.path().join("presence.db");
+    let daemon_callback = match s.callbacks {
+        true => format!(
+            "[callback]\nlisten = \"127.0.0.1:{cb_port}\"\ncoalesce_ms = {}\n",
+            s.coalesce_ms
+        ),
+        false => String::new(),
+    };
+    let config = dir.path().join("presenced.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[im]\nsdkappid = 1400000000\nsecret_key = \"{SIM_KEY}\"\nbase_url = \"http://127.0.0.1:{sim_port}/\"\n[watch]\nfile = \"{}\"\n[store]\npath = \"{}\"\n[sweep]\ninterval_secs = {INTERVAL_SECS}\njitter_secs = 0.0\n[sink]\nkind = \"none\"\n[service]\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n{daemon_callback}",
+            watch.display(),
+            db.display()
+        ),
+    )
+    .unwrap();
+    let daemon = Proc(
+        Command::new(env!("CARGO_BIN_EXE_presenced"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // The first sweep records every account; the churn starts once it is done.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while completed_sweeps(&db) < 1 {
+        assert!(Instant::now() < deadline, "the first sweep never completed");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let http = Http::new();
+    let control = format!("http://127.0.0.1:{sim_port}/control");
+    http.put(
+        &format!("{control}/churn"),
+        serde_json::json!({"churn_per_second": CHURN}),
+    );
+    let started = presenced::model::now_millis();
+    let calls_before = sim_calls(&http, &control);
+    let hinted_before = metric(&http, metrics_port, "presenced_hinted_calls_total");
+    std::thread::sleep(MEASURE);
+    http.put(
+        &format!("{control}/churn"),
+        serde_json::json!({"churn_per_second": 0.0}),
+    );
+    let stopped = presenced::model::now_millis();
+    // Every change gets a sweep that starts after it.
+    std::thread::sleep(Duration::from_secs_f64(INTERVAL_SECS * 1.5));
+    let (calls_after, throttled_after) = sim_calls(&http, &control);
+    let (calls, throttled) = (
+        calls_after - calls_before.0,
+        throttled_after - calls_before.1,
+    );
+    let hinted = metric(&http, metrics_port, "presenced_hinted_calls_total") - hinted_before;
+    drop(daemon);
+    drop(sim);
+
+    let changes = read_changes(&change_log, started, stopped);
+    let (all, by_callback, missed, in_sweeps) = latencies(&db, &changes, started);
+    let pct = |v: &[i64], p: f64| -> f64 {
+        match v.is_empty() {
+            true => f64::NAN,
+            false => v[((v.len() - 1) as f64 * p).round() as usize] as f64 / 1000.0,
+        }
+    };
+    println!(
+        "{}: {} changes, detection p50 {:.2} s, p99 {:.2} s; found through a callback: {} (p50 {:.3} s, p99 {:.3} s); not matched {}; API calls {} of which hinted {} = {:.1}% of the sweeps' {}; refused for frequency (60011) {}",
+        s.name,
+        all.len(),
+        pct(&all, 0.5),
+        pct(&all, 0.99),
+        by_callback.len(),
+        pct(&by_callback, 0.5),
+        pct(&by_callback, 0.99),
+        missed,
+        calls,
+        hinted as u64,
+        hinted * 100.0 / (calls as f64 - hinted).max(1.0),
+        calls as f64 - hinted,
+        throttled
+    );
+    if !by_callback.is_empty() {
+        println!(
+            "    found through a callback while a sweep ran: {} (p50 {:.3} s, p99 {:.3} s)",
+            in_sweeps.len(),
+            pct(&in_sweeps, 0.5),
+            pct(&in_sweeps, 0.99)
+        );
+    }
+}
+
+fn completed_sweeps(db: &std::path::Path) -> i64 {
+    rusqlite::Connection::open(db)
+        .and_then(|c| {
+            c.busy_timeout(Duration::from_secs(5))?;
+            c.query_row(
+                "SELECT COUNT(*) FROM sweeps WHERE outcome = 'completed'",
+                [],
+                |r| r.get(0),
+            )
+        })
+        .unwrap_or(0)
+}
+
+/// (calls, calls refused with 60011 for frequency).
+fn sim_calls(http: &Http, control: &str) -> (u64, u64) {
+    let v: serde_json::Value =
+        serde_json::from_str(&http.text(&format!("{control}/stats"))).unwrap();
+    let throttled = v["errors"]["60011"].as_u64().unwrap_or(0);
+    (v["calls"].as_u64().unwrap(), throttled)
+}
+
+fn metric(http: &Http, port: u16, name: &str) -> f64 {
+    let text = http.text(&format!("http://127.0.0.1:{port}/metrics"));
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// (at, state, platforms) per account, in order.
+type Changes = HashMap<String, Vec<(i64, String, String)>>;
+
+fn normalize(platforms: &serde_json::Value) -> String {
+    let mut p: Vec<String> = platforms
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|d| format!("{}:{}", d["platform"], d["status"]))
+        .collect();
+    p.sort();
+    p.join(",")
+}
+
+fn read_changes(path: &std::path::Path, from: i64, until: i64) -> Changes {
+    let mut out: Changes = HashMap::new();
+    for line in std::fs::read_to_string(path).unwrap().lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let at = v["at"].as_i64().unwrap();
+        if at < from || at > until {
+            continue;
+        }
+        out.entry(v["user_id"].as_str().unwrap().to_owned())
+            .or_default()
+            .push((
+                at,
+                v["state"].as_str().unwrap().to_owned(),
+                normalize(&v["platforms"]),
+            ));
+    }
+    out
+}
+
+/// Detection latencies (ms, sorted): of every change, and of those found through a callback;
+/// how many changes no history row matched before the account's next change; and the latencies
+/// of callback-found changes observed while a sweep ran.
+fn latencies(
+    db: &std::path::Path,
+    changes: &Changes,
+    from: i64,
+) -> (Vec<i64>, Vec<i64>, usize, Vec<i64>) {
+    // One pass over the rows observed since `from` (indexed by time), grouped by account.
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let sweeps: Vec<(i64, i64)> = conn
+        .prepare("SELECT started_at, finished_at FROM sweeps WHERE finished_at IS NOT NULL")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let during_sweep = |t: i64| sweeps.iter().any(|(s, f)| t >= *s && t <= *f);
+    let mut in_sweeps = Vec::new();
+    let mut stmt = conn
+        .prepare(
+            "SELECT user_id, observed_at, to_state, to_platforms, cause FROM presence_history
+             WHERE observed_at >= ?1 ORDER BY history_id",
+        )
+        .unwrap();
+    let mut by_user: HashMap<String, Vec<(i64, String, String, String)>> = HashMap::new();
+    let rows = stmt
+        .query_map([from], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?),
+            ))
+        })
+        .unwrap();
+    for row in rows {
+        let (user, row) = row.unwrap();
+        by_user.entry(user).or_default().push(row);
+    }
+    let none = Vec::new();
+    let (mut all, mut by_callback, mut missed) = (Vec::new(), Vec::new(), 0);
+    for (user, list) in changes {
+        let rows = by_user.get(user).unwrap_or(&none);
+        for (i, (at, state, platforms)) in list.iter().enumerate() {
+            let next = list.get(i + 1).map_or(i64::MAX, |c| c.0);
+            let found = rows.iter().find(|(observed, to, to_platforms, _)| {
+                *observed >= *at
+                    && *observed < next
+                    && to == state
+                    && normalize(&serde_json::from_str(to_platforms).unwrap()) == *platforms
+            });
+            match found {
+                Some((observed, _, _, cause)) => {
+                    all.push(observed - at);
+                    if cause == "callback" {
+                        by_callback.push(observed - at);
+                        if during_sweep(*observed) {
+                            in_sweeps.push(observed - at);
+                        }
+                    }
+                }
+                None => missed += 1,
+            }
+        }
+    }
+    all.sort_unstable();
+    by_callback.sort_unstable();
+    in_sweeps.sort_unstable();
+    (all, by_callback, missed, in_sweeps)
+}
