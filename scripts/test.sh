@@ -10,8 +10,9 @@ log() { printf '\n==> %s\n' "$*" >&2; }
 # --- system packages --------------------------------------------------------------------------
 # Besides the build's own: python3 plays the analyst's second process; systemd provides
 # systemd-analyze for the unit tests; prometheus provides promtool for the monitoring kit's
-# tests; Java, Maven and openssl fetch and run the Kafka brokers.
-scripts/install-deps.sh python3 systemd openssl prometheus
+# tests; Java, Maven and openssl fetch and run the Kafka brokers; nginx runs the TLS proxy of
+# docs/OPERATIONS.md in front of the callback endpoint.
+scripts/install-deps.sh python3 systemd openssl prometheus nginx
 command -v java >/dev/null 2>&1 || scripts/install-deps.sh openjdk-17-jre-headless
 command -v mvn >/dev/null 2>&1 || scripts/install-deps.sh maven
 

@@ -163,8 +163,9 @@ fn rows(expected: &[&[&str]]) -> Vec<Vec<String>> {
 #[test]
 fn every_documented_query_gives_the_known_answer() {
     let (_dir, db) = build();
-    let qs = queries();
-    assert_eq!(qs.len(), 12, "twelve numbered questions with SQL");
+    let mut qs = queries();
+    assert_eq!(qs.len(), 13, "thirteen numbered questions with SQL");
+    qs.truncate(12); // the thirteenth needs callback-found rows: its own test
     let params: Vec<(&str, Value)> = vec![
         (":t", Value::Integer(T0 + 2 * HOUR + 15 * MIN)),
         (":from_day", Value::Text("2025-11-01".into())),
@@ -366,5 +367,78 @@ fn open_intervals_end_where_the_daemon_stopped_knowing() {
     assert_eq!(
         current,
         rows(&[&[&(T0 + HOUR).to_string(), &stopped.to_string()]])
+    );
+}
+
+#[test]
+fn drops_by_reason_and_platform_come_from_callback_found_rows() {
+    use presenced::model::{CallbackHint, Cause};
+    use State::*;
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = Db::open(&dir.path().join("c.db"), Duration::from_secs(5)).unwrap();
+    let sweep = db.begin_sweep(T0, 3).unwrap();
+    let hint = |action: &str, reason: &str| {
+        Cause::Callback(Box::new(CallbackHint {
+            event_time: T0,
+            action: action.into(),
+            reason: Some(reason.into()),
+            kicked_devices: vec![],
+        }))
+    };
+    let two = vec![
+        PlatformStatus {
+            platform: "Android".into(),
+            status: Online,
+        },
+        PlatformStatus {
+            platform: "Web".into(),
+            status: Online,
+        },
+    ];
+    let t =
+        |user: &'static str, seq: u64| TransitionRecord::builder(user, seq, Offline).sweep(sweep);
+    let transitions = vec![
+        // dan: Android times out into PushOnline, found by a callback.
+        t("dan", 1).to_platforms(p("Android", Online)).build(),
+        TransitionRecord::builder("dan", 2, PushOnline)
+            .from(Some(Online), T0)
+            .from_platforms(p("Android", Online))
+            .to_platforms(p("Android", PushOnline))
+            .observed_at(T0 + HOUR)
+            .sweep(sweep)
+            .cause(hint("Disconnect", "TimeOut"))
+            .build(),
+        // erin: logs out of Web, keeps Android, found by a callback.
+        t("erin", 1).to_platforms(two.clone()).build(),
+        TransitionRecord::builder("erin", 2, Online)
+            .from(Some(Online), T0)
+            .from_platforms(two)
+            .to_platforms(p("Android", Online))
+            .observed_at(T0 + HOUR)
+            .sweep(sweep)
+            .cause(hint("Logout", "Unregister"))
+            .build(),
+        // fay: goes offline, found by a sweep: not a callback's.
+        t("fay", 1).to_platforms(p("Web", Online)).build(),
+        TransitionRecord::builder("fay", 2, Offline)
+            .from(Some(Online), T0)
+            .from_platforms(p("Web", Online))
+            .observed_at(T0 + HOUR)
+            .sweep(sweep)
+            .build(),
+    ];
+    db.apply(&WriteSet {
+        transitions,
+        not_found: vec![],
+    })
+    .unwrap();
+    let (_, sql) = queries().pop().unwrap();
+    let params: Vec<(&str, Value)> = vec![
+        (":from_t", Value::Integer(T0)),
+        (":to_t", Value::Integer(T0 + 2 * HOUR)),
+    ];
+    assert_eq!(
+        run(&db, &sql, &params),
+        rows(&[&["Android", "TimeOut", "1"], &["Web", "Unregister", "1"]])
     );
 }
