@@ -152,16 +152,15 @@ impl HintQueue {
         })
     }
 
-    /// Releases up to a call's worth of accounts ready at `now`, oldest first.
+    /// Releases up to a call's worth of accounts once the oldest is ready at `now`: with it,
+    /// every account that arrived within the coalescing delay after it, oldest first.
     pub fn take(&self, now: Instant) -> Vec<(String, CallbackHint)> {
         let mut inner = self.lock();
         if inner.closed || self.ready_at(&inner).is_none_or(|t| t > now) {
             return Vec::new();
         }
-        let horizon = match inner.waiting.len() >= self.batch_size {
-            true => now + self.coalesce,
-            false => now,
-        };
+        // Those whose own delay runs out within one more delay share the call.
+        let horizon = now + self.coalesce;
         let mut out = Vec::new();
         while out.len() < self.batch_size {
             let Some(first) = inner.by_due.first().filter(|(due, _, _)| *due <= horizon) else {
@@ -291,6 +290,21 @@ mod tests {
         q.ready().await;
         assert_eq!(Instant::now() - t0, Duration::from_secs(1));
         assert_eq!(q.take(Instant::now()).len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hints_arriving_within_the_delay_share_one_call() {
+        let q = queue(100, 500);
+        let t0 = Instant::now();
+        q.push("u1", hint(1), t0);
+        q.push("u2", hint(1), t0 + Duration::from_millis(5));
+        q.push("u3", hint(1), t0 + Duration::from_millis(15));
+        q.push("u4", hint(1), t0 + Duration::from_millis(45));
+        let call = q.take(t0 + Duration::from_millis(20));
+        let ids: Vec<&str> = call.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(ids, ["u1", "u2", "u3"], "u4 came after the first's delay ran out");
+        assert!(q.take(t0 + Duration::from_millis(40)).is_empty());
+        assert_eq!(q.take(t0 + Duration::from_millis(65)).len(), 1);
     }
 
     #[tokio::test(start_paused = true)]
