@@ -83,6 +83,27 @@ fn set_sweep(config: &std::path::Path, interval: f64, im_extra: &str) {
     std::fs::write(config, text).unwrap();
 }
 
+/// Waits until a sweep that started after `at` (ms) has completed.
+async fn sweep_completed_after(db: &std::path::Path, at: i64) {
+    let sql =
+        format!("SELECT COUNT(*) FROM sweeps WHERE outcome = 'completed' AND started_at > {at}");
+    wait_for(
+        "a sweep after the churn stopped",
+        Duration::from_secs(60),
+        || query_i64(db, &sql) > 0,
+    )
+    .await;
+}
+
+async fn scrape(port: u16) -> String {
+    reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 fn completed_sweeps(db: &std::path::Path) -> i64 {
     query_i64(
         db,
@@ -243,12 +264,7 @@ async fn callbacks_are_verified_counted_and_answered_as_im_expects() {
     .await;
     assert_eq!(status, 200, "an account off the watch list is answered OK");
 
-    let metrics = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = scrape(metrics_port).await;
     for (outcome, n) in [
         ("accepted", 1.0),
         ("stale", 1.0),
@@ -421,20 +437,7 @@ async fn lost_duplicated_and_reordered_callbacks_leave_the_history_true() {
     control.churn(0.0).await;
     let quiet_since = presenced::model::now_millis();
     // Callbacks still on their way land before a sweep that starts a second later.
-    wait_for(
-        "a sweep after the churn stopped",
-        Duration::from_secs(60),
-        || {
-            query_i64(
-                &db,
-                &format!(
-                    "SELECT COUNT(*) FROM sweeps WHERE outcome = 'completed' AND started_at > {}",
-                    quiet_since + 1_000
-                ),
-            ) > 0
-        },
-    )
-    .await;
+    sweep_completed_after(&db, quiet_since + 1_000).await;
     signal(&daemon, "TERM");
     assert!(daemon.wait().unwrap().success());
 
@@ -483,15 +486,7 @@ async fn dropped_callbacks_are_caught_by_the_next_sweep() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     control.churn(0.0).await;
     let quiet_since = presenced::model::now_millis();
-    wait_for("a sweep after the churn stopped", Duration::from_secs(60), || {
-        query_i64(
-            &db,
-            &format!(
-                "SELECT COUNT(*) FROM sweeps WHERE outcome = 'completed' AND started_at > {quiet_since}"
-            ),
-        ) > 0
-    })
-    .await;
+    sweep_completed_after(&db, quiet_since).await;
     signal(&daemon, "TERM");
     assert!(daemon.wait().unwrap().success());
     let stats = control.stats().await;
@@ -559,12 +554,7 @@ async fn a_flood_of_callbacks_stays_within_the_configured_call_rate() {
     let elapsed = started.elapsed().as_secs_f64();
     let stats = sim.control().stats().await;
     let calls = stats.calls - calls_before;
-    let metrics = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = scrape(metrics_port).await;
     let hinted = metric(&metrics, "presenced_hinted_calls_total", &[]);
     let overflow = metric(
         &metrics,
@@ -643,15 +633,7 @@ async fn sigkill_during_hinted_queries_loses_nothing() {
     control.churn(0.0).await;
     let quiet_since = presenced::model::now_millis();
     let mut daemon = spawn_daemon(&config, None);
-    wait_for("a sweep after the churn stopped", Duration::from_secs(60), || {
-        query_i64(
-            &db,
-            &format!(
-                "SELECT COUNT(*) FROM sweeps WHERE outcome = 'completed' AND started_at > {quiet_since}"
-            ),
-        ) > 0
-    })
-    .await;
+    sweep_completed_after(&db, quiet_since).await;
     signal(&daemon, "TERM");
     assert!(daemon.wait().unwrap().success());
     assert_matches_truth(&db, &control).await;

@@ -302,7 +302,11 @@ mod tests {
         q.push("u4", hint(1), t0 + Duration::from_millis(45));
         let call = q.take(t0 + Duration::from_millis(20));
         let ids: Vec<&str> = call.iter().map(|(id, _)| id.as_str()).collect();
-        assert_eq!(ids, ["u1", "u2", "u3"], "u4 came after the first's delay ran out");
+        assert_eq!(
+            ids,
+            ["u1", "u2", "u3"],
+            "u4 came after the first's delay ran out"
+        );
         assert!(q.take(t0 + Duration::from_millis(40)).is_empty());
         assert_eq!(q.take(t0 + Duration::from_millis(65)).len(), 1);
     }
