@@ -3,14 +3,16 @@
 //! through the same diff and commit as a sweep's.
 
 use super::{Sweeper, IN_FLIGHT_GRACE};
+use crate::callback::HintQueue;
 use crate::im::{AccountOutcome, BatchAnswer, QueryError};
+use crate::metrics::Metrics;
 use crate::model::{now_millis, CallbackHint, Cause};
 use crate::store::{StoreError, SweepCounts, WriteSet};
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -73,11 +75,30 @@ impl Applied {
     }
 }
 
-fn contest(contested: &Mutex<HashSet<String>>, ids: &[String]) {
+/// A call for the hinted accounts ready now, if any: numbered in issue order, counted, and its
+/// accounts marked contested. Both the sweep's query task and the idle loop issue them.
+fn issue_hinted(
+    hints: &HintQueue,
+    issued: &AtomicU64,
+    metrics: &Metrics,
+    contested: &Mutex<HashSet<String>>,
+) -> Option<Query> {
+    let taken = hints.take(Instant::now());
+    if taken.is_empty() {
+        return None;
+    }
+    metrics.hinted_calls.inc();
+    metrics.hint_queue_length.set(hints.len() as i64);
+    let (ids, hints): (Vec<String>, Vec<CallbackHint>) = taken.into_iter().unzip();
     contested
         .lock()
         .expect("contested")
         .extend(ids.iter().cloned());
+    Some(Query {
+        ids,
+        number: issued.fetch_add(1, Ordering::Relaxed),
+        hints: Some(hints),
+    })
 }
 
 /// Why [`Sweeper::idle`] returned.
@@ -92,21 +113,6 @@ pub enum Idle {
 }
 
 impl Sweeper {
-    fn next_query(&self, ids: Vec<String>, hints: Option<Vec<CallbackHint>>) -> Query {
-        Query {
-            ids,
-            number: self.queries_issued.fetch_add(1, Ordering::Relaxed),
-            hints,
-        }
-    }
-
-    fn hinted_query(&self, taken: Vec<(String, CallbackHint)>) -> Query {
-        let (ids, hints): (Vec<String>, _) = taken.into_iter().unzip();
-        self.metrics.hinted_calls.inc();
-        contest(&self.applied.contested, &ids);
-        self.next_query(ids, Some(hints))
-    }
-
     /// A sweep's calls, in watch-list order, with a call of hinted accounts put ahead of the
     /// next batch whenever one is ready. Pulled lazily, one call each time a slot frees.
     pub(super) fn query_source(&self) -> impl Iterator<Item = Query> + Send + 'static {
@@ -118,21 +124,11 @@ impl Sweeper {
         let contested = self.applied.contested.clone();
         let mut at = 0;
         std::iter::from_fn(move || {
-            let number = issued.fetch_add(1, Ordering::Relaxed);
-            if let Some(taken) = hints.as_ref().map(|h| h.take(Instant::now())) {
-                if !taken.is_empty() {
-                    metrics.hinted_calls.inc();
-                    metrics
-                        .hint_queue_length
-                        .set(hints.as_ref().map_or(0, |h| h.len()) as i64);
-                    let (ids, hints): (Vec<String>, _) = taken.into_iter().unzip();
-                    contest(&contested, &ids);
-                    return Some(Query {
-                        ids,
-                        number,
-                        hints: Some(hints),
-                    });
-                }
+            let hinted = hints
+                .as_deref()
+                .and_then(|h| issue_hinted(h, &issued, &metrics, &contested));
+            if hinted.is_some() {
+                return hinted;
             }
             if at >= watch.len() {
                 return None;
@@ -142,7 +138,7 @@ impl Sweeper {
             at = end;
             Some(Query {
                 ids,
-                number,
+                number: issued.fetch_add(1, Ordering::Relaxed),
                 hints: None,
             })
         })
@@ -231,12 +227,11 @@ impl Sweeper {
             self.progress.store(now_millis(), Ordering::Relaxed);
             if ended.is_none() {
                 while calls.len() < max_in_flight {
-                    let taken = hints.take(Instant::now());
-                    if taken.is_empty() {
+                    let issued = &self.queries_issued;
+                    let contested = &self.applied.contested;
+                    let Some(query) = issue_hinted(&hints, issued, &self.metrics, contested) else {
                         break;
-                    }
-                    self.metrics.hint_queue_length.set(hints.len() as i64);
-                    let query = self.hinted_query(taken);
+                    };
                     let client = self.client.clone();
                     calls.push(async move {
                         let result = client.query_urgent(&query.ids).await;
