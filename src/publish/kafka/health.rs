@@ -143,7 +143,9 @@ impl ClientContext for ProducerHealthContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
         match level {
             // Fencing is the exactly-once sink's to report, once, with what it means.
-            _ if message.contains("fenced by a newer instance") => {
+            // librdkafka words it "fenced by a newer instance" or, when a produce request
+            // meets the new epoch first, "fenced by newer producer instance".
+            _ if message.contains("fenced by") && message.contains("newer") => {
                 tracing::debug!(fac, message, "librdkafka")
             }
             RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical => {
