@@ -48,8 +48,24 @@ fetch() {
 
 classpath() { ls "$libs"/*.jar | tr '\n' ':'; }
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+# COUNT free TCP ports on 127.0.0.1, one a line. They are drawn below the kernel's ephemeral range
+# (ip_local_port_range), so a connection the nodes open while starting cannot take a port that a
+# node has yet to bind; all are held together while drawn, so none repeats.
+free_ports() {
+  python3 - "$1" <<'PY'
+import random, socket, sys
+low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+held = []
+while len(held) < int(sys.argv[1]):
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", random.randrange(10000, low)))
+    except OSError:
+        s.close()
+        continue
+    held.append(s)
+print("\n".join(str(s.getsockname()[1]) for s in held))
+PY
 }
 
 # A CA, and one certificate for every node (all on 127.0.0.1), in PEM as KIP-651 reads them.
@@ -81,6 +97,9 @@ node.id=$id
 controller.quorum.voters=$voters
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
+# A node gives up and exits when the quorum has not registered it within this (60 s by default);
+# on two cores busy building the tests, a three-node quorum can take longer to form.
+initial.broker.registration.timeout.ms=600000
 listeners=PLAINTEXT://127.0.0.1:$plain,SASL_SSL://127.0.0.1:$sasl,CONTROLLER://127.0.0.1:$ctrl
 advertised.listeners=PLAINTEXT://127.0.0.1:$plain,SASL_SSL://127.0.0.1:$sasl
 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT
@@ -146,7 +165,7 @@ start_node() {
 wait_node() {
   local dir=$1 id=$2 before=$3
   local node="$dir/node$id"
-  for _ in $(seq 1 1200); do
+  for _ in $(seq 1 3000); do
     # One reader, no pipe: with pipefail, `tail | grep -q` fails when grep stops reading early.
     if [ -f "$node/broker.log" ] &&
       awk -v n="$before" 'NR > n && /Kafka Server started/ { found = 1; exit } END { exit !found }' \
@@ -154,15 +173,43 @@ wait_node() {
       return
     fi
     kill -0 "$(cat "$node/pid")" 2>/dev/null || {
-      tail -n 30 "$node/stdout.log" "$node/broker.log" >&2 2>/dev/null || true
-      die "node $id exited during start"
+      # Why it stopped is in its first errors, not in the shutdown at the log's end.
+      printf 'kafka.sh: node %s exited during start; its errors:\n' "$id" >&2
+      grep -E -m 20 ' (ERROR|FATAL) |Exception' "$node/broker.log" >&2 2>/dev/null || true
+      tail -n 20 "$node/stdout.log" >&2 2>/dev/null || true
+      return 1
     }
     sleep 0.1
   done
-  die "node $id did not start within 120 s (log: $node/broker.log)"
+  printf 'kafka.sh: node %s did not start within 300 s (log: %s/broker.log)\n' "$id" "$node" >&2
+  return 1
 }
 
 log_lines() { [ -f "$1/broker.log" ] && wc -l <"$1/broker.log" || echo 0; }
+
+# Draws ports, writes each node's configuration, formats its storage and starts it; fails when a
+# node does not come up.
+launch_nodes() {
+  local dir=$1 ids=$2 nodes=$3 password=$4
+  local voters="" id ports cluster_id
+  read -r -a ports <<<"$(free_ports $((3 * nodes)) | tr '\n' ' ')"
+  for id in $ids; do
+    mkdir -p "$dir/node$id"
+    echo "${ports[3 * (id - 1)]}" >"$dir/node$id/port.plain"
+    echo "${ports[3 * (id - 1) + 1]}" >"$dir/node$id/port.sasl"
+    echo "${ports[3 * (id - 1) + 2]}" >"$dir/node$id/port.controller"
+    voters="${voters:+$voters,}$id@127.0.0.1:$(cat "$dir/node$id/port.controller")"
+  done
+  cluster_id=$(java -cp "$(classpath)" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n 1)
+  for id in $ids; do
+    write_node_config "$dir" "$id" "$voters" "$nodes"
+    java -cp "$(classpath)" kafka.tools.StorageTool format --config "$dir/node$id/server.properties" \
+      --cluster-id "$cluster_id" --add-scram "SCRAM-SHA-512=[name=presenced,password=$password]" \
+      >"$dir/node$id/format.log" 2>&1 || { cat "$dir/node$id/format.log" >&2; die "formatting node $id failed"; }
+  done
+  for id in $ids; do start_node "$dir" "$id"; done
+  for id in $ids; do wait_node "$dir" "$id" 0 || return 1; done
+}
 
 start_cluster() {
   local dir=$1 nodes=${2:-1}
@@ -172,26 +219,20 @@ start_cluster() {
   mkdir -p "$dir"
   dir=$(cd "$dir" && pwd)
   make_certificates "$dir"
-  local voters="" ids="" id
-  for id in $(seq 1 "$nodes"); do
-    mkdir -p "$dir/node$id"
-    free_port >"$dir/node$id/port.plain"
-    free_port >"$dir/node$id/port.sasl"
-    free_port >"$dir/node$id/port.controller"
-    voters="${voters:+$voters,}$id@127.0.0.1:$(cat "$dir/node$id/port.controller")"
-    ids="${ids:+$ids }$id"
-  done
-  local cluster_id password
-  cluster_id=$(java -cp "$(classpath)" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n 1)
+  local ids password attempt
+  ids=$(seq -s ' ' 1 "$nodes")
   password=$(openssl rand -hex 16)
-  for id in $ids; do
-    write_node_config "$dir" "$id" "$voters" "$nodes"
-    java -cp "$(classpath)" kafka.tools.StorageTool format --config "$dir/node$id/server.properties" \
-      --cluster-id "$cluster_id" --add-scram "SCRAM-SHA-512=[name=presenced,password=$password]" \
-      >"$dir/node$id/format.log" 2>&1 || { cat "$dir/node$id/format.log" >&2; die "formatting node $id failed"; }
+  # A node that fails to start (a port taken meanwhile, a quorum too slow on a loaded machine) is
+  # not the test's failure: the nodes start again on new ports with fresh data, twice at most.
+  for attempt in 1 2 3; do
+    launch_nodes "$dir" "$ids" "$nodes" "$password" && break
+    local id
+    for id in $ids; do signal_node "$dir" "$id" KILL; done
+    [ "$attempt" = 3 ] && die "the nodes did not start in three attempts (logs: $dir/attempt*)"
+    log "the nodes did not start (attempt $attempt); starting them again on new ports"
+    mkdir -p "$dir/attempt$attempt"
+    for id in $ids; do mv "$dir/node$id" "$dir/attempt$attempt/"; done
   done
-  for id in $ids; do start_node "$dir" "$id"; done
-  for id in $ids; do wait_node "$dir" "$id" 0; done
   local plain="" sasl=""
   for id in $ids; do
     plain="${plain:+$plain,}127.0.0.1:$(cat "$dir/node$id/port.plain")"
@@ -244,7 +285,7 @@ case "$cmd" in
     dir=$2; shift 2
     declare -A before
     for id in "$@"; do before[$id]=$(log_lines "$dir/node$id"); start_node "$dir" "$id"; done
-    for id in "$@"; do wait_node "$dir" "$id" "${before[$id]}"; done
+    for id in "$@"; do wait_node "$dir" "$id" "${before[$id]}" || die "node $id did not start"; done
     ;;
   stop) [ $# -eq 2 ] || die "usage: stop DIR"; stop_cluster "$2" ;;
   *) sed -n '2,24p' "$0" >&2; exit 2 ;;
