@@ -291,6 +291,74 @@ async fn callbacks_are_verified_counted_and_answered_as_im_expects() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_applies_a_token_rotated_in_its_file() {
+    let sim = SimProcess::start(&["--population", "5", "--churn", "0", "--rate", "0"]);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    std::fs::write(dir.path().join("watch.txt"), ids("user", 5).join("\n")).unwrap();
+    let token_file = dir.path().join("callback-token");
+    let (old, new) = ("token-before-rotation", "token-after-rotation");
+    std::fs::write(&token_file, format!("{old}\n")).unwrap();
+    let config = config_with_callbacks(
+        dir.path(),
+        &sim,
+        port,
+        &format!("token_file = \"{}\"\n", token_file.display()),
+    );
+    let log = dir.path().join("daemon.log");
+    let mut daemon = spawn_daemon(&config, Some(&log));
+    wait_listening(port);
+    let app = presenced::sim::SimConfig::default().sdkappid;
+    let http = reqwest::Client::new();
+    let status_signed_with = |token: &'static str| {
+        let http = http.clone();
+        async move {
+            let now = presenced::model::now_millis() / 1000;
+            let sign = presenced::callback::sign(token, &now.to_string());
+            let url = signed_url(port, app, now, Some(&sign), "State.StateChange");
+            let body = serde_json::to_vec(&state_change("user1")).unwrap();
+            http.post(url)
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(status_signed_with(old).await, 200);
+    assert_eq!(status_signed_with(new).await, 401);
+
+    std::fs::write(&token_file, format!("{new}\n")).unwrap();
+    signal(&daemon, "HUP");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while status_signed_with(new).await != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "the rotated token was never accepted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        status_signed_with(old).await,
+        401,
+        "the old token is refused after the reload"
+    );
+
+    signal(&daemon, "TERM");
+    assert!(daemon.wait().unwrap().success());
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.contains("callback verification reloaded"),
+        "{logged}"
+    );
+    assert!(
+        !logged.contains(old) && !logged.contains(new),
+        "no token is ever logged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_callback_change_is_committed_long_before_the_next_sweep_and_repeats_add_nothing() {
     let sim = SimProcess::start(&["--population", "50", "--churn", "0", "--rate", "0"]);
     let dir = tempfile::tempdir().unwrap();

@@ -1,6 +1,7 @@
 //! `[callback]`: the endpoint IM's `State.StateChange` callbacks are sent to, and how the
 //! re-queries they ask for are coalesced.
 
+use super::verify::Verifier;
 use crate::secret::{serialize_redacted, Secret};
 use crate::validation::{Invalid, Range, Section};
 use serde::{Deserialize, Serialize};
@@ -56,6 +57,25 @@ impl CallbackConfig {
     /// Whether the endpoint runs.
     pub fn enabled(&self) -> bool {
         !self.listen.is_empty()
+    }
+
+    /// What checks callbacks for app `sdkappid` with this token and skew.
+    pub fn verifier(&self, sdkappid: u64) -> Verifier {
+        Verifier {
+            sdkappid,
+            token: self.token.clone(),
+            max_skew_secs: self.max_clock_skew_secs,
+        }
+    }
+
+    /// Whether `other` differs in what only a restart applies: all but the token and skew.
+    pub fn differs_past_reload(&self, other: &CallbackConfig) -> bool {
+        self.listen != other.listen
+            || self.path != other.path
+            || self.max_body_bytes != other.max_body_bytes
+            || self.coalesce_ms != other.coalesce_ms
+            || self.min_requery_interval_ms != other.min_requery_interval_ms
+            || self.queue_capacity != other.queue_capacity
     }
 
     /// [`CallbackConfig::coalesce_ms`] as a duration.

@@ -13,7 +13,7 @@ use axum::routing::post;
 use axum::Router;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -26,8 +26,8 @@ const LOG_EVERY: Duration = Duration::from_secs(60);
 /// What the endpoint needs.
 #[derive(Debug)]
 pub struct Endpoint {
-    /// Checks the query parameters.
-    pub verifier: Verifier,
+    /// Checks the query parameters; a reload may replace it (a rotated console token).
+    verifier: RwLock<Verifier>,
     /// Where accepted hints go.
     pub queue: Arc<HintQueue>,
     /// Where they are counted.
@@ -47,12 +47,17 @@ impl Endpoint {
         max_body_bytes: usize,
     ) -> Self {
         Endpoint {
-            verifier,
+            verifier: RwLock::new(verifier),
             queue,
             metrics,
             max_body_bytes,
             logged: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Checks callbacks from now on with `verifier`: a reload with a new token or skew.
+    pub fn set_verifier(&self, verifier: Verifier) {
+        *self.verifier.write().expect("verifier lock") = verifier;
     }
 
     fn count(&self, command: &str, action: &str, outcome: &str) {
@@ -104,16 +109,20 @@ impl Endpoint {
             )
         };
         let now_secs = now_millis() / 1000;
-        if let Err(r) = self.verifier.check(&params, now_secs) {
+        let checked = {
+            let verifier = self.verifier.read().expect("verifier lock");
+            verifier
+                .check(&params, now_secs)
+                .map_err(|r| (r, verifier.sdkappid, verifier.max_skew_secs))
+        };
+        if let Err((r, sdkappid, max_skew_secs)) = checked {
             let detail = match r {
                 Rejection::WrongApp => format!(
-                    "SdkAppid {:?}, expected {}",
+                    "SdkAppid {:?}, expected {sdkappid}",
                     params.sdkappid.as_deref().unwrap_or(""),
-                    self.verifier.sdkappid
                 ),
                 Rejection::Stale => format!(
-                    "RequestTime outside the allowed skew of {} s (a replay, or this host's clock is off)",
-                    self.verifier.max_skew_secs
+                    "RequestTime outside the allowed skew of {max_skew_secs} s (a replay, or this host's clock is off)",
                 ),
                 _ => "Sign does not match callback.token".into(),
             };

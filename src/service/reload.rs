@@ -1,8 +1,9 @@
-//! What a reload (SIGHUP) changes: the watch list, the log filter, retention and the Kafka
-//! producer's settings. Everything else takes a restart.
+//! What a reload (SIGHUP) changes: the watch list, the log filter, retention, the Kafka
+//! producer's settings and the callback token (and clock skew). Everything else takes a restart.
 
 use super::start::load_watch_list;
 use super::{RunOptions, ServiceError};
+use crate::callback::{CallbackConfig, Endpoint};
 use crate::config::{Config, KafkaConfig};
 use crate::store::Store;
 use crate::sweep::Sweeper;
@@ -15,6 +16,7 @@ pub(super) async fn reload(
     store: &Store,
     sweeper: &mut Sweeper,
     kafka: &watch::Sender<KafkaConfig>,
+    callbacks: Option<&Endpoint>,
 ) -> Result<(), ServiceError> {
     if let Some(path) = &options.config_path {
         match Config::load(path) {
@@ -28,6 +30,7 @@ pub(super) async fn reload(
                 live.service.log_filter = new.service.log_filter;
                 live.store.retention_days = new.store.retention_days;
                 reload_kafka(live, new.kafka, kafka);
+                reload_callback(live, new.callback, callbacks);
             }
             Err(e) => {
                 tracing::error!(error = %e, "configuration not reloaded; keeping the running one")
@@ -61,5 +64,30 @@ fn reload_kafka(live: &mut Config, new: KafkaConfig, kafka: &watch::Sender<Kafka
     if new != live.kafka {
         live.kafka = new.clone();
         kafka.send_replace(new);
+    }
+}
+
+/// Gives the running endpoint a changed token or clock skew (the console's token was rotated);
+/// the endpoint's address, path, limits and pacing take a restart.
+fn reload_callback(live: &mut Config, new: CallbackConfig, endpoint: Option<&Endpoint>) {
+    if new.differs_past_reload(&live.callback) {
+        tracing::warn!("callback settings other than token and max_clock_skew_secs take effect at the next restart");
+    }
+    let Some(endpoint) = endpoint else {
+        return;
+    };
+    let token_changed = new.token != live.callback.token;
+    if token_changed || new.max_clock_skew_secs != live.callback.max_clock_skew_secs {
+        endpoint.set_verifier(new.verifier(live.im.sdkappid));
+        live.callback.token = new.token;
+        live.callback.max_clock_skew_secs = new.max_clock_skew_secs;
+        if live.callback.token.is_empty() {
+            tracing::warn!("callback.token is no longer set: callbacks are accepted unsigned");
+        }
+        tracing::info!(
+            token_changed,
+            max_clock_skew_secs = live.callback.max_clock_skew_secs,
+            "callback verification reloaded"
+        );
     }
 }

@@ -2,7 +2,7 @@
 //! and its publisher, and the HTTP endpoints; and stopping it again.
 
 use super::{http, notify, RunOptions, ServiceError};
-use crate::callback::{Endpoint, HintQueue, Verifier};
+use crate::callback::{Endpoint, HintQueue};
 use crate::config::{Config, KafkaConfig, SinkKind};
 use crate::im::{ClientSettings, ImClient};
 use crate::metrics::Metrics;
@@ -30,8 +30,9 @@ pub(super) struct Running {
     pub kafka_settings: watch::Sender<KafkaConfig>,
     /// The configuration as reloads changed it.
     pub live_config: Config,
-    /// Accounts callbacks hinted at; closed at a stop so late callbacks are answered and dropped.
-    pub hints: Option<Arc<HintQueue>>,
+    /// The callback endpoint: a reload may give it a new token; its queue of hinted accounts is
+    /// closed at a stop so late callbacks are answered and dropped.
+    pub callbacks: Option<Arc<Endpoint>>,
     publisher: Option<JoinHandle<Result<(), StoreError>>>,
     publisher_stop: CancellationToken,
     http_stop: CancellationToken,
@@ -126,7 +127,7 @@ pub(super) async fn start(
         }
     }
 
-    let hints = match config.callback.enabled() {
+    let callbacks = match config.callback.enabled() {
         true => Some(serve_callbacks(&config, &mut sweeper, &metrics, &http_stop).await?),
         false => None,
     };
@@ -142,7 +143,7 @@ pub(super) async fn start(
         wake,
         kafka_settings,
         live_config: config,
-        hints,
+        callbacks,
         publisher,
         publisher_stop,
         http_stop,
@@ -155,7 +156,7 @@ async fn serve_callbacks(
     sweeper: &mut Sweeper,
     metrics: &Arc<Metrics>,
     stop: &CancellationToken,
-) -> Result<Arc<HintQueue>, ServiceError> {
+) -> Result<Arc<Endpoint>, ServiceError> {
     let c = &config.callback;
     let queue = Arc::new(HintQueue::new(
         c.queue_capacity,
@@ -165,17 +166,13 @@ async fn serve_callbacks(
     ));
     sweeper.take_hints(queue.clone());
     let endpoint = Arc::new(Endpoint::new(
-        Verifier {
-            sdkappid: config.im.sdkappid,
-            token: c.token.clone(),
-            max_skew_secs: c.max_clock_skew_secs,
-        },
-        queue.clone(),
+        c.verifier(config.im.sdkappid),
+        queue,
         metrics.clone(),
         c.max_body_bytes,
     ));
     let addr = c.listen.parse().expect("validated");
-    let bound = crate::callback::server::serve(addr, &c.path, endpoint, stop.clone())
+    let bound = crate::callback::server::serve(addr, &c.path, endpoint.clone(), stop.clone())
         .await
         .map_err(|source| ServiceError::Callback {
             addr: c.listen.clone(),
@@ -185,7 +182,7 @@ async fn serve_callbacks(
         tracing::warn!("callback.token is not set: anyone who reaches the endpoint can ask for re-queries (they stay within im.calls_per_second); set the console's callback token");
     }
     tracing::info!(%bound, path = %c.path, "IM callbacks on http://{bound}{}", c.path);
-    Ok(queue)
+    Ok(endpoint)
 }
 
 /// What a publisher task is made of, whatever its sink.
@@ -221,8 +218,8 @@ impl Running {
     /// endpoints and the store, and says what is left in the outbox.
     pub(super) async fn stop(self) -> Result<(), ServiceError> {
         notify::stopping();
-        if let Some(hints) = &self.hints {
-            hints.close();
+        if let Some(callbacks) = &self.callbacks {
+            callbacks.queue.close();
         }
         tracing::info!("stopping: flushing events");
         self.publisher_stop.cancel();

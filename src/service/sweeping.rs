@@ -41,6 +41,7 @@ pub(super) async fn sweep_until_stopped(
         wake,
         kafka_settings,
         live_config,
+        callbacks,
         ..
     } = running;
     let mut reloads = options.reloads.take();
@@ -110,7 +111,15 @@ pub(super) async fn sweep_until_stopped(
                 Idle::Stopped => break,
                 Idle::Deadline => {}
                 Idle::Interrupted => {
-                    match reload(options, live_config, store, sweeper, kafka_settings).await {
+                    let reloaded = reload(
+                        options,
+                        live_config,
+                        store,
+                        sweeper,
+                        kafka_settings,
+                        callbacks.as_deref(),
+                    );
+                    match reloaded.await {
                         Ok(()) => {
                             if config_error {
                                 config_error = false;
