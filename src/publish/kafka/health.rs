@@ -139,13 +139,18 @@ pub struct ProducerHealthContext {
     pub brokers: String,
 }
 
+/// Whether a librdkafka log line reports this producer fenced. Its wordings: "fenced by a newer
+/// instance" (the transaction calls), "fenced by newer producer instance" (a produce request met
+/// the new epoch first), and every fatal transaction error names its code, `_FENCED`.
+fn is_fencing(message: &str) -> bool {
+    (message.contains("fenced by") && message.contains("newer")) || message.contains("(_FENCED)")
+}
+
 impl ClientContext for ProducerHealthContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
         match level {
             // Fencing is the exactly-once sink's to report, once, with what it means.
-            // librdkafka words it "fenced by a newer instance" or, when a produce request
-            // meets the new epoch first, "fenced by newer producer instance".
-            _ if message.contains("fenced by") && message.contains("newer") => {
+            _ if is_fencing(message) => {
                 tracing::debug!(fac, message, "librdkafka")
             }
             RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical => {
@@ -164,5 +169,25 @@ impl ClientContext for ProducerHealthContext {
 
     fn error(&self, error: KafkaError, reason: &str) {
         self.health.on_error(&self.brokers, &error, reason);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_fencing;
+
+    #[test]
+    fn every_wording_of_fencing_in_librdkafka_2_12_is_recognised() {
+        for message in [
+            "Fatal transaction error: Failed to end transaction: Local: This instance has been fenced by a newer instance (_FENCED)",
+            "Fatal transaction error: ProduceRequest for presence [1] with 3 message(s) failed: Broker: Producer attempted an operation with an old epoch (broker 2 PID{Id:1,Epoch:0}, base seq 0): transactional producer fenced by newer producer instance (_FENCED)",
+            "Fatal transaction error: Producer fenced by newer instance: Broker: There is a newer producer with the same transactionalId which fences the current one (_FENCED)",
+            "Fatal error: Local: This instance has been fenced by a newer instance: Failed to add partitions to transaction",
+        ] {
+            assert!(is_fencing(message), "{message}");
+        }
+        assert!(!is_fencing(
+            "Fatal transaction error: Failed to find transaction coordinator: Broker: Transactional Id authorization failed (TRANSACTIONAL_ID_AUTHORIZATION_FAILED)"
+        ));
     }
 }
