@@ -176,12 +176,27 @@ impl Control {
 }
 
 /// A port that was free a moment ago, for processes that must be told their port up front.
+/// It is drawn below the kernel's ephemeral range, from which port 0 and every outgoing
+/// connection take theirs: a port handed out that way can be taken by a client's connection
+/// before the process it was meant for binds it (a daemon then fails to start). No port is handed
+/// out twice in one test binary.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use rand::Rng;
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .filter(|start| *start > 20_000)
+        .unwrap_or(32_768);
+    let mut handed_out = HANDED_OUT.lock().unwrap();
+    let mut rng = rand::rng();
+    loop {
+        let port = rng.random_range(10_000..ephemeral_start);
+        if !handed_out.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.push(port);
+            return port;
+        }
+    }
 }
 
 /// The `presenced sim` binary as its own process, ready when its port answers.
