@@ -50,22 +50,56 @@ fn query_i64(db: &std::path::Path, sql: &str) -> i64 {
     conn.query_row(sql, [], |r| r.get(0)).unwrap_or(-1)
 }
 
-/// A daemon configuration with the callback endpoint on `port`.
-fn config_with_callbacks(
-    dir: &std::path::Path,
-    sim: &SimProcess,
+/// One test's parts: a simulator of `population` accounts (`user1`...), all watched, and a
+/// daemon configuration with the callback endpoint on a free port and `callback` added to
+/// `[callback]`.
+struct Rig {
+    sim: SimProcess,
+    dir: tempfile::TempDir,
     port: u16,
-    extra: &str,
-) -> std::path::PathBuf {
-    let watch = dir.join("watch.txt");
-    write_daemon_config(
-        dir,
-        &sim.base_url(),
-        &format!(
-            "[sink]\nkind = \"none\"\n[watch]\nfile = \"{}\"\n[callback]\nlisten = \"127.0.0.1:{port}\"\npath = \"/im/state\"\n{extra}",
-            watch.display()
-        ),
-    )
+    config: std::path::PathBuf,
+    db: std::path::PathBuf,
+}
+
+impl Rig {
+    /// `sim_args` are the simulator's flags after `--population`.
+    fn new(population: usize, sim_args: &[&str], callback: &str) -> Rig {
+        let population_flag = population.to_string();
+        let mut args = vec!["--population", population_flag.as_str()];
+        args.extend_from_slice(sim_args);
+        let sim = SimProcess::start(&args);
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let watch = dir.path().join("watch.txt");
+        std::fs::write(&watch, ids("user", population).join("\n")).unwrap();
+        let config = write_daemon_config(
+            dir.path(),
+            &sim.base_url(),
+            &format!(
+                "[sink]\nkind = \"none\"\n[watch]\nfile = \"{}\"\n[callback]\nlisten = \"127.0.0.1:{port}\"\npath = \"/im/state\"\n{callback}",
+                watch.display()
+            ),
+        );
+        let db = dir.path().join("presence.db");
+        Rig {
+            sim,
+            dir,
+            port,
+            config,
+            db,
+        }
+    }
+
+    /// Serves `/metrics` on a free port, which it returns.
+    fn serve_metrics(&self) -> u16 {
+        let port = free_port();
+        let text = std::fs::read_to_string(&self.config).unwrap().replace(
+            "metrics_listen = \"\"",
+            &format!("metrics_listen = \"127.0.0.1:{port}\""),
+        );
+        std::fs::write(&self.config, text).unwrap();
+        port
+    }
 }
 
 fn callback_url(port: u16) -> String {
@@ -172,23 +206,15 @@ fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn callbacks_are_verified_counted_and_answered_as_im_expects() {
-    let sim = SimProcess::start(&["--population", "20", "--churn", "0", "--rate", "0"]);
-    let dir = tempfile::tempdir().unwrap();
-    let (port, metrics_port) = (free_port(), free_port());
-    std::fs::write(dir.path().join("watch.txt"), ids("user", 20).join("\n")).unwrap();
-    let config = config_with_callbacks(
-        dir.path(),
-        &sim,
-        port,
+    let rig = Rig::new(
+        20,
+        &["--churn", "0", "--rate", "0"],
         &format!("token = \"{TOKEN}\"\nmax_body_bytes = 4096\n"),
     );
-    let text = std::fs::read_to_string(&config).unwrap().replace(
-        "metrics_listen = \"\"",
-        &format!("metrics_listen = \"127.0.0.1:{metrics_port}\""),
-    );
-    std::fs::write(&config, text).unwrap();
+    let metrics_port = rig.serve_metrics();
+    let (dir, port, config) = (&rig.dir, rig.port, &rig.config);
     let log = dir.path().join("daemon.log");
-    let mut daemon = spawn_daemon(&config, Some(&log));
+    let mut daemon = spawn_daemon(config, Some(&log));
     wait_listening(port);
     let app = presenced::sim::SimConfig::default().sdkappid;
     let now = presenced::model::now_millis() / 1000;
@@ -292,21 +318,18 @@ async fn callbacks_are_verified_counted_and_answered_as_im_expects() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_applies_a_token_rotated_in_its_file() {
-    let sim = SimProcess::start(&["--population", "5", "--churn", "0", "--rate", "0"]);
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    std::fs::write(dir.path().join("watch.txt"), ids("user", 5).join("\n")).unwrap();
-    let token_file = dir.path().join("callback-token");
+    let tokens = tempfile::tempdir().unwrap();
+    let token_file = tokens.path().join("callback-token");
     let (old, new) = ("token-before-rotation", "token-after-rotation");
     std::fs::write(&token_file, format!("{old}\n")).unwrap();
-    let config = config_with_callbacks(
-        dir.path(),
-        &sim,
-        port,
+    let rig = Rig::new(
+        5,
+        &["--churn", "0", "--rate", "0"],
         &format!("token_file = \"{}\"\n", token_file.display()),
     );
+    let (dir, port, config) = (&rig.dir, rig.port, &rig.config);
     let log = dir.path().join("daemon.log");
-    let mut daemon = spawn_daemon(&config, Some(&log));
+    let mut daemon = spawn_daemon(config, Some(&log));
     wait_listening(port);
     let app = presenced::sim::SimConfig::default().sdkappid;
     let http = reqwest::Client::new();
@@ -360,22 +383,17 @@ async fn a_reload_applies_a_token_rotated_in_its_file() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_callback_change_is_committed_long_before_the_next_sweep_and_repeats_add_nothing() {
-    let sim = SimProcess::start(&["--population", "50", "--churn", "0", "--rate", "0"]);
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    std::fs::write(dir.path().join("watch.txt"), ids("user", 50).join("\n")).unwrap();
-    let config = config_with_callbacks(
-        dir.path(),
-        &sim,
-        port,
+    let rig = Rig::new(
+        50,
+        &["--churn", "0", "--rate", "0"],
         &format!("token = \"{TOKEN}\"\nmin_requery_interval_ms = 200\n"),
     );
+    let (sim, port, config, db) = (&rig.sim, rig.port, &rig.config, &rig.db);
     // One sweep an hour: whatever arrives after the first is the callback's doing.
-    set_sweep(&config, 3_600.0, "");
-    let db = dir.path().join("presence.db");
-    let mut daemon = spawn_daemon(&config, None);
+    set_sweep(config, 3_600.0, "");
+    let mut daemon = spawn_daemon(config, None);
     wait_for("the first sweep", Duration::from_secs(30), || {
-        completed_sweeps(&db) == 1
+        completed_sweeps(db) == 1
     })
     .await;
     let control = sim.control();
@@ -387,7 +405,7 @@ async fn a_callback_change_is_committed_long_before_the_next_sweep_and_repeats_a
     control.set("user8", &[]).await;
     let history = |user: &str| {
         query_i64(
-            &db,
+            db,
             &format!("SELECT COUNT(*) FROM presence_history WHERE user_id = '{user}'"),
         )
     };
@@ -402,13 +420,13 @@ async fn a_callback_change_is_committed_long_before_the_next_sweep_and_repeats_a
     );
     wait_for("the hinted change", Duration::from_secs(20), || {
         query_i64(
-            &db,
+            db,
             "SELECT COUNT(*) FROM presence_history WHERE user_id = 'user7' AND cause = 'callback'",
         ) == 1
     })
     .await;
-    assert_eq!(completed_sweeps(&db), 1, "found without a second sweep");
-    let conn = rusqlite::Connection::open(&db).unwrap();
+    assert_eq!(completed_sweeps(db), 1, "found without a second sweep");
+    let conn = rusqlite::Connection::open(db).unwrap();
     let (to, action, reason, kicked, event_time): (String, String, String, String, i64) = conn
         .query_row(
             "SELECT to_state, callback_action, callback_reason, kicked_devices, callback_event_time
@@ -460,7 +478,7 @@ async fn a_callback_change_is_committed_long_before_the_next_sweep_and_repeats_a
         "repeated callbacks add no transition"
     );
     assert_eq!(history("user8"), before8);
-    assert_eq!(no_op_transitions(&db), 0);
+    assert_eq!(no_op_transitions(db), 0);
     signal(&daemon, "TERM");
     assert!(daemon.wait().unwrap().success());
 }
@@ -472,23 +490,14 @@ fn futures_executor<F: std::future::Future>(f: F) -> F::Output {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_duplicated_and_reordered_callbacks_leave_the_history_true() {
-    let sim = SimProcess::start(&[
-        "--population",
-        "400",
-        "--churn",
-        "0.02",
-        "--rate",
-        "0",
-        "--latency-ms",
-        "5",
-    ]);
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    std::fs::write(dir.path().join("watch.txt"), ids("user", 400).join("\n")).unwrap();
-    let config = config_with_callbacks(dir.path(), &sim, port, "min_requery_interval_ms = 100\n");
-    set_sweep(&config, 2.0, "batch_size = 50\n");
-    let db = dir.path().join("presence.db");
-    let mut daemon = spawn_daemon(&config, None);
+    let rig = Rig::new(
+        400,
+        &["--churn", "0.02", "--rate", "0", "--latency-ms", "5"],
+        "min_requery_interval_ms = 100\n",
+    );
+    let (sim, port, config, db) = (&rig.sim, rig.port, &rig.config, &rig.db);
+    set_sweep(config, 2.0, "batch_size = 50\n");
+    let mut daemon = spawn_daemon(config, None);
     wait_listening(port);
     let control = sim.control();
     control
@@ -505,18 +514,18 @@ async fn lost_duplicated_and_reordered_callbacks_leave_the_history_true() {
     control.churn(0.0).await;
     let quiet_since = presenced::model::now_millis();
     // Callbacks still on their way land before a sweep that starts a second later.
-    sweep_completed_after(&db, quiet_since + 1_000).await;
+    sweep_completed_after(db, quiet_since + 1_000).await;
     signal(&daemon, "TERM");
     assert!(daemon.wait().unwrap().success());
 
-    assert_matches_truth(&db, &control).await;
-    assert_eq!(no_op_transitions(&db), 0, "no transition without a change");
+    assert_matches_truth(db, &control).await;
+    assert_eq!(no_op_transitions(db), 0, "no transition without a change");
     let by_callback = query_i64(
-        &db,
+        db,
         "SELECT COUNT(*) FROM presence_history WHERE cause = 'callback'",
     );
     let by_sweep = query_i64(
-        &db,
+        db,
         "SELECT COUNT(*) FROM presence_history WHERE cause = 'sweep' AND kind = 'changed'",
     );
     let stats = control.stats().await;
@@ -534,16 +543,12 @@ async fn lost_duplicated_and_reordered_callbacks_leave_the_history_true() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_callbacks_are_caught_by_the_next_sweep() {
-    let sim = SimProcess::start(&["--population", "100", "--churn", "0", "--rate", "0"]);
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    std::fs::write(dir.path().join("watch.txt"), ids("user", 100).join("\n")).unwrap();
-    let config = config_with_callbacks(dir.path(), &sim, port, "");
-    set_sweep(&config, 1.0, "");
-    let db = dir.path().join("presence.db");
-    let mut daemon = spawn_daemon(&config, None);
+    let rig = Rig::new(100, &["--churn", "0", "--rate", "0"], "");
+    let (sim, port, config, db) = (&rig.sim, rig.port, &rig.config, &rig.db);
+    set_sweep(config, 1.0, "");
+    let mut daemon = spawn_daemon(config, None);
     wait_for("the first sweep", Duration::from_secs(30), || {
-        completed_sweeps(&db) >= 1
+        completed_sweeps(db) >= 1
     })
     .await;
     let control = sim.control();
@@ -554,23 +559,23 @@ async fn dropped_callbacks_are_caught_by_the_next_sweep() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     control.churn(0.0).await;
     let quiet_since = presenced::model::now_millis();
-    sweep_completed_after(&db, quiet_since).await;
+    sweep_completed_after(db, quiet_since).await;
     signal(&daemon, "TERM");
     assert!(daemon.wait().unwrap().success());
     let stats = control.stats().await;
     assert!(stats.callbacks_suppressed > 0);
     assert_eq!(stats.callbacks_sent, 0);
-    assert_matches_truth(&db, &control).await;
+    assert_matches_truth(db, &control).await;
     assert_eq!(
         query_i64(
-            &db,
+            db,
             "SELECT COUNT(*) FROM presence_history WHERE cause = 'callback'"
         ),
         0
     );
     assert!(
         query_i64(
-            &db,
+            db,
             "SELECT COUNT(*) FROM presence_history WHERE kind = 'changed'"
         ) > 0
     );
@@ -579,24 +584,19 @@ async fn dropped_callbacks_are_caught_by_the_next_sweep() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_callbacks_stays_within_the_configured_call_rate() {
     // The simulator refuses with 60011 past 20 calls a second; the daemon is set to 15.
-    let sim = SimProcess::start(&["--population", "3000", "--churn", "0", "--rate", "20"]);
-    let dir = tempfile::tempdir().unwrap();
-    let (port, metrics_port) = (free_port(), free_port());
-    std::fs::write(dir.path().join("watch.txt"), ids("user", 3000).join("\n")).unwrap();
-    let config = config_with_callbacks(
-        dir.path(),
-        &sim,
-        port,
+    let rig = Rig::new(
+        3000,
+        &["--churn", "0", "--rate", "20"],
         "coalesce_ms = 0\nmin_requery_interval_ms = 0\nqueue_capacity = 1000\n",
     );
-    set_sweep(&config, 3_600.0, "calls_per_second = 15\nbatch_size = 20\n");
-    let text = std::fs::read_to_string(&config).unwrap().replace(
-        "metrics_listen = \"\"",
-        &format!("metrics_listen = \"127.0.0.1:{metrics_port}\""),
+    set_sweep(
+        &rig.config,
+        3_600.0,
+        "calls_per_second = 15\nbatch_size = 20\n",
     );
-    std::fs::write(&config, text).unwrap();
-    let db = dir.path().join("presence.db");
-    let mut daemon = spawn_daemon(&config, None);
+    let metrics_port = rig.serve_metrics();
+    let (sim, port, config, db) = (&rig.sim, rig.port, &rig.config, &rig.db);
+    let mut daemon = spawn_daemon(config, None);
     wait_listening(port);
     let app = presenced::sim::SimConfig::default().sdkappid;
     // 3,000 callbacks for distinct accounts as fast as they go, while the first sweep runs.
@@ -647,65 +647,56 @@ async fn a_flood_of_callbacks_stays_within_the_configured_call_rate() {
     assert!(overflow > 0.0, "a full queue is counted");
     signal(&daemon, "TERM");
     assert!(daemon.wait().unwrap().success());
-    let mut db = Db::open(&db, Duration::from_secs(5)).unwrap();
+    let mut db = Db::open(db, Duration::from_secs(5)).unwrap();
     check_invariants(&mut db);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_hinted_queries_loses_nothing() {
-    let sim = SimProcess::start(&[
-        "--population",
-        "2000",
-        "--churn",
-        "0.02",
-        "--rate",
-        "0",
-        "--latency-ms",
-        "3",
-    ]);
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    std::fs::write(dir.path().join("watch.txt"), ids("user", 2000).join("\n")).unwrap();
-    let config = config_with_callbacks(dir.path(), &sim, port, "min_requery_interval_ms = 50\n");
+    let rig = Rig::new(
+        2000,
+        &["--churn", "0.02", "--rate", "0", "--latency-ms", "3"],
+        "min_requery_interval_ms = 50\n",
+    );
+    let (sim, port, config, db) = (&rig.sim, rig.port, &rig.config, &rig.db);
     // Sweeps far apart: between them, every change is a hinted re-query.
-    set_sweep(&config, 4.0, "batch_size = 100\nmax_in_flight = 8\n");
-    let db = dir.path().join("presence.db");
+    set_sweep(config, 4.0, "batch_size = 100\nmax_in_flight = 8\n");
     let control = sim.control();
     control
         .callbacks(serde_json::json!({"url": callback_url(port), "duplicate_rate": 0.3}))
         .await;
     let mut rng = rand::rng();
     for round in 0..8 {
-        let mut child = spawn_daemon(&config, None);
+        let mut child = spawn_daemon(config, None);
         let wait = rng.random_range(300..2_500);
         tokio::time::sleep(Duration::from_millis(wait)).await;
         child.kill().unwrap();
         child.wait().unwrap();
-        let mut opened = Db::open(&db, Duration::from_secs(5)).unwrap();
+        let mut opened = Db::open(db, Duration::from_secs(5)).unwrap();
         check_invariants(&mut opened);
         eprintln!(
             "round {round}: killed after {wait} ms; {} changes found by callbacks so far",
             query_i64(
-                &db,
+                db,
                 "SELECT COUNT(*) FROM presence_history WHERE cause = 'callback'"
             )
         );
     }
     assert!(
         query_i64(
-            &db,
+            db,
             "SELECT COUNT(*) FROM presence_history WHERE cause = 'callback'"
         ) > 0,
         "kills landed while hinted queries were committing"
     );
     control.churn(0.0).await;
     let quiet_since = presenced::model::now_millis();
-    let mut daemon = spawn_daemon(&config, None);
-    sweep_completed_after(&db, quiet_since).await;
+    let mut daemon = spawn_daemon(config, None);
+    sweep_completed_after(db, quiet_since).await;
     signal(&daemon, "TERM");
     assert!(daemon.wait().unwrap().success());
-    assert_matches_truth(&db, &control).await;
-    assert_eq!(no_op_transitions(&db), 0);
+    assert_matches_truth(db, &control).await;
+    assert_eq!(no_op_transitions(db), 0);
 }
 
 #[test]
