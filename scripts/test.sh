@@ -7,6 +7,18 @@ cd "$(dirname "$0")/.."
 
 log() { printf '\n==> %s\n' "$*" >&2; }
 
+# A build from scratch, its release build and the brokers' data take about 8 GB. On a full disk
+# the linker dies with SIGBUS and a Kafka node whose log directory fails shuts down, neither
+# saying why: warn first.
+for place in "${CARGO_TARGET_DIR:-target}" "${TMPDIR:-/tmp}"; do
+  mkdir -p "$place"
+  free_kb=$(df -Pk "$place" | awk 'NR == 2 { print $4 }')
+  if [ "${free_kb:-0}" -lt $((8 * 1024 * 1024)) ]; then
+    printf 'warning: %s has %s MB free; the build and the test brokers need about 8 GB\n' \
+      "$place" "$((free_kb / 1024))" >&2
+  fi
+done
+
 # --- system packages --------------------------------------------------------------------------
 # Besides the build's own: python3 plays the analyst's second process; systemd provides
 # systemd-analyze for the unit tests; prometheus provides promtool for the monitoring kit's
