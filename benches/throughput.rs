@@ -34,6 +34,7 @@ fn main() {
         "store",
         "prune",
         "kafka",
+        "kafka-memory",
         "e2e",
     ];
     let chosen: Vec<&str> = if args.is_empty() {
@@ -49,6 +50,7 @@ fn main() {
             "store" => store(),
             "prune" => prune(),
             "kafka" => rt.block_on(kafka()),
+            "kafka-memory" => kafka_memory(),
             "e2e" => e2e(),
             other => panic!("unknown scenario {other}; expected one of {all:?}"),
         }
@@ -1035,4 +1037,84 @@ fn e2e() {
         sweep_rss >> 20,
         idle_rss >> 20
     );
+}
+
+/// The daemon's resident memory while it publishes: one sweep of 500,000 new accounts makes as
+/// many events, published by the daemon process with no sink, at-least-once and exactly-once
+/// (which holds up to two transactions of `kafka.transaction_events` while they commit).
+fn kafka_memory() {
+    const N: usize = 500_000;
+    let brokers = std::env::var("PRESENCED_BENCH_KAFKA")
+        .expect("PRESENCED_BENCH_KAFKA: a broker address (scripts/bench.sh starts one)");
+    let run = uuid::Uuid::now_v7().simple().to_string();
+    println!("{N} accounts, one sweep (simulator at 200 calls/s, 20 ms), every event published");
+    for (mode, sink) in [
+        ("no sink", "[sink]\nkind = \"none\"\n".to_owned()),
+        ("at-least-once", kafka_sink(&brokers, &run, "at-least-once")),
+        ("exactly-once", kafka_sink(&brokers, &run, "exactly-once")),
+    ] {
+        let (_sim, url) = sim_process(N, 200.0, 20.0);
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("memory.db");
+        let ids_file = dir.path().join("ids.txt");
+        std::fs::write(&ids_file, ids(N).join("\n")).unwrap();
+        let config = dir.path().join("memory.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[im]\nsdkappid = 1400000000\nsecret_key = \"{SIM_KEY}\"\nbase_url = \"{url}\"\n[watch]\nfile = \"{}\"\n[store]\npath = \"{}\"\n[sweep]\ninterval_secs = 3600.0\njitter_secs = 0.0\n[service]\nmetrics_listen = \"\"\n{sink}",
+                ids_file.display(),
+                db.display()
+            ),
+        )
+        .unwrap();
+        let started = Instant::now();
+        let daemon = Proc(
+            Command::new(env!("CARGO_BIN_EXE_presenced"))
+                .args(["run", "--config"])
+                .arg(&config)
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let pid = daemon.0.id();
+        let count = |sql: &str| -> i64 {
+            rusqlite::Connection::open(&db)
+                .and_then(|c| {
+                    c.busy_timeout(Duration::from_secs(5))?;
+                    c.query_row(sql, [], |r| r.get(0))
+                })
+                .unwrap_or(-1)
+        };
+        let mut peak = 0u64;
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            peak = peak.max(rss_bytes(pid));
+            std::thread::sleep(Duration::from_millis(50));
+            let swept = count("SELECT COUNT(*) FROM sweeps WHERE outcome = 'completed'") > 0;
+            if swept && (mode == "no sink" || count("SELECT COUNT(*) FROM outbox") == 0) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{mode}: the backlog did not drain"
+            );
+        }
+        let drained = started.elapsed();
+        let after = rss_bytes(pid);
+        drop(daemon);
+        println!(
+            "{mode}: swept and published in {:.1} s; resident memory peak {} MiB, {} MiB after",
+            drained.as_secs_f64(),
+            peak >> 20,
+            after >> 20
+        );
+    }
+}
+
+/// A `[sink]` and `[kafka]` publishing to a topic of this run and mode, created by the daemon.
+fn kafka_sink(brokers: &str, run: &str, delivery: &str) -> String {
+    format!(
+        "[sink]\nkind = \"kafka\"\n[kafka]\nbrokers = \"{brokers}\"\ntopic = \"memory-{run}-{delivery}\"\ncreate_topic = true\ndelivery = \"{delivery}\"\n"
+    )
 }

@@ -1,21 +1,21 @@
 #!/usr/bin/env bash
 # Every benchmark, with its output kept in target/bench-results.txt. Starts a local Apache Kafka
-# broker (scripts/kafka.sh) for the Kafka scenario.
-# Usage: scripts/bench.sh [SCENARIO ...]   (client-rate client-ceiling store prune kafka e2e import diff publish migrate detection)
+# broker (scripts/kafka.sh) for the Kafka scenarios.
+# Usage: scripts/bench.sh [SCENARIO ...]   (client-rate client-ceiling store prune kafka kafka-memory e2e import diff publish migrate detection)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 out=target/bench-results.txt
 mkdir -p target
 scenarios=("$@")
-[ ${#scenarios[@]} -gt 0 ] || scenarios=(client-rate client-ceiling store prune kafka e2e import diff publish migrate detection)
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(client-rate client-ceiling store prune kafka kafka-memory e2e import diff publish migrate detection)
 
 cargo build --release --quiet
 cargo bench --no-run --quiet --bench throughput --bench diff --bench publish --bench detection
 
 tmp=$(mktemp -d)
 trap 'scripts/kafka.sh stop "$tmp/kafka" >/dev/null 2>&1 || true; rm -rf "$tmp"' EXIT
-if printf '%s\n' "${scenarios[@]}" | grep -qx kafka; then
+if printf '%s\n' "${scenarios[@]}" | grep -qE '^kafka(-memory)?$'; then
   scripts/kafka.sh start "$tmp/kafka" 1
   # shellcheck disable=SC1091
   . "$tmp/kafka/env"
