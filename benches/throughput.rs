@@ -104,6 +104,40 @@ fn wait_port(port: u16) {
     }
 }
 
+/// A daemon process in `dir` watching the `population` accounts of the simulator at `url`,
+/// sweeping every `interval_secs`, with `sink` (its `[sink]`, and `[kafka]` if any); returns it
+/// and its database.
+fn daemon_process(
+    dir: &std::path::Path,
+    url: &str,
+    population: usize,
+    interval_secs: f64,
+    sink: &str,
+) -> (Proc, std::path::PathBuf) {
+    let db = dir.join("presence.db");
+    let ids_file = dir.join("ids.txt");
+    std::fs::write(&ids_file, ids(population).join("\n")).unwrap();
+    let config = dir.join("presenced.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[im]\nsdkappid = 1400000000\nsecret_key = \"{SIM_KEY}\"\nbase_url = \"{url}\"\n[watch]\nfile = \"{}\"\n[store]\npath = \"{}\"\n[sweep]\ninterval_secs = {interval_secs:.1}\njitter_secs = 0.0\n[service]\nmetrics_listen = \"\"\n{sink}",
+            ids_file.display(),
+            db.display()
+        ),
+    )
+    .unwrap();
+    let daemon = Proc(
+        Command::new(env!("CARGO_BIN_EXE_presenced"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    (daemon, db)
+}
+
 /// The simulator as its own process, so the client's CPU time is the client's alone.
 fn sim_process(population: usize, rate: f64, latency_ms: f64) -> (Proc, String) {
     let port = free_port();
@@ -952,27 +986,7 @@ fn e2e() {
     const N: usize = 100_000;
     let (_sim, url) = sim_process(N, 200.0, 20.0);
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("e2e.db");
-    let ids_file = dir.path().join("ids.txt");
-    std::fs::write(&ids_file, ids(N).join("\n")).unwrap();
-    let config = dir.path().join("e2e.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[im]\nsdkappid = 1400000000\nsecret_key = \"{SIM_KEY}\"\nbase_url = \"{url}\"\n[watch]\nfile = \"{}\"\n[store]\npath = \"{}\"\n[sweep]\ninterval_secs = 10.0\njitter_secs = 0.0\n[sink]\nkind = \"none\"\n[service]\nmetrics_listen = \"\"\n",
-            ids_file.display(),
-            db.display()
-        ),
-    )
-    .unwrap();
-    let daemon = Proc(
-        Command::new(env!("CARGO_BIN_EXE_presenced"))
-            .args(["run", "--config"])
-            .arg(&config)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let (daemon, db) = daemon_process(dir.path(), &url, N, 10.0, "[sink]\nkind = \"none\"\n");
     let pid = daemon.0.id();
     // Sample CPU and memory every 100 ms for five sweeps.
     let mut samples: Vec<(i64, f64, u64)> = Vec::new();
@@ -1055,28 +1069,8 @@ fn kafka_memory() {
     ] {
         let (_sim, url) = sim_process(N, 200.0, 20.0);
         let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("memory.db");
-        let ids_file = dir.path().join("ids.txt");
-        std::fs::write(&ids_file, ids(N).join("\n")).unwrap();
-        let config = dir.path().join("memory.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[im]\nsdkappid = 1400000000\nsecret_key = \"{SIM_KEY}\"\nbase_url = \"{url}\"\n[watch]\nfile = \"{}\"\n[store]\npath = \"{}\"\n[sweep]\ninterval_secs = 3600.0\njitter_secs = 0.0\n[service]\nmetrics_listen = \"\"\n{sink}",
-                ids_file.display(),
-                db.display()
-            ),
-        )
-        .unwrap();
         let started = Instant::now();
-        let daemon = Proc(
-            Command::new(env!("CARGO_BIN_EXE_presenced"))
-                .args(["run", "--config"])
-                .arg(&config)
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
+        let (daemon, db) = daemon_process(dir.path(), &url, N, 3_600.0, &sink);
         let pid = daemon.0.id();
         let count = |sql: &str| -> i64 {
             rusqlite::Connection::open(&db)
