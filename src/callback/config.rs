@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// `[callback]`. Off while `listen` is empty.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CallbackConfig {
     /// Address the endpoint listens on, e.g. `127.0.0.1:9465` behind a TLS reverse proxy;
@@ -68,14 +68,16 @@ impl CallbackConfig {
         }
     }
 
-    /// Whether `other` differs in what only a restart applies: all but the token and skew.
+    /// Whether `other` differs in what only a restart applies: all but the token (inline or
+    /// from its file) and the skew.
     pub fn differs_past_reload(&self, other: &CallbackConfig) -> bool {
-        self.listen != other.listen
-            || self.path != other.path
-            || self.max_body_bytes != other.max_body_bytes
-            || self.coalesce_ms != other.coalesce_ms
-            || self.min_requery_interval_ms != other.min_requery_interval_ms
-            || self.queue_capacity != other.queue_capacity
+        let reloadable = CallbackConfig {
+            token: other.token.clone(),
+            token_file: other.token_file.clone(),
+            max_clock_skew_secs: other.max_clock_skew_secs,
+            ..self.clone()
+        };
+        reloadable != *other
     }
 
     /// [`CallbackConfig::coalesce_ms`] as a duration.
@@ -168,5 +170,27 @@ impl Section for CallbackConfig {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_token_and_the_skew_are_applied_by_a_reload() {
+        let running = CallbackConfig::default();
+        let rotated = CallbackConfig {
+            token: Secret::new("rotated"),
+            token_file: Some("/etc/presenced/callback-token".into()),
+            max_clock_skew_secs: 60,
+            ..running.clone()
+        };
+        assert!(!running.differs_past_reload(&rotated));
+        let moved = CallbackConfig {
+            coalesce_ms: 200,
+            ..rotated
+        };
+        assert!(running.differs_past_reload(&moved));
     }
 }
