@@ -774,7 +774,7 @@ async fn kafka() {
         loop {
             match publisher.drain_once().await.unwrap() {
                 Drained::Empty => break,
-                Drained::Failed | Drained::Rejected | Drained::Fenced => {
+                Drained::Failed | Drained::Rejected | Drained::Fenced | Drained::Held => {
                     panic!("delivery failed during the benchmark")
                 }
                 Drained::Some => {}

@@ -48,7 +48,7 @@ build() {
   local man="$root/usr/share/man/man1"
   mkdir -p "$man"
   "$bin" man | gzip -9n >"$man/presenced.1.gz"
-  for cmd in run demo sim check-config users history stats migrate replay completions; do
+  for cmd in run demo sim check-config users history stats migrate replay kafka completions; do
     "$bin" man "$cmd" | gzip -9n >"$man/presenced-$cmd.1.gz"
   done
   "$bin" completions bash | install -Dm644 /dev/stdin "$root/usr/share/bash-completion/completions/presenced"

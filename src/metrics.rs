@@ -101,6 +101,9 @@ pub struct Metrics {
     pub delivery_errors: Family<KindLabel, Counter>,
     /// `presenced_ready`: 1 while `/readyz` answers 200 (set at each scrape).
     pub ready: Gauge,
+    /// `presenced_publish_held`: 1 while exactly-once publishing is held because the events
+    /// topic holds this app's events that this database did not publish.
+    pub publish_held: Gauge,
     /// `presenced_callbacks_total` by command, action and outcome.
     pub callbacks: Family<CallbackLabels, Counter>,
     /// `presenced_hint_queue_length`: hinted accounts waiting for their re-query.
@@ -148,6 +151,7 @@ impl Metrics {
             delivery_latency: Histogram::new(exponential_buckets(0.0005, 2.0, 18)),
             delivery_errors: Family::default(),
             ready: Gauge::default(),
+            publish_held: Gauge::default(),
             callbacks: Family::default(),
             hint_queue_length: Gauge::default(),
             hinted_calls: Counter::default(),
@@ -254,6 +258,11 @@ impl Metrics {
             "ready",
             "1 while /readyz answers 200: sweeping works and Kafka accepts us",
             m.ready.clone(),
+        );
+        registry.register(
+            "publish_held",
+            "1 while exactly-once publishing is held: the events topic holds this app's events that this database did not publish (see presenced kafka adopt)",
+            m.publish_held.clone(),
         );
         registry.register(
             "callbacks",

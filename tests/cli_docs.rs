@@ -12,7 +12,7 @@ fn presenced(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-const SUBCOMMANDS: [&str; 9] = [
+const SUBCOMMANDS: [&str; 10] = [
     "run",
     "demo",
     "sim",
@@ -22,6 +22,7 @@ const SUBCOMMANDS: [&str; 9] = [
     "stats",
     "migrate",
     "replay",
+    "kafka",
 ];
 
 #[test]

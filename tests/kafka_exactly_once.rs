@@ -84,7 +84,11 @@ async fn a_restart_after_a_commit_or_inside_a_transaction_sends_nothing_twice() 
         .await
         .unwrap();
     assert!(reachable);
-    assert_eq!(sink.recover().await.unwrap(), None, "an empty topic");
+    assert_eq!(
+        sink.recover(&HashMap::new()).await.unwrap(),
+        None,
+        "an empty topic"
+    );
     let batch = p.store.call(|db| db.outbox_batch(0, 120)).await.unwrap();
     let encoded = EncodeBatch::encode(&sink.encoder(), &batch);
     let pending = sink.start(&batch, encoded).await;
@@ -96,8 +100,13 @@ async fn a_restart_after_a_commit_or_inside_a_transaction_sends_nothing_twice() 
         .await
         .unwrap();
     assert_eq!(
-        sink.recover().await.unwrap(),
-        Some(batch.last().unwrap().history_id),
+        sink.recover(&HashMap::new())
+            .await
+            .unwrap()
+            .map(|c| (c.history_id, c.event_id)),
+        batch
+            .last()
+            .map(|e| (e.history_id, e.record.event_id.to_string())),
         "the read-back finds the committed batch"
     );
     let open = p.store.call(|db| db.outbox_batch(0, 300)).await.unwrap();
@@ -157,6 +166,49 @@ async fn an_aborted_transaction_leaves_nothing_visible() {
     common::kafka::alter_topic_config(&addr, &topic, &[("max.message.bytes", "1000000")]);
     drain_until_empty(&mut publisher, Duration::from_secs(60)).await;
     let consumed = consume_async(&addr, &topic, 50).await;
+    assert_exactly_once(&consumed, &p.db_path);
+    p.sim.stop().await;
+}
+
+/// A commit whose outcome stays unknown past its deadline (the transaction coordinator answers
+/// only "try again" until the commit timed out, librdkafka's mock cluster told to). Aborting
+/// it would fail on every call (`_CONFLICT` while librdkafka still commits, `_STATE` once it
+/// did) and wedge the publisher: the producer is re-created instead, and the publisher goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_whose_outcome_is_unknown_does_not_wedge_the_publisher() {
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("unknown", 1, 1).unwrap();
+    let cfg = KafkaConfig {
+        transaction_timeout_ms: 2_000,
+        ..exactly_once(&mock.bootstrap_servers(), "unknown")
+    };
+    let mut p = pipeline(100).await;
+    p.sweeper.sweep(&CancellationToken::new()).await.unwrap();
+    let (sink, _) = TransactionalSink::connect(&cfg, 1_400_000_000)
+        .await
+        .unwrap();
+    let mut publisher = Publisher::new(
+        p.store.clone(),
+        sink,
+        cfg.batch_size,
+        Arc::new(Metrics::new()),
+        Arc::new(tokio::sync::Notify::new()),
+    );
+    // The coordinator answers every EndTxn with a retriable error: librdkafka keeps trying, and
+    // the commit (2 s, called again until 4 s) times out with its outcome unknown.
+    mock.request_errors(
+        RDKafkaApiKey::EndTxn,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_CONCURRENT_TRANSACTIONS; 400],
+    );
+    assert_eq!(
+        settle_round(&mut publisher).await,
+        presenced::publish::Drained::Failed
+    );
+    mock.clear_request_errors(RDKafkaApiKey::EndTxn);
+    drain_until_empty(&mut publisher, Duration::from_secs(90)).await;
+    let consumed = consume_async(&mock.bootstrap_servers(), "unknown", 100).await;
     assert_exactly_once(&consumed, &p.db_path);
     p.sim.stop().await;
 }

@@ -5,6 +5,7 @@ mod daemon;
 mod db;
 mod demo;
 mod docs;
+mod kafka;
 mod replay;
 mod report;
 mod sim;
@@ -102,6 +103,13 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             until,
             topic,
         } => replay::run(&config, &since, until.as_deref(), topic),
+        Command::Kafka {
+            action:
+                KafkaAction::Adopt {
+                    config: ConfigArg { config },
+                    skip_unsent,
+                },
+        } => kafka::adopt(&config, skip_unsent),
     }
 }
 
@@ -199,6 +207,27 @@ pub enum Command {
         /// Publish to this topic instead of kafka.topic.
         #[arg(long)]
         topic: Option<String>,
+    },
+    /// Kafka positions of exactly-once delivery.
+    Kafka {
+        #[command(subcommand)]
+        action: KafkaAction,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum KafkaAction {
+    /// After the exactly-once publisher held because the events topic holds this app's events
+    /// that this database did not publish (a database created anew, restored from a backup, or
+    /// a copy that went its own way): take what the topic holds now as not this database's,
+    /// and publish this database's events after it.
+    Adopt {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Also count every event already in the history as sent (a restored backup whose
+        /// unsent events the topic already holds).
+        #[arg(long)]
+        skip_unsent: bool,
     },
 }
 

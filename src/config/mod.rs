@@ -390,6 +390,19 @@ mod tests {
     }
 
     #[test]
+    fn a_state_topic_that_is_the_events_topic_is_refused() {
+        let c = parse(
+            "[im]\nsdkappid = 1\nsecret_key = \"k\"\n[sink]\nkind = \"kafka\"\n[kafka]\nbrokers = \"b:9092\"\ntopic = \"events\"\nstate_topic = \"events\"\n",
+        )
+        .unwrap();
+        let err = c.validate("test.toml").unwrap_err().to_string();
+        assert!(
+            err.contains("kafka.state_topic") && err.contains("events topic"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn environment_overrides() {
         let env = vec![
             (

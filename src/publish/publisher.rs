@@ -3,7 +3,7 @@
 
 use super::config::SinkConfig;
 use super::kafka::health::BrokerHealth;
-use super::kafka::KafkaConfig;
+use super::kafka::{KafkaConfig, TopicPosition};
 use super::settle::published_through;
 use super::sink::{encode_batch, Batch, EncodeBatch, Sink};
 use super::DeliveryError;
@@ -59,7 +59,13 @@ pub enum Drained {
     Rejected,
     /// Another daemon took over the topic (exactly-once mode): this publisher stops for good.
     Fenced,
+    /// The topic holds events of this app that this database did not publish, or not as this
+    /// database has them (exactly-once mode): nothing is sent until an operator decides.
+    Held,
 }
+
+/// How often a held publisher reads the topic back again.
+const HELD_RETRY: Duration = Duration::from_secs(10);
 
 /// What ended a wait of the run loop.
 enum Next {
@@ -121,10 +127,11 @@ impl<S: Sink> Publisher<S> {
     /// Applies reloaded Kafka settings between rounds: what was in flight is forgotten (it is
     /// still in the outbox) and the next round starts again from the mark with the new producer.
     fn apply_settings(&mut self, settings: &KafkaConfig) {
-        self.inflight.clear();
-        self.prefetch = None;
+        // The new producer is made first: rejected settings leave the round as it was.
         match self.sink.reconfigure(settings) {
             Ok(()) => {
+                self.inflight.clear();
+                self.prefetch = None;
                 tracing::info!(brokers = %settings.brokers, "Kafka settings reloaded; unacknowledged events are sent again")
             }
             Err(e) => {
@@ -183,6 +190,7 @@ impl<S: Sink> Publisher<S> {
         let mut fenced = false;
         let mut reconfigure = self.reconfigure.take();
         let mut deadline = None;
+        let interruptible = self.sink.rounds_interruptible();
         loop {
             // A round may wait long for acknowledgements (messages do not time out while the
             // brokers are down or refuse us), so new settings do not wait for it, and a stop
@@ -198,7 +206,7 @@ impl<S: Sink> Publisher<S> {
                         deadline = Some(until);
                         Next::Stop(tokio::time::timeout_at(until, &mut round).await.ok())
                     }
-                    settings = next_settings(&mut reconfigure) => Next::Settings(settings),
+                    settings = next_settings(&mut reconfigure), if interruptible => Next::Settings(settings),
                 }
             };
             let round = match next {
@@ -231,6 +239,8 @@ impl<S: Sink> Publisher<S> {
                     Some(self.tuning.retry_backoff(failures))
                 }
                 Drained::Rejected => Some(self.tuning.rejected_retry()),
+                // Read back again in a while: `presenced kafka adopt` may have run meanwhile.
+                Drained::Held => Some(HELD_RETRY),
                 Drained::Fenced => {
                     // Never write again; what is unsent stays in the outbox of this database.
                     shutdown.cancelled().await;
@@ -275,35 +285,87 @@ impl<S: Sink> Publisher<S> {
         Ok(())
     }
 
-    /// Lets the sink get ready (exactly-once: a new producer initialised, the topic read back)
-    /// and moves the mark to what the topic already holds. `Some` when the round ends here.
+    /// Lets the sink get ready (exactly-once: a new producer initialised, the topic read back),
+    /// checks that the newest event the topic holds for this app is this database's, and moves
+    /// the mark to it. `Some` when the round ends here.
     async fn recover(&mut self) -> Result<Option<Drained>, StoreError> {
-        match self.sink.recover().await {
-            Ok(None) => Ok(None),
-            Ok(Some(through)) => {
-                self.prefetch = None;
-                let before = self
-                    .store
-                    .call(move |db| {
-                        let before = db.published_mark()?;
-                        db.mark_published(through)?;
-                        Ok(before)
-                    })
-                    .await?;
-                if through > before {
-                    tracing::info!(
-                        from = before,
-                        to = through,
-                        "the topic already holds events the outbox had not marked as sent (the last run stopped between a commit and its mark): the mark moves past them, nothing is sent twice"
-                    );
-                }
-                Ok(None)
+        let floor = match self.sink.reads_back() {
+            Some(topic) => {
+                let topic = topic.to_owned();
+                self.store.call(move |db| db.publish_floor(&topic)).await?
             }
-            Err(DeliveryError::Fenced(_)) => Ok(Some(Drained::Fenced)),
+            None => Default::default(),
+        };
+        let found = match self.sink.recover(&floor).await {
+            Ok(None) => {
+                self.set_held(None);
+                return Ok(None);
+            }
+            Ok(Some(found)) => found,
+            Err(DeliveryError::Fenced(_)) => return Ok(Some(Drained::Fenced)),
             Err(e) => {
                 tracing::debug!(error = %e, "the sink is not ready; trying again after a pause");
                 self.metrics.delivery_error(e.kind());
-                Ok(Some(Drained::Failed))
+                return Ok(Some(Drained::Failed));
+            }
+        };
+        let history_id = found.history_id;
+        let (local, newest, before) = self
+            .store
+            .call(move |db| {
+                Ok((
+                    db.event_id_at(history_id)?,
+                    db.newest_history_id()?,
+                    db.published_mark()?,
+                ))
+            })
+            .await?;
+        let verdict = match local {
+            Some(local) if local == found.event_id => Ok(()),
+            Some(local) => Err(format!("this database has event {local} at that history id: two databases published to this topic (a copy of this database that went its own way, or a database created anew since)")),
+            // Pruned long ago: nothing is decided from it, the mark stays.
+            None if history_id <= before => Ok(()),
+            None => Err(format!("this database's newest history id is {newest}: it is not the database that published them (created anew, or restored from a backup older than the topic)")),
+        };
+        if let Err(disagreement) = verdict {
+            self.sink.read_back_again();
+            self.set_held(Some((&found, &disagreement)));
+            return Ok(Some(Drained::Held));
+        }
+        self.set_held(None);
+        self.prefetch = None;
+        if history_id > before {
+            self.store
+                .call(move |db| db.mark_published(history_id))
+                .await?;
+            tracing::info!(
+                from = before,
+                to = history_id,
+                "the topic already holds events the outbox had not marked as sent (the last run stopped between a commit and its mark): the mark moves past them, nothing is sent twice"
+            );
+        }
+        Ok(None)
+    }
+
+    /// Says, once per change, that publishing is held (with why and what to do) or goes on.
+    fn set_held(&mut self, held: Option<(&TopicPosition, &str)>) {
+        self.metrics.publish_held.set(i64::from(held.is_some()));
+        let Some(health) = &self.broker_health else {
+            return;
+        };
+        if !health.set_held(held.is_some()) {
+            return;
+        }
+        match held {
+            Some((found, disagreement)) => tracing::error!(
+                history_id = found.history_id,
+                event_id = %found.event_id,
+                partition = found.partition,
+                offset = found.offset,
+                "the events topic's newest event of this app disagrees with this database: {disagreement}. Publishing is held (nothing is sent, the publish mark stays, /readyz fails) so that two histories are not mixed on the topic. To publish this database's events after what the topic holds, run `presenced kafka adopt --config FILE` (with --skip-unsent when the topic already holds this database's unsent events, as after restoring a backup); or set kafka.topic to a fresh topic. See docs/OPERATIONS.md, \"The topic and the database disagree\""
+            ),
+            None => {
+                tracing::info!("the events topic and this database agree again; publishing resumes")
             }
         }
     }

@@ -4,8 +4,9 @@
 
 use super::kafka::health::BrokerHealth;
 use super::DeliveryError;
-use crate::publish::kafka::KafkaConfig;
+use crate::publish::kafka::{KafkaConfig, TopicPosition};
 use crate::store::OutboxEvent;
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,12 +53,26 @@ pub trait Sink: Send + Sync + 'static {
     /// How many batches may be started before the oldest must be finished.
     fn window(&self) -> usize;
 
+    /// The topic whose floor (`presenced kafka adopt`) the next [`Sink::recover`] needs: `Some`
+    /// when a sink that can tell what its destination holds is due to read it back.
+    fn reads_back(&self) -> Option<&str> {
+        None
+    }
+
     /// Called before a round while nothing is in flight. A sink that can tell what its
-    /// destination already holds (exactly-once) gets ready and answers the highest history id
-    /// committed there; the publisher moves its mark to it. Others answer `None`.
-    fn recover(&mut self) -> impl Future<Output = Result<Option<i64>, DeliveryError>> + Send {
+    /// destination already holds (exactly-once) gets ready and, when due, answers the newest
+    /// event of this database committed there (looking only from `floor`, per partition, on);
+    /// the publisher checks it against the history and moves its mark to it. Others answer
+    /// `None`.
+    fn recover(
+        &mut self,
+        _floor: &HashMap<i32, i64>,
+    ) -> impl Future<Output = Result<Option<TopicPosition>, DeliveryError>> + Send {
         async { Ok(None) }
     }
+
+    /// The publisher did not accept what [`Sink::recover`] found: read back again next time.
+    fn read_back_again(&mut self) {}
 
     /// Starts delivering a batch, in order after every batch started before it.
     fn start(
@@ -95,7 +110,14 @@ pub trait Sink: Send + Sync + 'static {
         None
     }
 
-    /// Applies reloaded Kafka settings; sinks that are not Kafka ignore them.
+    /// Whether a round may be cut short to apply new settings (it is for a producer waiting on
+    /// a long outage); when not, new settings wait for the round to end.
+    fn rounds_interruptible(&self) -> bool {
+        true
+    }
+
+    /// Applies reloaded Kafka settings; sinks that are not Kafka ignore them. On an error
+    /// nothing changed.
     fn reconfigure(&mut self, _settings: &KafkaConfig) -> Result<(), String> {
         Ok(())
     }

@@ -56,9 +56,17 @@ fn reload_kafka(live: &mut Config, new: KafkaConfig, kafka: &watch::Sender<Kafka
     if new.topic != live.kafka.topic || new.state_topic != live.kafka.state_topic {
         tracing::warn!("kafka.topic and kafka.state_topic changes take effect at the next restart");
     }
+    // The sink's kind and its producers' identity are chosen at start.
+    if new.delivery != live.kafka.delivery || new.transactional_id != live.kafka.transactional_id {
+        tracing::warn!(
+            "kafka.delivery and kafka.transactional_id changes take effect at the next restart"
+        );
+    }
     let new = KafkaConfig {
         topic: live.kafka.topic.clone(),
         state_topic: live.kafka.state_topic.clone(),
+        delivery: live.kafka.delivery,
+        transactional_id: live.kafka.transactional_id.clone(),
         ..new
     };
     if new != live.kafka {

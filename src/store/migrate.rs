@@ -40,6 +40,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "0007_callback_cause.sql",
         include_str!("../../migrations/0007_callback_cause.sql"),
     ),
+    (
+        8,
+        "0008_publish_floor.sql",
+        include_str!("../../migrations/0008_publish_floor.sql"),
+    ),
 ];
 
 /// What opening a database would migrate: the names of the pending migrations and the size of

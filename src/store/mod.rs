@@ -17,6 +17,7 @@ pub mod config;
 mod history;
 pub mod migrate;
 mod outbox;
+mod position;
 mod sweeps;
 #[cfg(test)]
 mod tests;

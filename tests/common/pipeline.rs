@@ -96,6 +96,7 @@ pub async fn drain_until_empty<S: Sink>(publisher: &mut Publisher<S>, timeout: D
             Drained::Failed => tokio::time::sleep(Duration::from_millis(200)).await,
             Drained::Rejected => panic!("the broker rejected an event for good"),
             Drained::Fenced => panic!("the publisher was fenced"),
+            Drained::Held => panic!("publishing is held: the topic and the database disagree"),
         }
         assert!(Instant::now() < deadline, "outbox did not drain");
     }

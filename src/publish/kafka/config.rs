@@ -196,6 +196,17 @@ impl KafkaConfig {
                 "is required when sink.kind = \"kafka\"",
             ));
         }
+        if self.state_topic.trim() == self.topic.trim() {
+            // Current-state records would sit among the events: consumers would read them as
+            // events, and the exactly-once read-back would have to skip them.
+            return Err(Invalid::new(
+                "kafka.state_topic",
+                format!(
+                    "{:?} is the events topic (kafka.topic); give the current-state records a compacted topic of their own, or leave it empty",
+                    self.state_topic
+                ),
+            ));
+        }
         if !["none", "gzip", "snappy", "lz4", "zstd"].contains(&self.compression.as_str()) {
             return Err(Invalid::new(
                 "kafka.compression",

@@ -24,6 +24,9 @@ pub struct BrokerHealth {
     rejected: AtomicBool,
     /// Set when another producer with our `transactional.id` took over; never cleared.
     fenced: AtomicBool,
+    /// Set while the topic and the database disagree about what was published (exactly-once
+    /// mode): publishing is held until an operator decides.
+    held: AtomicBool,
     state: Mutex<State>,
 }
 
@@ -48,6 +51,18 @@ impl BrokerHealth {
         self.credentials_refused()
             || self.rejected.load(Ordering::Relaxed)
             || self.fenced.load(Ordering::Relaxed)
+            || self.held.load(Ordering::Relaxed)
+    }
+
+    /// Records whether publishing is held because the topic and the database disagree; returns
+    /// whether that is news.
+    pub fn set_held(&self, held: bool) -> bool {
+        self.held.swap(held, Ordering::Relaxed) != held
+    }
+
+    /// Whether publishing is held because the topic and the database disagree.
+    pub fn held(&self) -> bool {
+        self.held.load(Ordering::Relaxed)
     }
 
     /// Records that another producer with our `transactional.id` took over: readiness fails

@@ -23,8 +23,9 @@
 //! a fenced sink stops for good.
 
 use super::health::BrokerHealth;
-use super::read_back::read_back;
+use super::read_back::{read_back, Ownership, TopicPosition};
 use super::{KafkaEncoder, KafkaSetupError, KafkaSink, Records};
+use crate::publish::event::cloudevents_source;
 use crate::publish::kafka::KafkaConfig;
 use crate::publish::sink::Sink;
 use crate::publish::DeliveryError;
@@ -64,6 +65,8 @@ struct Lane {
     needs_init: bool,
     /// The open transaction must be aborted before the next begins.
     needs_abort: bool,
+    /// A commit's outcome is unknown: the producer is to be re-created, never aborted.
+    commit_unknown: bool,
     /// When the open transaction began: a fencing error while it is younger than the
     /// transaction timeout means another daemon took over, not that the broker timed us out.
     began: Option<Instant>,
@@ -128,6 +131,7 @@ impl TransactionalSink {
                 id,
                 needs_init: true,
                 needs_abort: false,
+                commit_unknown: false,
                 began: None,
             })
         };
@@ -213,6 +217,27 @@ impl TransactionalSink {
         DeliveryError::Broker(format!("{what}: {error}"))
     }
 
+    /// A commit that failed. Unless librdkafka says the transaction must be aborted (then it
+    /// was not committed), its outcome is unknown: the coordinator may have written the commit
+    /// marker. Aborting it then fails for good (`_CONFLICT` after a timed-out commit, `_STATE`
+    /// after one that succeeded), so the transaction is never aborted: the lane gets a new
+    /// producer, whose `init_transactions` makes the coordinator finish what the old one
+    /// started, and the read-back tells which way it went.
+    fn commit_failed(&mut self, lane: usize, error: KafkaError) -> DeliveryError {
+        let requires_abort = matches!(&error, KafkaError::Transaction(e) if e.txn_requires_abort());
+        let outcome_known =
+            requires_abort || is_fenced(error.rdkafka_error_code()) || self.fenced.is_some();
+        if outcome_known {
+            return self.failed(lane, "committing the transaction", error);
+        }
+        self.poisoned = true;
+        self.needs_read_back = true;
+        tracing::warn!(error = %error, "committing a transaction failed and its outcome is unknown; the producer is re-created (never aborted: the commit may have landed) and the topic read back before anything is sent again");
+        self.lanes[lane].commit_unknown = true;
+        self.recreate(lane);
+        DeliveryError::Broker(format!("committing the transaction: {error}"))
+    }
+
     /// A record was refused before the commit: the transaction is aborted and sent again.
     fn abort_needed(&mut self, lane: usize, what: &str, error: DeliveryError) -> DeliveryError {
         tracing::warn!(error = %error, "{what} failed; the transaction is aborted and its batch sent again");
@@ -230,6 +255,7 @@ impl TransactionalSink {
                 tokio::task::spawn_blocking(move || drop(old));
                 l.needs_init = true;
                 l.needs_abort = false;
+                l.commit_unknown = false;
                 l.began = None;
             }
             Err(e) => {
@@ -328,7 +354,10 @@ impl Sink for TransactionalSink {
     /// Aborts what a failure left open, initialises new producers, and reads back the highest
     /// history id committed on the topic when a commit's outcome is unknown. The publisher
     /// calls it with nothing in flight.
-    async fn recover(&mut self) -> Result<Option<i64>, DeliveryError> {
+    async fn recover(
+        &mut self,
+        floor: &HashMap<i32, i64>,
+    ) -> Result<Option<TopicPosition>, DeliveryError> {
         if let Some(id) = &self.fenced {
             return Err(DeliveryError::Fenced(id.clone()));
         }
@@ -336,6 +365,14 @@ impl Sink for TransactionalSink {
         self.settled.clear();
         let timeout = self.timeout();
         for lane in 0..2 {
+            if self.lanes[lane].commit_unknown {
+                self.recreate(lane);
+                if self.lanes[lane].commit_unknown {
+                    return Err(DeliveryError::Broker(
+                        "re-creating the transactional producer failed".into(),
+                    ));
+                }
+            }
             // A transaction still open here was started and never finished: the publisher
             // dropped its batch (a stop, a reload or a failure before it). It goes.
             if self.lanes[lane].began.is_some() {
@@ -369,14 +406,22 @@ impl Sink for TransactionalSink {
             return Ok(None);
         }
         let settings = self.settings().clone();
-        let committed = tokio::task::spawn_blocking(move || read_back(&settings))
-            .await
-            .expect("the read-back does not panic")
-            .map_err(|e| DeliveryError::Broker(format!("reading back the topic: {e}")))?;
+        let source = cloudevents_source(self.lanes[0].sink.sdkappid);
+        let floor = floor.clone();
+        let committed = tokio::task::spawn_blocking(move || {
+            let own = Ownership {
+                source: &source,
+                floor: &floor,
+            };
+            read_back(&settings, &own)
+        })
+        .await
+        .expect("the read-back does not panic")
+        .map_err(|e| DeliveryError::Broker(format!("reading back the topic: {e}")))?;
         self.needs_read_back = false;
         tracing::info!(
-            committed_through = committed,
-            "read back the topic: events up to this history id are committed there"
+            committed_through = committed.as_ref().map(|c| c.history_id),
+            "read back the topic: this database's events up to this history id are committed there"
         );
         Ok(committed)
     }
@@ -416,7 +461,7 @@ impl Sink for TransactionalSink {
                 self.health().delivered();
                 vec![Ok(()); n]
             }
-            Err(e) => vec![Err(self.failed(lane, "committing the transaction", e)); n],
+            Err(e) => vec![Err(self.commit_failed(lane, e)); n],
         }
     }
 
@@ -445,11 +490,25 @@ impl Sink for TransactionalSink {
         self.lanes[0].sink.has_state_topic()
     }
 
+    fn reads_back(&self) -> Option<&str> {
+        self.needs_read_back
+            .then_some(self.settings().topic.as_str())
+    }
+
+    fn read_back_again(&mut self) {
+        self.needs_read_back = true;
+    }
+
     /// Tombstones go in a transaction of their own, committed before the events that follow
     /// (the publisher sends them with nothing in flight).
     async fn deliver_tombstones(&mut self, user_ids: &[String]) -> Vec<Result<(), DeliveryError>> {
         let n = user_ids.len();
-        if let Err(e) = self.recover().await {
+        if self.needs_read_back || self.fenced.is_some() {
+            // The publisher recovers (and checks what the topic holds) before tombstones.
+            let error = DeliveryError::Broker("the topic is to be read back first".into());
+            return vec![Err(error); n];
+        }
+        if let Err(e) = self.recover(&HashMap::new()).await {
             return vec![Err(e); n];
         }
         let pending = self.begin(n, Enqueue::Tombstones(user_ids)).await;
@@ -460,16 +519,36 @@ impl Sink for TransactionalSink {
         Some(self.health())
     }
 
-    /// New producers with the reloaded settings (the topics and the `transactional.id` stay);
-    /// they are initialised and the topic is read back before the next batch.
+    /// New producers with the reloaded settings (the topics and the `transactional.id` stay),
+    /// both made before either replaces its lane's, so a rejected setting changes nothing. The
+    /// publisher calls it between rounds, with no transactional call out; the new producers'
+    /// `init_transactions` aborts whatever the old ones left open, and the topic is read back
+    /// before the next batch.
     fn reconfigure(&mut self, settings: &KafkaConfig) -> Result<(), String> {
         if self.fenced.is_some() {
             return Err("fenced: this daemon no longer publishes".into());
         }
-        for lane in &mut self.lanes {
-            lane.sink.reconfigure(settings).map_err(|e| e.to_string())?;
+        let settings = KafkaConfig {
+            topic: self.settings().topic.clone(),
+            state_topic: self.settings().state_topic.clone(),
+            ..settings.clone()
+        };
+        let health = self.health();
+        let mut made = Vec::with_capacity(2);
+        for lane in &self.lanes {
+            made.push(
+                super::create_producer(&settings, Some(&lane.id), &health)
+                    .map_err(|e| e.to_string())?,
+            );
+        }
+        for (lane, producer) in self.lanes.iter_mut().zip(made) {
+            let old = std::mem::replace(&mut lane.sink.producer, producer);
+            // Destroying a producer whose brokers are unreachable can block for a moment.
+            tokio::task::spawn_blocking(move || drop(old));
+            *lane.sink.settings = settings.clone();
             lane.needs_init = true;
             lane.needs_abort = false;
+            lane.commit_unknown = false;
             lane.began = None;
         }
         self.needs_read_back = true;
@@ -477,6 +556,13 @@ impl Sink for TransactionalSink {
         self.settled.clear();
         self.poisoned = false;
         Ok(())
+    }
+
+    /// A round of this sink waits on transactional calls that run on helper threads; cut short,
+    /// a call would go on behind the next round's back (a commit landing after a reload, an
+    /// old producer's initialisation fencing the new one).
+    fn rounds_interruptible(&self) -> bool {
+        false
     }
 }
 

@@ -1,0 +1,65 @@
+//! What the exactly-once publisher checks the topic against: which event this database holds at
+//! a history id, and where on a topic this database's events begin (`presenced kafka adopt`).
+
+use super::*;
+use std::collections::HashMap;
+
+impl Db {
+    /// The event id of the history row `history_id`, if the row exists (it may have been pruned,
+    /// or never written).
+    pub fn event_id_at(&self, history_id: i64) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT event_id FROM presence_history WHERE history_id = ?1")?
+            .query_row([history_id], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// The newest history id (0 for an empty history).
+    pub fn newest_history_id(&self) -> Result<i64, StoreError> {
+        Ok(self.conn.query_row(
+            "SELECT COALESCE(MAX(history_id), 0) FROM presence_history",
+            [],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// Per partition of `topic`, the offset from which records may be this database's.
+    pub fn publish_floor(&self, topic: &str) -> Result<HashMap<i32, i64>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT partition_id, start_offset FROM publish_floor WHERE topic = ?1",
+        )?;
+        let rows = stmt.query_map([topic], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Records that this database's events on `topic` begin at these offsets (replacing what
+    /// was recorded before); with `skip_unsent`, every row already in the history counts as sent.
+    pub fn adopt_topic(
+        &mut self,
+        topic: &str,
+        floor: &[(i32, i64)],
+        skip_unsent: bool,
+    ) -> Result<(), StoreError> {
+        let now = crate::model::now_millis();
+        let tx = self.conn.transaction()?;
+        tx.execute("DELETE FROM publish_floor WHERE topic = ?1", [topic])?;
+        for (partition, offset) in floor {
+            tx.execute(
+                "INSERT INTO publish_floor (topic, partition_id, start_offset, adopted_at)
+                 VALUES (?1, ?2, ?3, ?4)",
+                rusqlite::params![topic, partition, offset, now],
+            )?;
+        }
+        if skip_unsent {
+            tx.execute(
+                "UPDATE store_marks SET history_id = MAX(history_id,
+                     COALESCE((SELECT MAX(history_id) FROM presence_history), 0))
+                 WHERE mark = 'published'",
+                [],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}

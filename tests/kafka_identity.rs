@@ -1,0 +1,531 @@
+//! Exactly-once delivery knows which records on the topic are its own: this app's (`ce_source`)
+//! and this database's (the record's `ce_id` is the event id of the history row at its history
+//! id). A fresh database, a restored backup or a copy that went its own way finds the topic
+//! holding events it did not publish: it holds (nothing sent, the mark unmoved, readiness
+//! failing) until an operator adopts the topic's position. Another app on the same topic and
+//! records without a history id (`presenced replay`) are skipped by the read-back.
+
+mod common;
+
+use common::kafka::{broker, create_topic, Consumed};
+use common::pipeline::*;
+use presenced::config::KafkaConfig;
+use presenced::metrics::Metrics;
+use presenced::publish::kafka::{
+    high_watermarks, Delivery, KafkaSink, TransactionalSink, HISTORY_ID_HEADER,
+};
+use presenced::publish::{Drained, EncodeBatch, Publisher, Sink, SinkConfig};
+use presenced::sim::SimConfig;
+use presenced::store::{Db, Store};
+use presenced::sweep::{SweepSettings, Sweeper};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+const APP: u64 = 1_400_000_000;
+
+fn exactly_once(brokers: &str, topic: &str) -> KafkaConfig {
+    KafkaConfig {
+        delivery: Delivery::ExactlyOnce,
+        batch_size: 100,
+        ..kafka_config(brokers, topic)
+    }
+}
+
+async fn eos_publisher(store: &Store, cfg: &KafkaConfig, app: u64) -> Publisher<TransactionalSink> {
+    let (sink, reachable) = TransactionalSink::connect(cfg, app).await.unwrap();
+    assert!(reachable);
+    Publisher::new(
+        store.clone(),
+        sink,
+        cfg.batch_size,
+        Arc::new(Metrics::new()),
+        Arc::new(tokio::sync::Notify::new()),
+    )
+}
+
+/// The records of app `app` that carry a history id, as a `read_committed` consumer sees them.
+fn own(consumed: &[Consumed], app: u64) -> Vec<Consumed> {
+    let source = format!("/presenced/{app}");
+    consumed
+        .iter()
+        .filter(|c| c.headers.get("ce_source") == Some(&source))
+        .filter(|c| c.headers.contains_key(HISTORY_ID_HEADER))
+        .cloned()
+        .collect()
+}
+
+/// `records` hold each history row of the database at `db` after history id `after` once, with
+/// its own history id, and each account's seq contiguous.
+fn assert_once(records: &[Consumed], db: &Path, after: i64, app: u64) {
+    let db = Db::open(db, Duration::from_secs(5)).unwrap();
+    let rows = db.history_range(i64::MIN, i64::MAX, 0, 1 << 40).unwrap();
+    let rows: Vec<_> = rows.into_iter().filter(|r| r.history_id > after).collect();
+    let history: Vec<_> = rows.iter().map(|e| e.record.clone()).collect();
+    assert_matches_history(records, &history, app);
+    assert_eq!(records.len(), rows.len(), "each event exactly once");
+    let ids: HashMap<String, i64> = rows
+        .iter()
+        .map(|e| (e.record.event_id.to_string(), e.history_id))
+        .collect();
+    let mut ordered: Vec<_> = records.iter().collect();
+    ordered.sort_by_key(|c| (c.partition, c.offset));
+    let mut seqs: HashMap<&str, u64> = HashMap::new();
+    for c in ordered {
+        let id = c.value["event_id"].as_str().unwrap();
+        assert_eq!(c.headers[HISTORY_ID_HEADER], ids[id].to_string());
+        let seq = c.value["seq"].as_u64().unwrap();
+        if let Some(last) = seqs.insert(&c.key, seq) {
+            assert_eq!(seq, last + 1, "{}: seq {seq} after {last}", c.key);
+        }
+    }
+}
+
+/// The records among `records` whose event is in the history of the database at `db`.
+fn of_database(records: &[Consumed], db: &Path) -> Vec<Consumed> {
+    let ids: std::collections::HashSet<String> = all_history(db)
+        .iter()
+        .map(|t| t.event_id.to_string())
+        .collect();
+    records
+        .iter()
+        .filter(|c| ids.contains(&c.headers["ce_id"]))
+        .cloned()
+        .collect()
+}
+
+fn backlog(db: &Path) -> i64 {
+    query_number(
+        db,
+        "SELECT MAX(0, (SELECT COALESCE(MAX(history_id), 0) FROM presence_history) - history_id) FROM store_marks WHERE mark = 'published'",
+    )
+}
+
+/// Drives a publisher until its round ends in something other than `Some`.
+async fn round(publisher: &mut Publisher<TransactionalSink>) -> Drained {
+    settle_round(publisher).await
+}
+
+/// What `presenced kafka adopt` does: the topic's current end becomes this database's floor.
+async fn adopt(store: &Store, cfg: &KafkaConfig, skip_unsent: bool) {
+    let settings = cfg.clone();
+    let floor = tokio::task::spawn_blocking(move || high_watermarks(&settings))
+        .await
+        .unwrap()
+        .unwrap();
+    let topic = cfg.topic.clone();
+    store
+        .call(move |db| db.adopt_topic(&topic, &floor, skip_unsent))
+        .await
+        .unwrap();
+}
+
+/// A copy of the database at `from`, as a backup tool would take it (SQLite's `VACUUM INTO`).
+fn backup(from: &Path, to: &Path) {
+    let db = Db::open(from, Duration::from_secs(5)).unwrap();
+    db.connection()
+        .execute("VACUUM INTO ?1", [to.to_str().unwrap()])
+        .unwrap();
+}
+
+/// A sweeper over another database file, against the pipeline's simulator.
+async fn sweeper_on(p: &Pipeline, store: &Store, population: usize) -> Sweeper {
+    let settings = SweepSettings {
+        batch_size: 50,
+        max_in_flight: 4,
+        batches_per_transaction: 2,
+        platform_changes_are_transitions: true,
+    };
+    let client = common::client(&common::im_config(&p.sim, &SimConfig::default()));
+    let mut sweeper = Sweeper::new(
+        Arc::new(client),
+        store.clone(),
+        settings,
+        Arc::new(Metrics::new()),
+    )
+    .await
+    .unwrap();
+    sweeper
+        .set_watch_list(common::ids("user", population))
+        .await
+        .unwrap();
+    sweeper
+}
+
+/// A database created anew against a topic that holds this app's events from the old one: the
+/// read-back finds history ids this database does not have. Before this check the mark jumped
+/// past the new database's own events, which were never sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_database_on_a_topic_with_this_apps_events_holds_until_adopted() {
+    let addr = broker();
+    let topic = topic_name("eos-fresh");
+    create_topic(&addr, &topic, 3);
+    let cfg = exactly_once(&addr, &topic);
+    let mut old = pipeline(300).await;
+    old.sweeper.sweep(&CancellationToken::new()).await.unwrap();
+    let mut publisher = eos_publisher(&old.store, &cfg, APP).await;
+    drain_until_empty(&mut publisher, Duration::from_secs(60)).await;
+    drop(publisher);
+
+    let mut fresh = pipeline(200).await;
+    fresh
+        .sweeper
+        .sweep(&CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(backlog(&fresh.db_path), 200);
+    let mut publisher = eos_publisher(&fresh.store, &cfg, APP).await;
+    assert_eq!(round(&mut publisher).await, Drained::Held);
+    assert_eq!(round(&mut publisher).await, Drained::Held, "it stays held");
+    assert_eq!(backlog(&fresh.db_path), 200, "the mark did not move");
+
+    adopt(&fresh.store, &cfg, false).await;
+    drain_until_empty(&mut publisher, Duration::from_secs(60)).await;
+    let consumed = own(&consume_async(&addr, &topic, 500).await, APP);
+    assert_eq!(
+        consumed.len(),
+        500,
+        "the old database's 300 and the new one's 200"
+    );
+    assert_once(&of_database(&consumed, &old.db_path), &old.db_path, 0, APP);
+    assert_once(
+        &of_database(&consumed, &fresh.db_path),
+        &fresh.db_path,
+        0,
+        APP,
+    );
+    old.sim.stop().await;
+    fresh.sim.stop().await;
+}
+
+/// A backup restored after the topic moved on: the topic holds history ids the backup never
+/// had. The publisher holds; `adopt --skip-unsent` (the backup's unsent events are on the topic
+/// already) lets it go on with what it observes from then on, sent once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_backup_older_than_the_topic_holds_until_adopted() {
+    let addr = broker();
+    let topic = topic_name("eos-restore");
+    create_topic(&addr, &topic, 3);
+    let cfg = exactly_once(&addr, &topic);
+    let mut p = pipeline(300).await;
+    p.sweeper.sweep(&CancellationToken::new()).await.unwrap();
+    let mut publisher = eos_publisher(&p.store, &cfg, APP).await;
+    drain_until_empty(&mut publisher, Duration::from_secs(60)).await;
+    let copy = p._dir.path().join("backup.db");
+    backup(&p.db_path, &copy);
+    p.control.churn(0.5).await;
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        p.sweeper.sweep(&CancellationToken::new()).await.unwrap();
+        drain_until_empty(&mut publisher, Duration::from_secs(60)).await;
+    }
+    drop(publisher);
+    let published = all_history(&p.db_path).len();
+    assert!(published > 300, "the topic moved on: {published}");
+
+    let restored = Store::open(&copy, Duration::from_secs(5)).await.unwrap();
+    let mut publisher = eos_publisher(&restored, &cfg, APP).await;
+    assert_eq!(round(&mut publisher).await, Drained::Held);
+    assert_eq!(backlog(&copy), 0);
+
+    adopt(&restored, &cfg, true).await;
+    let mut sweeper = sweeper_on(&p, &restored, 300).await;
+    let floor_mark = query_number(&copy, "SELECT MAX(history_id) FROM presence_history");
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        sweeper.sweep(&CancellationToken::new()).await.unwrap();
+        drain_until_empty(&mut publisher, Duration::from_secs(60)).await;
+    }
+    p.control.churn(0.0).await;
+    let total = all_history(&copy).len() as i64 - floor_mark + published as i64;
+    let consumed = own(&consume_async(&addr, &topic, total as usize).await, APP);
+    assert!(
+        total > published as i64,
+        "the restored database observed more"
+    );
+    assert_eq!(consumed.len() as i64, total, "nothing twice, nothing lost");
+    let restored_part: Vec<_> = of_database(&consumed, &copy)
+        .into_iter()
+        .filter(|c| c.headers[HISTORY_ID_HEADER].parse::<i64>().unwrap() > floor_mark)
+        .collect();
+    assert_once(&restored_part, &copy, floor_mark, APP);
+    p.sim.stop().await;
+}
+
+/// Two apps on one topic, each churning, each with a crash between a commit and its mark: each
+/// read-back finds its own app's newest event, not the other's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_apps_on_one_topic_each_send_their_events_once() {
+    let addr = broker();
+    let topic = topic_name("eos-shared");
+    create_topic(&addr, &topic, 3);
+    let cfg = exactly_once(&addr, &topic);
+    let apps = [APP, APP + 1];
+    let mut pipes = [pipeline(200).await, pipeline(400).await];
+    for p in &pipes {
+        p.control.churn(0.5).await;
+    }
+    for round_no in 0..3 {
+        for (p, app) in pipes.iter_mut().zip(apps) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            p.sweeper.sweep(&CancellationToken::new()).await.unwrap();
+            // A batch committed whose mark is never written: the process died in between.
+            let (mut sink, _) = TransactionalSink::connect(&cfg, app).await.unwrap();
+            let floor = HashMap::new();
+            let found = sink.recover(&floor).await.unwrap();
+            let after = found.map_or(0, |f| f.history_id);
+            if round_no > 0 {
+                assert_eq!(
+                    after,
+                    query_number(
+                        &p.db_path,
+                        "SELECT history_id FROM store_marks WHERE mark = 'published'"
+                    ),
+                    "app {app} finds its own newest event"
+                );
+            }
+            let batch = p
+                .store
+                .call(move |db| db.outbox_batch(after, 50))
+                .await
+                .unwrap();
+            let encoded = EncodeBatch::encode(&sink.encoder(), &batch);
+            let pending = sink.start(&batch, encoded).await;
+            assert!(sink.finish(pending).await.iter().all(Result::is_ok));
+            drop(sink);
+            let mut publisher = eos_publisher(&p.store, &cfg, app).await;
+            drain_until_empty(&mut publisher, Duration::from_secs(60)).await;
+        }
+    }
+    let consumed = consume_async(&addr, &topic, 600).await;
+    for (p, app) in pipes.iter().zip(apps) {
+        assert_once(&own(&consumed, app), &p.db_path, 0, app);
+        p.control.churn(0.0).await;
+    }
+    for p in pipes {
+        p.sim.stop().await;
+    }
+}
+
+/// `presenced replay` into the daemon's own topic leaves the newest records without a history
+/// id; a crash between a commit and its mark then must still find the committed batch behind
+/// them (before, the read-back stopped at the replayed records and sent the batch again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_records_on_the_topic_do_not_hide_a_committed_batch() {
+    let addr = broker();
+    let topic = topic_name("eos-replay");
+    create_topic(&addr, &topic, 1);
+    let cfg = exactly_once(&addr, &topic);
+    let mut p = pipeline(300).await;
+    p.sweeper.sweep(&CancellationToken::new()).await.unwrap();
+    let (mut sink, _) = TransactionalSink::connect(&cfg, APP).await.unwrap();
+    assert_eq!(sink.recover(&HashMap::new()).await.unwrap(), None);
+    let batch = p.store.call(|db| db.outbox_batch(0, 120)).await.unwrap();
+    let encoded = EncodeBatch::encode(&sink.encoder(), &batch);
+    let pending = sink.start(&batch, encoded).await;
+    assert!(sink.finish(pending).await.iter().all(Result::is_ok));
+    drop(sink);
+
+    // An operator replays the first hour into the same topic (plain producer, no history ids).
+    let plain = KafkaConfig {
+        delivery: Delivery::AtLeastOnce,
+        ..cfg.clone()
+    };
+    let mut replayer = KafkaSink::new(&plain, APP).unwrap();
+    let replayed = presenced::publish::replay(
+        &p.store,
+        &mut replayer,
+        &SinkConfig::default(),
+        0,
+        i64::MAX,
+        |_, _| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(replayed, 300);
+    drop(replayer);
+
+    let mut publisher = eos_publisher(&p.store, &cfg, APP).await;
+    drain_until_empty(&mut publisher, Duration::from_secs(60)).await;
+    let consumed = own(&consume_async(&addr, &topic, 600).await, APP);
+    assert_once(&consumed, &p.db_path, 0, APP);
+    p.sim.stop().await;
+}
+
+/// A twin started on a copy of the database after the copy and the original went their own
+/// ways: the topic's newest event at a history id is not the copy's event there. The twin
+/// holds instead of mixing two histories on the topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_twin_on_a_copy_that_diverged_holds() {
+    let addr = broker();
+    let topic = topic_name("eos-diverged");
+    create_topic(&addr, &topic, 3);
+    let cfg = exactly_once(&addr, &topic);
+    let mut p = pipeline(300).await;
+    p.sweeper.sweep(&CancellationToken::new()).await.unwrap();
+    let mut publisher = eos_publisher(&p.store, &cfg, APP).await;
+    drain_until_empty(&mut publisher, Duration::from_secs(60)).await;
+    let copy = p._dir.path().join("twin.db");
+    backup(&p.db_path, &copy);
+    let twin = Store::open(&copy, Duration::from_secs(5)).await.unwrap();
+    let mut twin_sweeper = sweeper_on(&p, &twin, 300).await;
+    p.control.churn(1.0).await;
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        p.sweeper.sweep(&CancellationToken::new()).await.unwrap();
+        drain_until_empty(&mut publisher, Duration::from_secs(60)).await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        twin_sweeper.sweep(&CancellationToken::new()).await.unwrap();
+    }
+    p.control.churn(0.0).await;
+    drop(publisher);
+    let before = backlog(&copy);
+    assert!(before > 0, "the twin observed changes of its own");
+    let mut publisher = eos_publisher(&twin, &cfg, APP).await;
+    assert_eq!(round(&mut publisher).await, Drained::Held);
+    assert_eq!(backlog(&copy), before, "the twin's mark did not move");
+    let consumed = own(&consume_async(&addr, &topic, 300).await, APP);
+    assert_once(&consumed, &p.db_path, 0, APP);
+    p.sim.stop().await;
+}
+
+/// GETs `path` from the daemon's metrics port: (status, body).
+async fn get(port: u16, path: &str) -> (u16, String) {
+    match reqwest::get(format!("http://127.0.0.1:{port}{path}")).await {
+        Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+        Err(_) => (0, String::new()),
+    }
+}
+
+/// The operator's view, with the daemon binary: a daemon on a new database finds this app's
+/// events of the old database on the topic, says so in one ERROR, fails /readyz and shows
+/// `presenced_publish_held 1`, sends nothing; `presenced kafka adopt` lets it go on. No healthy
+/// start in exactly-once mode logs an ERROR (librdkafka's partition ends were logged as such).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_holds_on_a_foreign_history_until_the_operator_adopts_the_topic() {
+    let addr = broker();
+    let topic = topic_name("eos-adopt");
+    create_topic(&addr, &topic, 3);
+    let sim = common::SimProcess::start(&["--population", "400", "--churn", "0", "--rate", "0"]);
+    let kafka = format!(
+        "[sink]\nkind = \"kafka\"\n[kafka]\nbrokers = \"{addr}\"\ntopic = \"{topic}\"\ndelivery = \"exactly-once\"\n"
+    );
+    let spawn = |config: &Path, log: &Path| {
+        let log = std::fs::File::create(log).unwrap();
+        common::Reaped(
+            std::process::Command::new(env!("CARGO_BIN_EXE_presenced"))
+                .args(["run", "--config"])
+                .arg(config)
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let wait = |what: &str, secs: u64, done: &mut dyn FnMut() -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+        while !done() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    };
+
+    let old_dir = tempfile::tempdir().unwrap();
+    let old_config = common::write_daemon_config(old_dir.path(), &sim.base_url(), &kafka);
+    let old_db = old_dir.path().join("presence.db");
+    add_watched(&old_db, &common::ids("user", 400));
+    let old_log = old_dir.path().join("daemon.log");
+    let mut old = spawn(&old_config, &old_log);
+    wait("the first database published", 120, &mut || {
+        query_number(&old_db, "SELECT COUNT(*) FROM presence_history") >= 400
+            && backlog(&old_db) == 0
+    });
+    common::signal(&old, "TERM");
+    assert!(old.wait().unwrap().success());
+
+    let new_dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let new_config = common::write_daemon_config(new_dir.path(), &sim.base_url(), &kafka);
+    let text = std::fs::read_to_string(&new_config).unwrap().replace(
+        "metrics_listen = \"\"",
+        &format!("metrics_listen = \"127.0.0.1:{port}\""),
+    );
+    std::fs::write(&new_config, text).unwrap();
+    let new_db = new_dir.path().join("presence.db");
+    add_watched(&new_db, &common::ids("user", 400));
+    let new_log = new_dir.path().join("daemon.log");
+    let mut daemon = spawn(&new_config, &new_log);
+    let held = |log: &Path| {
+        std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("disagrees with this database"))
+            .count()
+    };
+    wait("the hold", 120, &mut || {
+        held(&new_log) == 1 && query_number(&new_db, "SELECT COUNT(*) FROM presence_history") >= 400
+    });
+    assert_eq!(get(port, "/readyz").await.0, 503);
+    assert!(get(port, "/metrics")
+        .await
+        .1
+        .contains("presenced_publish_held 1"));
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert_eq!(
+        backlog(&new_db),
+        400,
+        "nothing was sent and the mark stayed"
+    );
+    assert_eq!(held(&new_log), 1, "said once, not at every read-back");
+
+    let adopted = std::process::Command::new(env!("CARGO_BIN_EXE_presenced"))
+        .args(["kafka", "adopt", "--config"])
+        .arg(&new_config)
+        .output()
+        .unwrap();
+    assert!(adopted.status.success(), "{adopted:?}");
+    let said = String::from_utf8_lossy(&adopted.stdout);
+    assert!(
+        said.contains("400 unsent events") && said.contains("will be published"),
+        "{said}"
+    );
+    wait("the new database published", 60, &mut || {
+        backlog(&new_db) == 0
+    });
+    wait("readiness", 30, &mut || readyz_ok(port));
+    assert!(get(port, "/metrics")
+        .await
+        .1
+        .contains("presenced_publish_held 0"));
+    common::signal(&daemon, "TERM");
+    assert!(daemon.wait().unwrap().success());
+
+    for log in [&old_log, &new_log] {
+        let text = std::fs::read_to_string(log).unwrap();
+        let errors: Vec<_> = text
+            .lines()
+            .filter(|l| l.contains("ERROR") && !l.contains("disagrees with this database"))
+            .collect();
+        assert!(errors.is_empty(), "unexpected ERROR lines: {errors:#?}");
+    }
+    let consumed = own(&consume_async(&addr, &topic, 800).await, APP);
+    assert_eq!(consumed.len(), 800);
+    assert_once(&of_database(&consumed, &new_db), &new_db, 0, APP);
+    assert_once(&of_database(&consumed, &old_db), &old_db, 0, APP);
+}
+
+/// Whether /readyz answers 200, from a blocking context.
+fn readyz_ok(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.write_all(b"GET /readyz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer.starts_with("HTTP/1.1 200")
+}
