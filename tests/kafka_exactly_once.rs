@@ -213,6 +213,55 @@ async fn a_commit_whose_outcome_is_unknown_does_not_wedge_the_publisher() {
     p.sim.stop().await;
 }
 
+/// A read-back the broker refuses (a principal without READ on the topic, here librdkafka's
+/// mock cluster answering TOPIC_AUTHORIZATION_FAILED): nothing is sent, readiness fails, and
+/// once the broker answers the publisher goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_back_that_fails_fails_readiness_and_sends_nothing() {
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("noread", 2, 1).unwrap();
+    let cfg = exactly_once(&mock.bootstrap_servers(), "noread");
+    let mut p = pipeline(60).await;
+    p.sweeper.sweep(&CancellationToken::new()).await.unwrap();
+    let (sink, _) = TransactionalSink::connect(&cfg, 1_400_000_000)
+        .await
+        .unwrap();
+    let health = sink.health();
+    let mut publisher = Publisher::new(
+        p.store.clone(),
+        sink,
+        cfg.batch_size,
+        Arc::new(Metrics::new()),
+        Arc::new(tokio::sync::Notify::new()),
+    );
+    for api in [RDKafkaApiKey::ListOffsets, RDKafkaApiKey::Fetch] {
+        mock.request_errors(
+            api,
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 50],
+        );
+    }
+    assert_eq!(
+        settle_round(&mut publisher).await,
+        presenced::publish::Drained::Failed
+    );
+    assert!(
+        health.blocks_readiness(),
+        "a failing read-back fails readiness"
+    );
+    let (backlog, _) = p.store.call(|db| db.outbox_backlog()).await.unwrap();
+    assert_eq!(backlog, 60, "nothing was sent");
+    for api in [RDKafkaApiKey::ListOffsets, RDKafkaApiKey::Fetch] {
+        mock.clear_request_errors(api);
+    }
+    drain_until_empty(&mut publisher, Duration::from_secs(60)).await;
+    assert!(!health.blocks_readiness());
+    let consumed = consume_async(&mock.bootstrap_servers(), "noread", 60).await;
+    assert_exactly_once(&consumed, &p.db_path);
+    p.sim.stop().await;
+}
+
 /// A daemon process in exactly-once mode against the three-node cluster, with the simulator as
 /// a process of its own.
 struct Rig {

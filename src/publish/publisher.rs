@@ -24,6 +24,10 @@ pub struct Publisher<S: Sink> {
     store: Store,
     sink: S,
     batch_size: usize,
+    /// The batch size in force: halved after a batch timed out (in exactly-once mode a batch is
+    /// a transaction, and one that cannot be sent within the transaction timeout would time out
+    /// again and again), doubled back after each full batch delivered.
+    limit: usize,
     tuning: SinkConfig,
     metrics: Arc<Metrics>,
     /// Poked by the sweeper after each commit so new events go out without waiting for a tick.
@@ -102,6 +106,7 @@ impl<S: Sink> Publisher<S> {
             store,
             sink,
             batch_size,
+            limit: batch_size,
             tuning: SinkConfig::default(),
             metrics,
             wake,
@@ -144,7 +149,7 @@ impl<S: Sink> Publisher<S> {
     /// topic, the read stops at a pending tombstone's barrier; it is read in the same closure so
     /// that a removal committed after it bounds nothing this read returned.
     async fn read_batch(&self, after: i64) -> Result<Submitted<Batch<Encoded<S>>>, StoreError> {
-        let limit = self.batch_size;
+        let limit = self.limit;
         let encoder = self.sink.encoder();
         let with_state = self.sink.has_state_topic();
         self.store
@@ -373,7 +378,7 @@ impl<S: Sink> Publisher<S> {
     /// Sends due tombstones (accounts that left the watch list) and forgets those delivered.
     /// Returns whether any failed.
     async fn send_tombstones(&mut self) -> Result<bool, StoreError> {
-        let limit = self.batch_size;
+        let limit = self.limit;
         let with_state = self.sink.has_state_topic();
         let tombstones = self
             .store
@@ -404,7 +409,7 @@ impl<S: Sink> Publisher<S> {
 
     /// One round: read a batch, deliver it, mark what was acknowledged.
     pub async fn drain_once(&mut self) -> Result<Drained, StoreError> {
-        let limit = self.batch_size;
+        let limit = self.limit;
         if self.inflight.is_empty() {
             // The mark of the last settled batch decides which tombstones are due.
             self.marked().await?;
@@ -457,6 +462,9 @@ impl<S: Sink> Publisher<S> {
                 let _ = self.sink.finish(pending).await;
             }
             self.prefetch = None;
+            if failed == DeliveryError::Timeout {
+                self.shrink_batches(events.len());
+            }
             self.refresh_backlog(true).await?;
             return Ok(match failed {
                 DeliveryError::Fenced(_) => Drained::Fenced,
@@ -464,8 +472,24 @@ impl<S: Sink> Publisher<S> {
                 _ => Drained::Failed,
             });
         }
+        if events.len() == self.limit && self.limit < self.batch_size {
+            self.limit = (self.limit * 2).min(self.batch_size);
+        }
         self.refresh_backlog(false).await?;
         Ok(Drained::Some)
+    }
+
+    /// A batch of `sent` events timed out: the next ones are half as large (down to one event).
+    fn shrink_batches(&mut self, sent: usize) {
+        let smaller = (sent.min(self.limit) / 2).max(1);
+        if smaller < self.limit {
+            self.limit = smaller;
+            tracing::warn!(
+                events = sent,
+                now = smaller,
+                "a batch timed out before the broker acknowledged it; batches (in exactly-once mode, transactions) are halved until they go through"
+            );
+        }
     }
 
     /// Records a settled batch: metrics, then moves the publish mark. Returns the first

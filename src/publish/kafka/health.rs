@@ -27,6 +27,9 @@ pub struct BrokerHealth {
     /// Set while the topic and the database disagree about what was published (exactly-once
     /// mode): publishing is held until an operator decides.
     held: AtomicBool,
+    /// Set while the exactly-once read-back fails (no READ on the topic, a tail it cannot read
+    /// in time): nothing is sent meanwhile.
+    read_back_failing: AtomicBool,
     state: Mutex<State>,
 }
 
@@ -37,6 +40,8 @@ struct State {
     /// When refused credentials were last reported: librdkafka reports them at every
     /// reconnection, with timings in the text, so repeats are reminders at most.
     refused_reported: Option<Instant>,
+    /// When a failing read-back was last reported.
+    read_back_reported: Option<Instant>,
 }
 
 impl BrokerHealth {
@@ -52,6 +57,30 @@ impl BrokerHealth {
             || self.rejected.load(Ordering::Relaxed)
             || self.fenced.load(Ordering::Relaxed)
             || self.held.load(Ordering::Relaxed)
+            || self.read_back_failing.load(Ordering::Relaxed)
+    }
+
+    /// Records a failed read-back: said at WARN when it starts and every few minutes while it
+    /// goes on, and readiness fails meanwhile.
+    pub fn read_back_failed(&self, topic: &str, error: &dyn std::fmt::Display) {
+        let news = !self.read_back_failing.swap(true, Ordering::Relaxed);
+        let mut s = self.lock();
+        let now = Instant::now();
+        if news
+            || s.read_back_reported
+                .is_none_or(|r| now - r >= OUTAGE_REMINDER)
+        {
+            s.read_back_reported = Some(now);
+            tracing::warn!(topic, error = %error, "reading back the events topic failed: nothing is sent until it succeeds (the daemon needs READ on the topic; a long tail of aborted transactions takes longer to read); trying again");
+        }
+    }
+
+    /// Records a read-back that succeeded.
+    pub fn read_back_succeeded(&self) {
+        if self.read_back_failing.swap(false, Ordering::Relaxed) {
+            tracing::info!("the events topic was read back; publishing resumes");
+            self.lock().read_back_reported = None;
+        }
     }
 
     /// Records whether publishing is held because the topic and the database disagree; returns

@@ -416,8 +416,17 @@ impl Sink for TransactionalSink {
             read_back(&settings, &own)
         })
         .await
-        .expect("the read-back does not panic")
-        .map_err(|e| DeliveryError::Broker(format!("reading back the topic: {e}")))?;
+        .expect("the read-back does not panic");
+        let committed = match committed {
+            Ok(committed) => committed,
+            Err(e) => {
+                self.health().read_back_failed(&self.settings().topic, &e);
+                return Err(DeliveryError::Broker(format!(
+                    "reading back the topic: {e}"
+                )));
+            }
+        };
+        self.health().read_back_succeeded();
         self.needs_read_back = false;
         tracing::info!(
             committed_through = committed.as_ref().map(|c| c.history_id),
