@@ -529,3 +529,76 @@ fn readyz_ok(port: u16) -> bool {
     let _ = s.read_to_string(&mut answer);
     answer.starts_with("HTTP/1.1 200")
 }
+
+/// Partitions added to the events topic since the database last published to it: the daemon
+/// refuses to start (exit 78, naming the topic and both counts) instead of splitting accounts'
+/// events over two partitions; `presenced kafka adopt` accepts the new layout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_added_to_the_topic_are_refused_until_adopted() {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions};
+    use rdkafka::client::DefaultClientContext;
+    let addr = broker();
+    let topic = topic_name("eos-grown");
+    create_topic(&addr, &topic, 1);
+    let sim = common::SimProcess::start(&["--population", "50", "--churn", "0", "--rate", "0"]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::write_daemon_config(
+        dir.path(),
+        &sim.base_url(),
+        &format!("[sink]\nkind = \"kafka\"\n[kafka]\nbrokers = \"{addr}\"\ntopic = \"{topic}\"\ndelivery = \"exactly-once\"\n"),
+    );
+    let db = dir.path().join("presence.db");
+    add_watched(&db, &common::ids("user", 50));
+    let run = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_presenced"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let daemon = common::Reaped(run());
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !(query_number(&db, "SELECT COUNT(*) FROM presence_history") >= 50 && backlog(&db) == 0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first run published"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    common::signal(&daemon, "TERM");
+    let mut daemon = daemon;
+    assert!(daemon.wait().unwrap().success());
+
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &addr)
+        .create()
+        .unwrap();
+    let grown = admin
+        .create_partitions([&NewPartitions::new(&topic, 3)], &AdminOptions::new())
+        .await
+        .unwrap();
+    assert!(grown.iter().all(Result::is_ok), "{grown:?}");
+
+    let refused = run().wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(78), "{said}");
+    assert!(
+        said.contains(&topic) && said.contains("has 3 partitions; it had 1"),
+        "{said}"
+    );
+    let adopted = std::process::Command::new(env!("CARGO_BIN_EXE_presenced"))
+        .args(["kafka", "adopt", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(adopted.status.success(), "{adopted:?}");
+    let mut daemon = common::Reaped(run());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        daemon.try_wait().unwrap().is_none(),
+        "it runs after the adoption"
+    );
+    common::signal(&daemon, "TERM");
+    assert!(daemon.wait().unwrap().success());
+}

@@ -6,7 +6,7 @@ use crate::callback::{Endpoint, HintQueue};
 use crate::config::{Config, KafkaConfig, SinkKind};
 use crate::im::{ClientSettings, ImClient};
 use crate::metrics::Metrics;
-use crate::publish::kafka::{Delivery, KafkaSink, TransactionalSink};
+use crate::publish::kafka::{Delivery, KafkaSetupError, KafkaSink, TransactionalSink};
 use crate::publish::{Publisher, Sink, StdoutSink, StdoutStyle};
 use crate::store::{Store, StoreError};
 use crate::sweep::{SweepSettings, Sweeper};
@@ -95,12 +95,14 @@ pub(super) async fn start(
         SinkKind::Kafka => match config.kafka.delivery {
             Delivery::AtLeastOnce => {
                 let (sink, _) = KafkaSink::connect(&config.kafka, config.im.sdkappid).await?;
+                check_partitions(&store, &config.kafka.topic, sink.partition_count().await).await?;
                 let _ = health.kafka.set(sink.health());
                 Some(publishing.spawn(sink))
             }
             Delivery::ExactlyOnce => {
                 let (sink, _) =
                     TransactionalSink::connect(&config.kafka, config.im.sdkappid).await?;
+                check_partitions(&store, &config.kafka.topic, sink.partition_count().await).await?;
                 let _ = health.kafka.set(sink.health());
                 Some(publishing.spawn(sink))
             }
@@ -183,6 +185,31 @@ async fn serve_callbacks(
     }
     tracing::info!(%bound, path = %c.path, "IM callbacks on http://{bound}{}", c.path);
     Ok(endpoint)
+}
+
+/// Refuses to publish to a topic that gained partitions since this database last did (an
+/// account's events would be split over two partitions); records the count otherwise. Nothing
+/// to check while the brokers do not answer.
+async fn check_partitions(
+    store: &Store,
+    topic: &str,
+    partitions: Option<i32>,
+) -> Result<(), ServiceError> {
+    let Some(now) = partitions else {
+        return Ok(());
+    };
+    let topic = topic.to_owned();
+    let was = {
+        let topic = topic.clone();
+        store.call(move |db| db.topic_partitions(&topic)).await?
+    };
+    match was {
+        Some(was) if now > was => Err(KafkaSetupError::PartitionsAdded { topic, was, now }.into()),
+        Some(was) if now == was => Ok(()),
+        _ => Ok(store
+            .call(move |db| db.record_topic_partitions(&topic, now))
+            .await?),
+    }
 }
 
 /// What a publisher task is made of, whatever its sink.

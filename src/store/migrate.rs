@@ -42,8 +42,8 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
     (
         8,
-        "0008_publish_floor.sql",
-        include_str!("../../migrations/0008_publish_floor.sql"),
+        "0008_topic_identity.sql",
+        include_str!("../../migrations/0008_topic_identity.sql"),
     ),
 ];
 

@@ -1,5 +1,6 @@
-//! What the exactly-once publisher checks the topic against: which event this database holds at
-//! a history id, and where on a topic this database's events begin (`presenced kafka adopt`).
+//! What the publisher checks a topic against: which event this database holds at a history id,
+//! where on a topic this database's events begin (`presenced kafka adopt`), and how many
+//! partitions the topic had.
 
 use super::*;
 use std::collections::HashMap;
@@ -34,7 +35,8 @@ impl Db {
     }
 
     /// Records that this database's events on `topic` begin at these offsets (replacing what
-    /// was recorded before); with `skip_unsent`, every row already in the history counts as sent.
+    /// was recorded before), and that the topic has as many partitions as `floor` names; with
+    /// `skip_unsent`, every row already in the history counts as sent.
     pub fn adopt_topic(
         &mut self,
         topic: &str,
@@ -51,6 +53,11 @@ impl Db {
                 rusqlite::params![topic, partition, offset, now],
             )?;
         }
+        tx.execute(
+            "INSERT INTO topic_partitions (topic, partitions, seen_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (topic) DO UPDATE SET partitions = excluded.partitions, seen_at = excluded.seen_at",
+            rusqlite::params![topic, floor.len() as i64, now],
+        )?;
         if skip_unsent {
             tx.execute(
                 "UPDATE store_marks SET history_id = MAX(history_id,
@@ -60,6 +67,29 @@ impl Db {
             )?;
         }
         tx.commit()?;
+        Ok(())
+    }
+
+    /// How many partitions `topic` had when this database last started publishing to it.
+    pub fn topic_partitions(&self, topic: &str) -> Result<Option<i32>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT partitions FROM topic_partitions WHERE topic = ?1")?
+            .query_row([topic], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// Records how many partitions `topic` has now.
+    pub fn record_topic_partitions(
+        &mut self,
+        topic: &str,
+        partitions: i32,
+    ) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO topic_partitions (topic, partitions, seen_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (topic) DO UPDATE SET partitions = excluded.partitions, seen_at = excluded.seen_at",
+            rusqlite::params![topic, partitions, crate::model::now_millis()],
+        )?;
         Ok(())
     }
 }

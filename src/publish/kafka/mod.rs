@@ -45,6 +45,16 @@ pub enum KafkaSetupError {
         /// The brokers asked.
         brokers: String,
     },
+    /// Partitions were added to the events topic since this database last published to it.
+    #[error("Kafka topic {topic:?} has {now} partitions; it had {was} when this database last published to it. Adding partitions moves accounts to other partitions, where consumers can read an account's later events before its earlier ones. Publish to a new topic with the partitions you need (kafka.topic), or accept the new layout with `presenced kafka adopt --config FILE` (docs/OPERATIONS.md, \"Growing the events topic\")")]
+    PartitionsAdded {
+        /// The topic.
+        topic: String,
+        /// Partitions it had.
+        was: i32,
+        /// Partitions it has.
+        now: i32,
+    },
     /// Creating the topic failed.
     #[error("creating Kafka topic {topic:?} failed: {message}")]
     CreateTopic {
@@ -84,7 +94,9 @@ impl KafkaSetupError {
     pub fn is_configuration(&self) -> bool {
         matches!(
             self,
-            KafkaSetupError::TopicMissing { .. } | KafkaSetupError::Client(_)
+            KafkaSetupError::TopicMissing { .. }
+                | KafkaSetupError::Client(_)
+                | KafkaSetupError::PartitionsAdded { .. }
         )
     }
 }

@@ -24,6 +24,27 @@ impl KafkaSink {
         Ok(true)
     }
 
+    /// How many partitions the events topic has, if the brokers answer.
+    pub async fn partition_count(&self) -> Option<i32> {
+        let producer = self.producer.clone();
+        let name = self.settings.topic.clone();
+        let metadata = tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(Some(&name), Duration::from_secs(5))
+        })
+        .await
+        .expect("metadata task does not panic")
+        .ok()?;
+        let topic = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == self.settings.topic && t.error().is_none())?;
+        i32::try_from(topic.partitions().len())
+            .ok()
+            .filter(|n| *n > 0)
+    }
+
     async fn check_one(&self, topic: &str, compacted: bool) -> Result<bool, KafkaSetupError> {
         let producer = self.producer.clone();
         let name = topic.to_owned();

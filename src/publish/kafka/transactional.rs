@@ -155,6 +155,11 @@ impl TransactionalSink {
         Ok((sink, reachable))
     }
 
+    /// How many partitions the events topic has, if the brokers answer.
+    pub async fn partition_count(&self) -> Option<i32> {
+        self.lanes[0].sink.partition_count().await
+    }
+
     /// What the producers learnt about the brokers.
     pub fn health(&self) -> Arc<BrokerHealth> {
         self.lanes[0].sink.health()
