@@ -1,45 +1,67 @@
 //! `presenced kafka adopt`: what an operator runs when the exactly-once publisher holds because
 //! the events topic and the database disagree (a database created anew, restored from a
-//! backup, or a copy that went its own way).
+//! backup, or a copy that went its own way), or when the daemon refuses a topic that gained
+//! partitions.
 
 use super::{runtime, CliError};
 use presenced::config::Config;
-use presenced::publish::kafka::high_watermarks;
+use presenced::publish::event::cloudevents_source;
+use presenced::publish::kafka::{high_watermarks, own_event_ids_after};
 use presenced::store::Store;
 use std::path::Path;
 use std::time::Duration;
 
-/// Records that this database's events on `kafka.topic` begin after what the topic holds now;
-/// with `skip_unsent`, every row of the history counts as sent.
+/// Records that this database's events on `kafka.topic` begin after what the topic holds now
+/// (and that its partitions are as they are now); with `skip_unsent`, the unsent events the
+/// topic already holds (same event id) count as sent.
 pub fn adopt(path: &Path, skip_unsent: bool) -> Result<(), CliError> {
     let config = Config::load(path)?;
     presenced::logging::init(&config.service.log_filter, config.service.log_format);
     let settings = config.kafka.clone();
     let topic = settings.topic.clone();
-    runtime().block_on(async move {
+    let unreachable = |e: rdkafka::error::KafkaError| {
+        CliError::Failed(format!(
+            "reading topic {topic:?} on {}: {e}",
+            config.kafka.brokers
+        ))
+    };
+    runtime().block_on(async {
         let store = Store::open(
             &config.store.path,
             Duration::from_millis(config.store.busy_timeout_ms),
         )
         .await?;
-        let floor = tokio::task::spawn_blocking(move || high_watermarks(&settings))
-            .await
-            .expect("reading watermarks does not panic")
-            .map_err(|e| {
-                CliError::Failed(format!(
-                    "reading the end of topic {topic:?} on {}: {e}",
-                    config.kafka.brokers
-                ))
-            })?;
-        let (mark_before, unsent) = {
+        let floor = {
+            let settings = settings.clone();
+            tokio::task::spawn_blocking(move || high_watermarks(&settings))
+                .await
+                .expect("reading watermarks does not panic")
+                .map_err(unreachable)?
+        };
+        let mark = store.call(|db| db.published_mark()).await?;
+        let on_topic = match skip_unsent {
+            true => {
+                let settings = settings.clone();
+                let source = cloudevents_source(config.im.sdkappid);
+                eprintln!("reading topic {topic:?} for this database's unsent events");
+                let ids = tokio::task::spawn_blocking(move || {
+                    own_event_ids_after(&settings, &source, mark)
+                })
+                .await
+                .expect("reading the topic does not panic")
+                .map_err(unreachable)?;
+                Some(ids)
+            }
+            false => None,
+        };
+        let (skipped, unsent) = {
             let topic = topic.clone();
             let floor = floor.clone();
             store
                 .call(move |db| {
-                    let before = db.published_mark()?;
-                    let (backlog, _) = db.outbox_backlog()?;
-                    db.adopt_topic(&topic, &floor, skip_unsent)?;
-                    Ok((before, backlog))
+                    let skipped = db.adopt_topic(&topic, &floor, on_topic.as_ref())?;
+                    let (unsent, _) = db.outbox_backlog()?;
+                    Ok((skipped, unsent))
                 })
                 .await?
         };
@@ -52,15 +74,11 @@ pub fn adopt(path: &Path, skip_unsent: bool) -> Result<(), CliError> {
             config.store.path.display(),
             offsets.join(", ")
         );
-        match skip_unsent {
-            true => println!(
-                "the {unsent} unsent events (after history id {mark_before}) are marked as sent and will not be published"
-            ),
-            false => println!(
-                "the {unsent} unsent events (after history id {mark_before}) will be published after them"
-            ),
+        if skip_unsent {
+            println!("{skipped} unsent events are on the topic already and count as sent");
         }
-        println!("a running daemon picks this up within 10 s; one started later at once");
+        println!("{unsent} unsent events will be published after what the topic holds");
+        println!("a daemon that holds picks this up within 10 s; one that starts later, at once");
         Ok(())
     })
 }

@@ -224,8 +224,8 @@ pub enum KafkaAction {
     Adopt {
         #[command(flatten)]
         config: ConfigArg,
-        /// Also count every event already in the history as sent (a restored backup whose
-        /// unsent events the topic already holds).
+        /// Also count as sent the unsent events that the topic already holds (same event id),
+        /// as after restoring a backup: the topic is read from its start to find them.
         #[arg(long)]
         skip_unsent: bool,
     },

@@ -140,7 +140,7 @@ impl<S: Sink> Publisher<S> {
                 tracing::info!(brokers = %settings.brokers, "Kafka settings reloaded; unacknowledged events are sent again")
             }
             Err(e) => {
-                tracing::error!(error = %e, "Kafka settings not reloaded: the new ones are rejected; keeping the running producer")
+                tracing::error!(error = %e, "Kafka settings not reloaded; keeping the running producer")
             }
         }
     }
@@ -230,6 +230,15 @@ impl<S: Sink> Publisher<S> {
                     continue;
                 }
             };
+            // Settings that arrived during a round that could not be cut short apply now,
+            // between rounds (a draining backlog has no wait to apply them in).
+            if let Some(settings) = reconfigure
+                .as_mut()
+                .filter(|rx| rx.has_changed().unwrap_or(false))
+                .map(|rx| rx.borrow_and_update().clone())
+            {
+                self.apply_settings(&settings);
+            }
             let wait = match round {
                 Drained::Some => {
                     failures = 0;
@@ -330,7 +339,8 @@ impl<S: Sink> Publisher<S> {
             Some(local) => Err(format!("this database has event {local} at that history id: two databases published to this topic (a copy of this database that went its own way, or a database created anew since)")),
             // Pruned long ago: nothing is decided from it, the mark stays.
             None if history_id <= before => Ok(()),
-            None => Err(format!("this database's newest history id is {newest}: it is not the database that published them (created anew, or restored from a backup older than the topic)")),
+            None if history_id > newest => Err(format!("this database's newest history id is {newest}: it is not the database that published them (created anew, or restored from a backup older than the topic)")),
+            None => Err(format!("this database has no row at that history id, above its publish mark ({before}): its unsent rows are gone (deleted by hand, or the database was switched from sink.kind = \"none\", whose retention does not wait for publishing)")),
         };
         if let Err(disagreement) = verdict {
             self.sink.read_back_again();
@@ -414,6 +424,8 @@ impl<S: Sink> Publisher<S> {
             // The mark of the last settled batch decides which tombstones are due.
             self.marked().await?;
             if let Some(drained) = self.recover().await? {
+                // Held or failing: the backlog grows meanwhile, and its alerts must see it.
+                self.refresh_backlog(false).await?;
                 return Ok(drained);
             }
         }

@@ -35,14 +35,16 @@ impl Db {
     }
 
     /// Records that this database's events on `topic` begin at these offsets (replacing what
-    /// was recorded before), and that the topic has as many partitions as `floor` names; with
-    /// `skip_unsent`, every row already in the history counts as sent.
+    /// was recorded before), and that the topic has as many partitions as `floor` names. With
+    /// `on_topic`, the unsent events the topic already holds count as sent: the longest run of
+    /// them from the publish mark on, so that the first one it lacks, and all after it, are
+    /// still published. Returns how many were counted as sent.
     pub fn adopt_topic(
         &mut self,
         topic: &str,
         floor: &[(i32, i64)],
-        skip_unsent: bool,
-    ) -> Result<(), StoreError> {
+        on_topic: Option<&std::collections::HashSet<String>>,
+    ) -> Result<u64, StoreError> {
         let now = crate::model::now_millis();
         let tx = self.conn.transaction()?;
         tx.execute("DELETE FROM publish_floor WHERE topic = ?1", [topic])?;
@@ -58,16 +60,32 @@ impl Db {
              ON CONFLICT (topic) DO UPDATE SET partitions = excluded.partitions, seen_at = excluded.seen_at",
             rusqlite::params![topic, floor.len() as i64, now],
         )?;
-        if skip_unsent {
+        let mut skipped = 0;
+        if let Some(on_topic) = on_topic {
+            let mark = super::outbox::mark(&tx, "published")?;
+            let mut through = mark;
+            {
+                let mut stmt = tx.prepare(
+                    "SELECT history_id, event_id FROM presence_history
+                     WHERE history_id > ?1 ORDER BY history_id",
+                )?;
+                let mut rows = stmt.query([mark])?;
+                while let Some(row) = rows.next()? {
+                    let event_id: String = row.get(1)?;
+                    if !on_topic.contains(&event_id) {
+                        break;
+                    }
+                    through = row.get(0)?;
+                    skipped += 1;
+                }
+            }
             tx.execute(
-                "UPDATE store_marks SET history_id = MAX(history_id,
-                     COALESCE((SELECT MAX(history_id) FROM presence_history), 0))
-                 WHERE mark = 'published'",
-                [],
+                "UPDATE store_marks SET history_id = MAX(history_id, ?1) WHERE mark = 'published'",
+                [through],
             )?;
         }
         tx.commit()?;
-        Ok(())
+        Ok(skipped)
     }
 
     /// How many partitions `topic` had when this database last started publishing to it.

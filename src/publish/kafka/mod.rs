@@ -17,7 +17,7 @@ mod transactional;
 
 pub use config::{is_secret_property, Delivery, KafkaConfig};
 pub use encode::{KafkaEncoder, Records, HISTORY_ID_HEADER};
-pub use read_back::{high_watermarks, TopicPosition};
+pub use read_back::{high_watermarks, own_event_ids_after, TopicPosition};
 pub use transactional::TransactionalSink;
 
 use super::sink::Sink;

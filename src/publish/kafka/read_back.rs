@@ -57,6 +57,20 @@ pub struct Ownership<'a> {
     pub floor: &'a HashMap<i32, i64>,
 }
 
+/// A partition still searched: its offsets from `low` up, and the range read next.
+struct Search {
+    partition: i32,
+    /// The lowest offset that may hold a record of ours (the floor, or the low watermark).
+    low: i64,
+    /// The range read in this pass: from `start` up to `end` (exclusive).
+    start: i64,
+    end: i64,
+}
+
+/// How many records the first pass reads from each partition's end; each pass after reads four
+/// times as many just below.
+const FIRST_WINDOW: i64 = 256;
+
 /// The newest record of this app committed on the topic, from each partition's end backwards;
 /// `None` when no partition holds one above its floor.
 pub(super) fn read_back(
@@ -74,35 +88,62 @@ pub(super) fn read_back(
     let wait = Duration::from_secs(10);
     let topic = settings.topic.as_str();
     let metadata = consumer.fetch_metadata(Some(topic), wait)?;
-    // (partition, lowest offset to read, high watermark, window)
-    let mut windows: Vec<(i32, i64, i64, i64)> = Vec::new();
+    let mut searches = Vec::new();
+    // The floors that hold here: a stale one is dropped.
+    let mut floors = HashMap::new();
     for p in metadata
         .topics()
         .iter()
         .filter(|t| t.name() == topic)
         .flat_map(|t| t.partitions())
     {
+        // With read_committed, the high watermark is the last stable offset.
         let (low, high) = consumer.fetch_watermarks(topic, p.id(), wait)?;
-        let low = low.max(own.floor.get(&p.id()).copied().unwrap_or(0));
+        let floor = own.floor.get(&p.id()).copied().unwrap_or(0);
+        let low = if floor > high {
+            // The topic was created anew under its name, or the brokers are another cluster's:
+            // the adopted offsets mean nothing here.
+            tracing::warn!(
+                topic,
+                partition = p.id(),
+                floor,
+                end = high,
+                "the partition ends below the offset `presenced kafka adopt` recorded for it (the topic was created anew, or these are other brokers): the whole partition is read back"
+            );
+            low
+        } else {
+            floors.insert(p.id(), floor);
+            low.max(floor)
+        };
         if high > low {
-            windows.push((p.id(), low, high, 256));
+            let start = (high - FIRST_WINDOW).max(low);
+            searches.push(Search {
+                partition: p.id(),
+                low,
+                start,
+                end: high,
+            });
         }
     }
+    let own = Ownership {
+        source: own.source,
+        floor: &floors,
+    };
+    let own = &own;
     let mut newest: Option<TopicPosition> = None;
-    // Each pass reads every open partition's window from its end at once. A window holding no
-    // record of ours (a crash's aborted batch, another producer's records) grows and is read
-    // again, down to the floor.
-    while !windows.is_empty() {
+    // Each pass reads every open partition's range at once. A range holding no record of ours
+    // (a crash's aborted batch, other producers' records) is followed by the range below it,
+    // four times as long, down to the floor.
+    while !searches.is_empty() {
         let mut assignment = TopicPartitionList::new();
-        for &(partition, low, high, window) in &windows {
-            let start = (high - window).max(low);
-            assignment.add_partition_offset(topic, partition, Offset::Offset(start))?;
+        for s in &searches {
+            assignment.add_partition_offset(topic, s.partition, Offset::Offset(s.start))?;
         }
         consumer.assign(&assignment)?;
-        let found = read_to_end(&consumer, own, windows.len(), wait * 3)?;
+        let found = read_ranges(&consumer, own, &searches, wait * 3)?;
         let mut again = Vec::new();
-        for (partition, low, high, window) in windows {
-            match found.get(&partition) {
+        for s in searches {
+            match found.get(&s.partition) {
                 Some(position) => {
                     if newest
                         .as_ref()
@@ -111,11 +152,18 @@ pub(super) fn read_back(
                         newest = Some(position.clone());
                     }
                 }
-                None if (high - window).max(low) == low => {}
-                None => again.push((partition, low, high, window * 4)),
+                None if s.start == s.low => {}
+                None => {
+                    let window = (s.end - s.start) * 4;
+                    again.push(Search {
+                        start: (s.start - window).max(s.low),
+                        end: s.start,
+                        ..s
+                    });
+                }
             }
         }
-        windows = again;
+        searches = again;
     }
     Ok(newest)
 }
@@ -129,43 +177,60 @@ fn header<'m>(m: &'m rdkafka::message::BorrowedMessage<'_>, key: &str) -> Option
         .and_then(|h| std::str::from_utf8(h.value?).ok())
 }
 
-/// Reads the assigned partitions to their ends; for each partition that holds a record of ours
-/// in what was read, the newest one.
-fn read_to_end(
+/// This database's record in `m`, if it is one.
+fn own_record(
+    m: &rdkafka::message::BorrowedMessage<'_>,
+    own: &Ownership<'_>,
+) -> Option<TopicPosition> {
+    let floor = own.floor.get(&m.partition()).copied().unwrap_or(0);
+    if m.offset() < floor || header(m, "ce_source") != Some(own.source) {
+        return None;
+    }
+    let history_id = header(m, HISTORY_ID_HEADER)?.parse::<i64>().ok()?;
+    Some(TopicPosition {
+        history_id,
+        event_id: header(m, "ce_id").unwrap_or_default().to_owned(),
+        partition: m.partition(),
+        offset: m.offset(),
+    })
+}
+
+/// Reads each search's range (a partition is done at the first record past its range, or at
+/// its end); for each partition whose range holds a record of ours, the newest one. Gives up
+/// when nothing arrives for `stall`: a long range is fine as long as records keep coming.
+fn read_ranges(
     consumer: &BaseConsumer<ReadBackContext>,
     own: &Ownership<'_>,
-    partitions: usize,
-    timeout: Duration,
+    searches: &[Search],
+    stall: Duration,
 ) -> Result<HashMap<i32, TopicPosition>, KafkaError> {
+    let ends: HashMap<i32, i64> = searches.iter().map(|s| (s.partition, s.end)).collect();
     let mut newest = HashMap::new();
-    let mut ended = std::collections::HashSet::new();
-    let deadline = Instant::now() + timeout;
-    while ended.len() < partitions {
+    let mut done = std::collections::HashSet::new();
+    let mut last_progress = Instant::now();
+    while done.len() < searches.len() {
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
-                let floor = own.floor.get(&m.partition()).copied().unwrap_or(0);
-                if m.offset() < floor || header(&m, "ce_source") != Some(own.source) {
+                last_progress = Instant::now();
+                let partition = m.partition();
+                if done.contains(&partition) {
                     continue;
                 }
-                let Some(history_id) =
-                    header(&m, HISTORY_ID_HEADER).and_then(|v| v.parse::<i64>().ok())
-                else {
+                if m.offset() >= ends.get(&partition).copied().unwrap_or(i64::MAX) {
+                    done.insert(partition);
+                    consumer.pause(&partition_list(consumer, partition)?)?;
                     continue;
-                };
-                let event_id = header(&m, "ce_id").unwrap_or_default().to_owned();
-                let position = TopicPosition {
-                    history_id,
-                    event_id,
-                    partition: m.partition(),
-                    offset: m.offset(),
-                };
-                newest.insert(m.partition(), position);
+                }
+                if let Some(position) = own_record(&m, own) {
+                    newest.insert(partition, position);
+                }
             }
             Some(Err(KafkaError::PartitionEOF(partition))) => {
-                ended.insert(partition);
+                last_progress = Instant::now();
+                done.insert(partition);
             }
             Some(Err(e)) => return Err(e),
-            None if Instant::now() > deadline => {
+            None if last_progress.elapsed() > stall => {
                 return Err(KafkaError::MetadataFetch(
                     RDKafkaErrorCode::OperationTimedOut,
                 ))
@@ -174,6 +239,20 @@ fn read_to_end(
         }
     }
     Ok(newest)
+}
+
+/// The assigned topic-partition `partition`, to pause it.
+fn partition_list(
+    consumer: &BaseConsumer<ReadBackContext>,
+    partition: i32,
+) -> Result<TopicPartitionList, KafkaError> {
+    let mut list = TopicPartitionList::new();
+    for element in consumer.assignment()?.elements() {
+        if element.partition() == partition {
+            list.add_partition(element.topic(), partition);
+        }
+    }
+    Ok(list)
 }
 
 /// Per partition of the topic, its high watermark (the offset after its last record): where
@@ -201,4 +280,75 @@ pub fn high_watermarks(settings: &KafkaConfig) -> Result<Vec<(i32, i64)>, KafkaE
         return Err(KafkaError::MetadataFetch(RDKafkaErrorCode::UnknownTopic));
     }
     Ok(out)
+}
+
+/// The event ids (`ce_id`) of every committed record of this app on the topic whose history id
+/// is above `after`, read from each partition's start: what `presenced kafka adopt
+/// --skip-unsent` checks the database's unsent events against.
+pub fn own_event_ids_after(
+    settings: &KafkaConfig,
+    source: &str,
+    after: i64,
+) -> Result<std::collections::HashSet<String>, KafkaError> {
+    let consumer: BaseConsumer<ReadBackContext> = client_config(settings)
+        .set("group.id", "presenced-adopt")
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .create_with_context(ReadBackContext)?;
+    let wait = Duration::from_secs(10);
+    let topic = settings.topic.as_str();
+    let metadata = consumer.fetch_metadata(Some(topic), wait)?;
+    let mut searches = Vec::new();
+    let mut assignment = TopicPartitionList::new();
+    for p in metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic)
+        .flat_map(|t| t.partitions())
+    {
+        let (low, high) = consumer.fetch_watermarks(topic, p.id(), wait)?;
+        if high > low {
+            assignment.add_partition_offset(topic, p.id(), Offset::Offset(low))?;
+            searches.push(Search {
+                partition: p.id(),
+                low,
+                start: low,
+                end: high,
+            });
+        }
+    }
+    let mut ids = std::collections::HashSet::new();
+    if searches.is_empty() {
+        return Ok(ids);
+    }
+    consumer.assign(&assignment)?;
+    let floor = HashMap::new();
+    let own = Ownership {
+        source,
+        floor: &floor,
+    };
+    let mut done = std::collections::HashSet::new();
+    let mut last_progress = Instant::now();
+    while done.len() < searches.len() {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                last_progress = Instant::now();
+                if let Some(position) = own_record(&m, &own).filter(|p| p.history_id > after) {
+                    ids.insert(position.event_id);
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(partition))) => {
+                done.insert(partition);
+            }
+            Some(Err(e)) => return Err(e),
+            None if last_progress.elapsed() > wait * 3 => {
+                return Err(KafkaError::MetadataFetch(
+                    RDKafkaErrorCode::OperationTimedOut,
+                ))
+            }
+            None => {}
+        }
+    }
+    Ok(ids)
 }

@@ -327,42 +327,10 @@ impl TransactionalSink {
             number,
         }
     }
-}
 
-/// What a transaction carries.
-enum Enqueue<'a> {
-    Batch(&'a [OutboxEvent], Vec<Records>),
-    Tombstones(&'a [String]),
-}
-
-/// Whether a code says another producer with our `transactional.id` took over.
-fn is_fenced(code: Option<RDKafkaErrorCode>) -> bool {
-    matches!(
-        code,
-        Some(RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced)
-    )
-}
-
-impl Sink for TransactionalSink {
-    type Encoder = KafkaEncoder;
-    type Pending = TransactionPending;
-
-    fn encoder(&self) -> KafkaEncoder {
-        self.lanes[0].sink.encoder().with_history_ids()
-    }
-
-    /// Two transactions at a time, one per producer: one commits while the next one sends.
-    fn window(&self) -> usize {
-        2
-    }
-
-    /// Aborts what a failure left open, initialises new producers, and reads back the highest
-    /// history id committed on the topic when a commit's outcome is unknown. The publisher
-    /// calls it with nothing in flight.
-    async fn recover(
-        &mut self,
-        floor: &HashMap<i32, i64>,
-    ) -> Result<Option<TopicPosition>, DeliveryError> {
+    /// Gets both producers ready with nothing in flight: a producer whose commit's outcome is
+    /// unknown re-created, what a failure left open aborted, new producers initialised.
+    async fn prepare(&mut self) -> Result<(), DeliveryError> {
         if let Some(id) = &self.fenced {
             return Err(DeliveryError::Fenced(id.clone()));
         }
@@ -407,6 +375,45 @@ impl Sink for TransactionalSink {
             }
         }
         self.poisoned = false;
+        Ok(())
+    }
+}
+
+/// What a transaction carries.
+enum Enqueue<'a> {
+    Batch(&'a [OutboxEvent], Vec<Records>),
+    Tombstones(&'a [String]),
+}
+
+/// Whether a code says another producer with our `transactional.id` took over.
+fn is_fenced(code: Option<RDKafkaErrorCode>) -> bool {
+    matches!(
+        code,
+        Some(RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced)
+    )
+}
+
+impl Sink for TransactionalSink {
+    type Encoder = KafkaEncoder;
+    type Pending = TransactionPending;
+
+    fn encoder(&self) -> KafkaEncoder {
+        self.lanes[0].sink.encoder().with_history_ids()
+    }
+
+    /// Two transactions at a time, one per producer: one commits while the next one sends.
+    fn window(&self) -> usize {
+        2
+    }
+
+    /// Aborts what a failure left open, initialises new producers, and reads back the highest
+    /// history id committed on the topic when a commit's outcome is unknown. The publisher
+    /// calls it with nothing in flight.
+    async fn recover(
+        &mut self,
+        floor: &HashMap<i32, i64>,
+    ) -> Result<Option<TopicPosition>, DeliveryError> {
+        self.prepare().await?;
         if !self.needs_read_back {
             return Ok(None);
         }
@@ -433,7 +440,8 @@ impl Sink for TransactionalSink {
         };
         self.health().read_back_succeeded();
         self.needs_read_back = false;
-        tracing::info!(
+        // The publisher says what it does with it (and a held one reads back every few seconds).
+        tracing::debug!(
             committed_through = committed.as_ref().map(|c| c.history_id),
             "read back the topic: this database's events up to this history id are committed there"
         );
@@ -522,7 +530,7 @@ impl Sink for TransactionalSink {
             let error = DeliveryError::Broker("the topic is to be read back first".into());
             return vec![Err(error); n];
         }
-        if let Err(e) = self.recover(&HashMap::new()).await {
+        if let Err(e) = self.prepare().await {
             return vec![Err(e); n];
         }
         let pending = self.begin(n, Enqueue::Tombstones(user_ids)).await;
