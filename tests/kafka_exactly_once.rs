@@ -262,6 +262,65 @@ async fn a_read_back_that_fails_fails_readiness_and_sends_nothing() {
     p.sim.stop().await;
 }
 
+/// A daemon whose transaction stalled past the transaction timeout while a twin with the same
+/// transactional.id took over and published: the fencing surfaces on the old transaction, and
+/// the topic shows that someone else committed since it began. The old daemon stands down; the
+/// twin keeps publishing (before, the old daemon took its fencing for a broker timeout,
+/// re-created its producers and fenced the twin for good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fencing_on_an_old_transaction_after_a_twin_took_over_stands_down() {
+    let addr = broker();
+    let topic = topic_name("eos-old-fence");
+    create_topic(&addr, &topic, 3);
+    let cfg = KafkaConfig {
+        transaction_timeout_ms: 2_000,
+        ..exactly_once(&addr, &topic)
+    };
+    let mut p = pipeline(300).await;
+    p.sweeper.sweep(&CancellationToken::new()).await.unwrap();
+    let (mut stalled, _) = TransactionalSink::connect(&cfg, 1_400_000_000)
+        .await
+        .unwrap();
+    assert_eq!(stalled.recover(&HashMap::new()).await.unwrap(), None);
+    let batch = p.store.call(|db| db.outbox_batch(0, 100)).await.unwrap();
+    let encoded = EncodeBatch::encode(&stalled.encoder(), &batch);
+    let pending = stalled.start(&batch, encoded).await;
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+
+    // The twin: same transactional.id, same database; it fences the stalled one and publishes.
+    let (twin, _) = TransactionalSink::connect(&cfg, 1_400_000_000)
+        .await
+        .unwrap();
+    let mut twin = Publisher::new(
+        p.store.clone(),
+        twin,
+        cfg.batch_size,
+        Arc::new(Metrics::new()),
+        Arc::new(tokio::sync::Notify::new()),
+    );
+    drain_until_empty(&mut twin, Duration::from_secs(60)).await;
+
+    assert!(stalled.finish(pending).await.iter().all(Result::is_err));
+    assert!(
+        matches!(
+            stalled.recover(&HashMap::new()).await,
+            Err(presenced::publish::DeliveryError::Fenced(_))
+        ),
+        "the stalled daemon stands down"
+    );
+    p.control.churn(0.5).await;
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        p.sweeper.sweep(&CancellationToken::new()).await.unwrap();
+        drain_until_empty(&mut twin, Duration::from_secs(60)).await;
+    }
+    p.control.churn(0.0).await;
+    let total = all_history(&p.db_path).len();
+    let consumed = consume_async(&addr, &topic, total).await;
+    assert_exactly_once(&consumed, &p.db_path);
+    p.sim.stop().await;
+}
+
 /// A daemon process in exactly-once mode against the three-node cluster, with the simulator as
 /// a process of its own.
 struct Rig {

@@ -70,6 +70,8 @@ struct Lane {
     /// When the open transaction began: a fencing error while it is younger than the
     /// transaction timeout means another daemon took over, not that the broker timed us out.
     began: Option<Instant>,
+    /// The history id of the first event of the open transaction's batch.
+    first_id: Option<i64>,
 }
 
 /// The Kafka sink of `kafka.delivery = "exactly-once"`.
@@ -89,6 +91,10 @@ pub struct TransactionalSink {
     needs_read_back: bool,
     /// Set once another producer with our id took over; never cleared.
     fenced: Option<String>,
+    /// Fenced on a transaction older than the transaction timeout, whose batch began at this
+    /// history id: the broker may have timed it out, or another daemon may have taken over.
+    /// The topic tells which before any producer is re-created (which would fence the other).
+    fencing_unclear: Option<i64>,
 }
 
 impl std::fmt::Debug for TransactionalSink {
@@ -133,6 +139,7 @@ impl TransactionalSink {
                 needs_abort: false,
                 commit_unknown: false,
                 began: None,
+                first_id: None,
             })
         };
         let [first, second] = lane_ids(&base);
@@ -151,6 +158,7 @@ impl TransactionalSink {
             poisoned: false,
             needs_read_back: true,
             fenced: None,
+            fencing_unclear: None,
         };
         Ok((sink, reachable))
     }
@@ -198,20 +206,15 @@ impl TransactionalSink {
         let code = error.rdkafka_error_code().or(fatal_code);
         let young = l.began.is_none_or(|t| t.elapsed() < self.timeout());
         if is_fenced(code) && young {
-            let message = format!("{what}: {error}");
-            let base = self.lanes[0].id.clone();
-            if self.fenced.is_none() {
-                self.health().fenced();
-                tracing::error!(
-                    transactional_id = %base,
-                    error = %message,
-                    "another presenced with the same transactional.id took over: this one stops publishing for good (restart it only once the other is stopped)"
-                );
-            }
-            self.fenced = Some(base.clone());
-            return DeliveryError::Fenced(base);
+            return self.stop_fenced(&format!("{what}: {error}"));
         }
         self.needs_read_back = true;
+        if let Some(first) = l.first_id.filter(|_| is_fenced(code)) {
+            // Decided at the next recovery, from the topic, before anything is re-created.
+            tracing::warn!(error = %error, "{what}: fenced on a transaction older than kafka.transaction_timeout_ms; the topic tells whether the broker timed it out or another presenced took over");
+            self.fencing_unclear = Some(self.fencing_unclear.map_or(first, |f| f.min(first)));
+            return DeliveryError::Broker(format!("{what}: {error}"));
+        }
         if fatal || fatal_code.is_some() {
             tracing::warn!(error = %error, "{what} failed with a fatal error; re-creating the transactional producer");
             self.recreate(lane);
@@ -220,6 +223,84 @@ impl TransactionalSink {
             tracing::warn!(error = %error, "{what} failed; the transaction is aborted and its batch sent again");
         }
         DeliveryError::Broker(format!("{what}: {error}"))
+    }
+
+    /// Stops publishing for good: another daemon with our `transactional.id` took over.
+    fn stop_fenced(&mut self, why: &str) -> DeliveryError {
+        let base = self.lanes[0].id.clone();
+        if self.fenced.is_none() {
+            self.health().fenced();
+            tracing::error!(
+                transactional_id = %base,
+                error = %why,
+                "another presenced with the same transactional.id took over: this one stops publishing for good (restart it only once the other is stopped)"
+            );
+        }
+        self.fenced = Some(base.clone());
+        DeliveryError::Fenced(base)
+    }
+
+    /// After fencing on an old transaction whose batch began at `first`: if the topic holds
+    /// this app's events from `first` on, another daemon committed them (ours were aborted by
+    /// the fencing, and ours commit in order), so it took over; otherwise the broker timed the
+    /// transaction out, and the fenced producers are re-created.
+    async fn settle_fencing(
+        &mut self,
+        first: i64,
+        floor: &HashMap<i32, i64>,
+    ) -> Result<(), DeliveryError> {
+        let found = self.read_topic_back(floor).await?;
+        if let Some(found) = found.filter(|f| f.history_id >= first) {
+            return Err(self.stop_fenced(&format!(
+                "the topic holds history id {} (partition {} offset {}), committed after this daemon's last transaction began at {first}",
+                found.history_id, found.partition, found.offset
+            )));
+        }
+        tracing::warn!("no other presenced committed since the fenced transaction began: the broker timed it out; the producers are re-created");
+        for lane in 0..2 {
+            if self.lanes[lane]
+                .sink
+                .producer
+                .client()
+                .fatal_error()
+                .is_some()
+            {
+                self.recreate(lane);
+            }
+        }
+        self.fencing_unclear = None;
+        Ok(())
+    }
+
+    /// Reads the topic back: this database's newest committed event there.
+    async fn read_topic_back(
+        &mut self,
+        floor: &HashMap<i32, i64>,
+    ) -> Result<Option<TopicPosition>, DeliveryError> {
+        let settings = self.settings().clone();
+        let source = cloudevents_source(self.lanes[0].sink.sdkappid);
+        let floor = floor.clone();
+        let committed = tokio::task::spawn_blocking(move || {
+            let own = Ownership {
+                source: &source,
+                floor: &floor,
+            };
+            read_back(&settings, &own)
+        })
+        .await
+        .expect("the read-back does not panic");
+        match committed {
+            Ok(committed) => {
+                self.health().read_back_succeeded();
+                Ok(committed)
+            }
+            Err(e) => {
+                self.health().read_back_failed(&self.settings().topic, &e);
+                Err(DeliveryError::Broker(format!(
+                    "reading back the topic: {e}"
+                )))
+            }
+        }
     }
 
     /// A commit that failed. Unless librdkafka says the transaction must be aborted (then it
@@ -308,6 +389,10 @@ impl TransactionalSink {
             return TransactionPending::Failed { events: n, error };
         }
         self.lanes[lane].began = Some(Instant::now());
+        self.lanes[lane].first_id = match &enqueue {
+            Enqueue::Batch(events, _) => events.first().map(|e| e.history_id),
+            Enqueue::Tombstones(_) => None,
+        };
         let sink = &self.lanes[lane].sink;
         let enqueued = match enqueue {
             Enqueue::Batch(events, records) => sink.enqueue_batch(events, records).await,
@@ -413,32 +498,17 @@ impl Sink for TransactionalSink {
         &mut self,
         floor: &HashMap<i32, i64>,
     ) -> Result<Option<TopicPosition>, DeliveryError> {
+        if let Some(id) = &self.fenced {
+            return Err(DeliveryError::Fenced(id.clone()));
+        }
+        if let Some(first) = self.fencing_unclear {
+            self.settle_fencing(first, floor).await?;
+        }
         self.prepare().await?;
         if !self.needs_read_back {
             return Ok(None);
         }
-        let settings = self.settings().clone();
-        let source = cloudevents_source(self.lanes[0].sink.sdkappid);
-        let floor = floor.clone();
-        let committed = tokio::task::spawn_blocking(move || {
-            let own = Ownership {
-                source: &source,
-                floor: &floor,
-            };
-            read_back(&settings, &own)
-        })
-        .await
-        .expect("the read-back does not panic");
-        let committed = match committed {
-            Ok(committed) => committed,
-            Err(e) => {
-                self.health().read_back_failed(&self.settings().topic, &e);
-                return Err(DeliveryError::Broker(format!(
-                    "reading back the topic: {e}"
-                )));
-            }
-        };
-        self.health().read_back_succeeded();
+        let committed = self.read_topic_back(floor).await?;
         self.needs_read_back = false;
         // The publisher says what it does with it (and a held one reads back every few seconds).
         tracing::debug!(
