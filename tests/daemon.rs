@@ -375,6 +375,17 @@ async fn a_sweep_waiting_out_70050_keeps_feeding_the_watchdog() {
     let mut log = String::new();
     std::io::Read::read_to_string(daemon.stderr.as_mut().unwrap(), &mut log).unwrap();
     assert!(swept >= 1, "the sweep completed after the lock: {log}");
+    // With no sink nothing waits to be published: stats and the stop line say so, not a backlog.
+    let out = presenced()
+        .args(["stats", "--json", "--db"])
+        .arg(&db)
+        .output()
+        .unwrap();
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(stats["history_rows"].as_u64().unwrap() >= 10, "{stats}");
+    assert_eq!(stats["outbox_backlog"], 0, "{stats}");
+    assert!(stats["outbox_oldest_ms"].is_null(), "{stats}");
+    assert!(log.contains("nothing is published"), "{log}");
     assert!(
         !log.contains("withholding"),
         "the watchdog was starved: {log}"

@@ -321,6 +321,64 @@ async fn fencing_on_an_old_transaction_after_a_twin_took_over_stands_down() {
     p.sim.stop().await;
 }
 
+/// A clean stop in the middle of a long backlog: the last drain keeps a part of the flush
+/// timeout to abort the transaction it leaves open, so `read_committed` consumers are not held
+/// back until the broker times it out (before, the drain used the whole timeout and the abort
+/// got none). The last stable offset of every partition is its end right after the stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_stop_during_a_backlog_leaves_no_transaction_open() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let addr = broker();
+    let topic = topic_name("eos-stop");
+    create_topic(&addr, &topic, 3);
+    // Transactions of 50 events: 400 commits, which cannot all happen before the stop.
+    let cfg = KafkaConfig {
+        transaction_events: 50,
+        ..exactly_once(&addr, &topic)
+    };
+    let mut p = pipeline(20_000).await;
+    p.sweeper.sweep(&CancellationToken::new()).await.unwrap();
+    let (sink, _) = TransactionalSink::connect(&cfg, 1_400_000_000)
+        .await
+        .unwrap();
+    let publisher = Publisher::new(
+        p.store.clone(),
+        sink,
+        cfg.transaction_events,
+        Arc::new(Metrics::new()),
+        Arc::new(tokio::sync::Notify::new()),
+    );
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(publisher.run(stop.clone(), Duration::from_secs(1)));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.cancel();
+    running.await.unwrap().unwrap();
+    let (backlog, _) = p.store.call(|db| db.outbox_backlog()).await.unwrap();
+    assert!(backlog > 0, "the stop came before the backlog was drained");
+    let watermarks = |isolation: &str| {
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &addr)
+            .set("group.id", "watermarks")
+            .set("isolation.level", isolation)
+            .create()
+            .unwrap();
+        (0..3)
+            .map(|p| {
+                consumer
+                    .fetch_watermarks(&topic, p, Duration::from_secs(10))
+                    .unwrap()
+                    .1
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        watermarks("read_committed"),
+        watermarks("read_uncommitted"),
+        "no transaction is left open"
+    );
+    p.sim.stop().await;
+}
+
 /// A daemon process in exactly-once mode against the three-node cluster, with the simulator as
 /// a process of its own.
 struct Rig {

@@ -196,6 +196,9 @@ impl<S: Sink> Publisher<S> {
         let mut reconfigure = self.reconfigure.take();
         let mut deadline = None;
         let interruptible = self.sink.rounds_interruptible();
+        // The part of the flush timeout kept at a stop to end what a round left open (an open
+        // transaction is aborted).
+        let reserve = (flush_timeout / 4).min(Duration::from_secs(5));
         loop {
             // A round may wait long for acknowledgements (messages do not time out while the
             // brokers are down or refuse us), so new settings do not wait for it, and a stop
@@ -209,7 +212,7 @@ impl<S: Sink> Publisher<S> {
                     _ = shutdown.cancelled() => {
                         let until = tokio::time::Instant::now() + flush_timeout;
                         deadline = Some(until);
-                        Next::Stop(tokio::time::timeout_at(until, &mut round).await.ok())
+                        Next::Stop(tokio::time::timeout_at(until - reserve, &mut round).await.ok())
                     }
                     settings = next_settings(&mut reconfigure), if interruptible => Next::Settings(settings),
                 }
@@ -275,6 +278,8 @@ impl<S: Sink> Publisher<S> {
             }
         }
         if fenced {
+            // What the producer that was not fenced yet left open is aborted.
+            self.sink.flush(flush_timeout).await;
             self.refresh_backlog(true).await?;
             return Ok(());
         }
@@ -284,9 +289,11 @@ impl<S: Sink> Publisher<S> {
             self.inflight.clear();
             self.prefetch = None;
         }
-        // A last drain within the bound, so a clean stop leaves as little behind as possible.
+        // A last drain within the bound, so a clean stop leaves as little behind as possible,
+        // keeping a part of it to end what the drain leaves open (a transaction is aborted).
         let deadline = deadline.unwrap_or_else(|| tokio::time::Instant::now() + flush_timeout);
-        while let Ok(round) = tokio::time::timeout_at(deadline, self.drain_once()).await {
+        let drain_until = deadline - reserve;
+        while let Ok(round) = tokio::time::timeout_at(drain_until, self.drain_once()).await {
             if round? != Drained::Some {
                 break;
             }

@@ -263,6 +263,15 @@ impl Running {
             }
         }
         self.http_stop.cancel();
+        if self.live_config.sink.kind == SinkKind::None {
+            // Nothing is published without a sink: nothing waits to be.
+            self.store.call(|db| db.mark_all_published()).await?;
+            self.store.checkpoint().await?;
+            drop(self.sweeper);
+            drop(self.store);
+            tracing::info!("stopped cleanly (sink.kind = \"none\": nothing is published)");
+            return Ok(());
+        }
         let backlog = self.store.call(|db| db.outbox_backlog()).await?.0;
         self.store.checkpoint().await?;
         drop(self.sweeper);

@@ -203,15 +203,17 @@ pub(super) async fn prune(
     store: &Store,
     shutdown: &CancellationToken,
 ) -> Result<(), StoreError> {
-    // Without a sink nothing is ever published: retention does not wait for it, and the
-    // tombstones of removed accounts have nowhere to go.
+    // Without a sink nothing is ever published: retention does not wait for it, the tombstones
+    // of removed accounts have nowhere to go, and no event waits in the outbox.
     let wait_for_publish = config.sink.kind != SinkKind::None;
     if !wait_for_publish {
         store
             .call(|db| {
                 // A bounded step a sweep, like the pruning below; what is left goes next time.
                 let pending = db.tombstones_due(10_000, true)?;
-                db.delete_tombstones(&pending)
+                db.delete_tombstones(&pending)?;
+                // Nothing waits to be published either: `stats` and the outbox say so.
+                db.mark_all_published()
             })
             .await?;
     }

@@ -50,6 +50,13 @@ impl Db {
         Ok(())
     }
 
+    /// Moves the publish mark past every event: with no sink configured nothing waits to be
+    /// published (`presenced replay` still sends any stretch of the history).
+    pub fn mark_all_published(&mut self) -> Result<(), StoreError> {
+        let newest = self.newest_history_id()?;
+        self.mark_published(newest)
+    }
+
     /// Runs `f` with commits that skip the fsync. Only for writes whose loss at a power cut is
     /// harmless: a lost publish mark means a re-send, which consumers drop by event id; a lost
     /// fold is done again from the history. The next ordinary commit syncs the WAL, these

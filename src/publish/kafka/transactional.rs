@@ -72,6 +72,8 @@ struct Lane {
     began: Option<Instant>,
     /// The history id of the first event of the open transaction's batch.
     first_id: Option<i64>,
+    /// Held by the lane's transactional call in progress.
+    turn: Arc<std::sync::Mutex<()>>,
 }
 
 /// The Kafka sink of `kafka.delivery = "exactly-once"`.
@@ -140,6 +142,7 @@ impl TransactionalSink {
                 commit_unknown: false,
                 began: None,
                 first_id: None,
+                turn: Arc::default(),
             })
         };
         let [first, second] = lane_ids(&base);
@@ -181,16 +184,22 @@ impl TransactionalSink {
         Duration::from_millis(self.settings().transaction_timeout_ms)
     }
 
-    /// Runs a blocking transactional call of a lane's producer on a helper thread.
+    /// Runs a blocking transactional call of a lane's producer on a helper thread. A lane's calls
+    /// take turns: one whose caller went away (a round cut short at a stop) still holds the
+    /// turn until librdkafka returns.
     async fn blocking<R: Send + 'static>(
         &self,
         lane: usize,
         call: impl FnOnce(&super::HealthProducer) -> R + Send + 'static,
     ) -> R {
         let producer = self.lanes[lane].sink.producer.clone();
-        tokio::task::spawn_blocking(move || call(&producer))
-            .await
-            .expect("a producer call does not panic")
+        let turn = self.lanes[lane].turn.clone();
+        tokio::task::spawn_blocking(move || {
+            let _turn = turn.lock().unwrap_or_else(|e| e.into_inner());
+            call(&producer)
+        })
+        .await
+        .expect("a producer call does not panic")
     }
 
     /// Sorts a transactional error: fenced (stop for good), fatal (a new producer, then
@@ -560,20 +569,25 @@ impl Sink for TransactionalSink {
     /// At a stop: a transaction left open would hold back `read_committed` consumers of its
     /// partitions until the broker times it out, so it is aborted now (its batch is still in
     /// the outbox).
+    /// A fenced sink aborts what its other producer (not fenced yet) left open. A call still
+    /// running from a round cut short (a commit) finishes first: a lane's calls take turns.
     async fn flush(&self, timeout: Duration) {
-        if self.fenced.is_some() {
-            return;
-        }
         for lane in 0..2 {
             let l = &self.lanes[lane];
-            if l.began.is_none() || l.needs_init {
+            if l.began.is_none() || l.needs_init || l.sink.producer.client().fatal_error().is_some()
+            {
                 continue;
             }
             let aborted = self
                 .blocking(lane, move |p| p.abort_transaction(timeout))
                 .await;
-            if let Err(e) = aborted {
-                tracing::warn!(error = %e, "the open transaction could not be aborted at stop; the broker aborts it after kafka.transaction_timeout_ms");
+            match aborted {
+                Ok(()) => {}
+                // Nothing open after all: the cut round's commit finished.
+                Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::State) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "the open transaction could not be aborted at stop; the broker aborts it after kafka.transaction_timeout_ms")
+                }
             }
         }
     }
