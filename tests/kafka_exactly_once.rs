@@ -379,6 +379,58 @@ async fn a_clean_stop_during_a_backlog_leaves_no_transaction_open() {
     p.sim.stop().await;
 }
 
+/// A reload (SIGHUP) while `init_transactions` waits for a coordinator that is not ready: the round
+/// is not cut short, so the old producer's initialisation cannot finish after the new one's and
+/// fence the daemon's own new producer. Once the broker is back, everything goes out once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_during_a_blocked_init_does_not_fence_the_daemon_itself() {
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("blocked-init", 2, 1).unwrap();
+    let cfg = KafkaConfig {
+        transaction_timeout_ms: 3_000,
+        ..exactly_once(&mock.bootstrap_servers(), "blocked-init")
+    };
+    let mut p = pipeline(80).await;
+    p.sweeper.sweep(&CancellationToken::new()).await.unwrap();
+    let (sink, _) = TransactionalSink::connect(&cfg, 1_400_000_000)
+        .await
+        .unwrap();
+    let health = sink.health();
+    // The coordinator answers "try again" to every InitProducerId: init_transactions waits.
+    mock.request_errors(
+        RDKafkaApiKey::InitProducerId,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_COORDINATOR_LOAD_IN_PROGRESS; 300],
+    );
+    let (settings, reloads) = tokio::sync::watch::channel(cfg.clone());
+    let publisher = Publisher::new(
+        p.store.clone(),
+        sink,
+        cfg.batch_size,
+        Arc::new(Metrics::new()),
+        Arc::new(tokio::sync::Notify::new()),
+    )
+    .reconfigure_with(reloads);
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(publisher.run(stop.clone(), Duration::from_secs(5)));
+    for linger in [1, 2, 3] {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        settings.send_replace(KafkaConfig {
+            linger_ms: linger,
+            ..cfg.clone()
+        });
+    }
+    mock.clear_request_errors(RDKafkaApiKey::InitProducerId);
+    wait_for_empty_outbox(&p.store, Duration::from_secs(90)).await;
+    assert!(!health.blocks_readiness(), "not fenced, nothing held");
+    stop.cancel();
+    running.await.unwrap().unwrap();
+    let consumed = consume_async(&mock.bootstrap_servers(), "blocked-init", 80).await;
+    assert_exactly_once(&consumed, &p.db_path);
+    p.sim.stop().await;
+}
+
 /// A daemon process in exactly-once mode against the three-node cluster, with the simulator as
 /// a process of its own.
 struct Rig {

@@ -7,11 +7,14 @@ mod common;
 use common::kafka::{broker, consume, Consumed};
 use common::pipeline::*;
 use presenced::config::KafkaConfig;
-use presenced::publish::kafka::KafkaSink;
+use presenced::metrics::Metrics;
+use presenced::publish::kafka::{Delivery, KafkaSink, TransactionalSink};
+use presenced::publish::Publisher;
 use presenced::store::{CurrentRow, Db};
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -50,18 +53,30 @@ fn assert_state_topic_matches(latest: &HashMap<String, serde_json::Value>, rows:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tombstone_follows_the_last_state_that_was_still_in_the_outbox() {
+    tombstones_follow_the_last_state(Delivery::AtLeastOnce).await;
+}
+
+/// The same in exactly-once mode: tombstones go in a transaction of their own between batches,
+/// and a `read_committed` consumer sees the same order, each event once on the events topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_exactly_once_mode_a_tombstone_follows_the_last_state_too() {
+    tombstones_follow_the_last_state(Delivery::ExactlyOnce).await;
+}
+
+/// Accounts leave the watch list while their events wait in the outbox (one comes back at
+/// once): each tombstone comes after the account's last state record.
+async fn tombstones_follow_the_last_state(delivery: Delivery) {
     let addr = broker();
     let mut p = pipeline(20).await;
     let state_topic = topic_name("state-order");
+    let events_topic = topic_name("events-order");
     let cfg = KafkaConfig {
         create_topic: true,
         topic_partitions: 2,
         state_topic: state_topic.clone(),
-        ..kafka_config(&addr, &topic_name("events-order"))
+        delivery,
+        ..kafka_config(&addr, &events_topic)
     };
-    let sink = KafkaSink::new(&cfg, 1_400_000_000).unwrap();
-    assert!(sink.check_topic().await.unwrap());
-    let mut publisher = publisher(&p, sink);
     let shutdown = CancellationToken::new();
 
     // A backlog: two sweeps with churn, nothing published yet (Kafka down, or a large sweep
@@ -86,11 +101,36 @@ async fn a_tombstone_follows_the_last_state_that_was_still_in_the_outbox() {
         "the removed accounts' events wait in the outbox: {backlog}"
     );
 
-    drain_until_empty(&mut publisher, Duration::from_secs(60)).await;
+    match delivery {
+        Delivery::AtLeastOnce => {
+            let sink = KafkaSink::new(&cfg, 1_400_000_000).unwrap();
+            assert!(sink.check_topic().await.unwrap());
+            drain_until_empty(&mut publisher(&p, sink), Duration::from_secs(60)).await;
+        }
+        Delivery::ExactlyOnce => {
+            let (sink, reachable) = TransactionalSink::connect(&cfg, 1_400_000_000)
+                .await
+                .unwrap();
+            assert!(reachable);
+            let mut publisher = Publisher::new(
+                p.store.clone(),
+                sink,
+                7,
+                Arc::new(Metrics::new()),
+                Arc::new(tokio::sync::Notify::new()),
+            );
+            drain_until_empty(&mut publisher, Duration::from_secs(60)).await;
+        }
+    }
     let pending = p.store.call(|db| db.pending_tombstones(100)).await.unwrap();
     assert!(pending.is_empty(), "tombstones acknowledged: {pending:?}");
 
     let history = all_history(&p.db_path);
+    if delivery == Delivery::ExactlyOnce {
+        let consumed = consume_async(&addr, &events_topic, history.len()).await;
+        assert_eq!(consumed.len(), history.len(), "each event once");
+        assert_matches_history(&consumed, &history, 1_400_000_000);
+    }
     let expected = history.len() + 5;
     let records = tokio::task::spawn_blocking(move || {
         consume(&addr, &state_topic, expected, Duration::from_secs(60))

@@ -99,3 +99,31 @@ fn reload_callback(live: &mut Config, new: CallbackConfig, endpoint: Option<&End
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::publish::kafka::Delivery;
+
+    /// The sink's kind and its producers' transactional id are chosen at start: a reload that
+    /// changes them hands the publisher the running values (with a WARN), never a mix.
+    #[test]
+    fn delivery_and_transactional_id_keep_their_running_values() {
+        let mut live = Config::default();
+        live.kafka.delivery = Delivery::ExactlyOnce;
+        live.kafka.transactional_id = "presenced-a".into();
+        let (tx, rx) = watch::channel(live.kafka.clone());
+        let new = KafkaConfig {
+            delivery: Delivery::AtLeastOnce,
+            transactional_id: "presenced-b".into(),
+            linger_ms: 42,
+            ..live.kafka.clone()
+        };
+        reload_kafka(&mut live, new, &tx);
+        let sent = rx.borrow().clone();
+        assert_eq!(sent.delivery, Delivery::ExactlyOnce);
+        assert_eq!(sent.transactional_id, "presenced-a");
+        assert_eq!(sent.linger_ms, 42, "the other settings are applied");
+        assert_eq!(live.kafka, sent);
+    }
+}

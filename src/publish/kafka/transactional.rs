@@ -519,11 +519,16 @@ impl Sink for TransactionalSink {
         }
         let committed = self.read_topic_back(floor).await?;
         self.needs_read_back = false;
-        // The publisher says what it does with it (and a held one reads back every few seconds).
-        tracing::debug!(
-            committed_through = committed.as_ref().map(|c| c.history_id),
-            "read back the topic: this database's events up to this history id are committed there"
-        );
+        let committed_through = committed.as_ref().map(|c| c.history_id);
+        if self.health().held() {
+            // Held, it reads back every few seconds: said once by the publisher.
+            tracing::debug!(committed_through, "read back the topic");
+        } else {
+            tracing::info!(
+                committed_through,
+                "read back the topic: this app's events up to this history id are committed there"
+            );
+        }
         Ok(committed)
     }
 
