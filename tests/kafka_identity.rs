@@ -109,30 +109,23 @@ async fn round(publisher: &mut Publisher<TransactionalSink>) -> Drained {
 }
 
 /// What `presenced kafka adopt` does: the topic's current end becomes this database's floor.
-async fn adopt(store: &Store, cfg: &KafkaConfig, skip_unsent: bool) {
+async fn adopt(store: &Store, cfg: &KafkaConfig) {
     let settings = cfg.clone();
     let floor = tokio::task::spawn_blocking(move || high_watermarks(&settings))
         .await
         .unwrap()
         .unwrap();
-    let on_topic = match skip_unsent {
-        true => {
-            let mark = store.call(|db| db.published_mark()).await.unwrap();
-            let settings = cfg.clone();
-            Some(
-                tokio::task::spawn_blocking(move || {
-                    own_event_ids_after(&settings, &format!("/presenced/{APP}"), mark)
-                })
-                .await
-                .unwrap()
-                .unwrap(),
-            )
-        }
-        false => None,
-    };
+    let mark = store.call(|db| db.published_mark()).await.unwrap();
+    let settings = cfg.clone();
+    let on_topic = tokio::task::spawn_blocking(move || {
+        own_event_ids_after(&settings, &format!("/presenced/{APP}"), mark)
+    })
+    .await
+    .unwrap()
+    .unwrap();
     let topic = cfg.topic.clone();
     store
-        .call(move |db| db.adopt_topic(&topic, &floor, on_topic.as_ref()))
+        .call(move |db| db.adopt_topic(&topic, &floor, Some(&on_topic)))
         .await
         .unwrap();
 }
@@ -196,7 +189,7 @@ async fn a_fresh_database_on_a_topic_with_this_apps_events_holds_until_adopted()
     assert_eq!(round(&mut publisher).await, Drained::Held, "it stays held");
     assert_eq!(backlog(&fresh.db_path), 200, "the mark did not move");
 
-    adopt(&fresh.store, &cfg, false).await;
+    adopt(&fresh.store, &cfg).await;
     drain_until_empty(&mut publisher, Duration::from_secs(60)).await;
     let consumed = own(&consume_async(&addr, &topic, 500).await, APP);
     assert_eq!(
@@ -216,7 +209,7 @@ async fn a_fresh_database_on_a_topic_with_this_apps_events_holds_until_adopted()
 }
 
 /// A backup restored after the topic moved on: the topic holds history ids the backup never
-/// had. The publisher holds while sweeps go on; `adopt --skip-unsent` counts as sent the
+/// had. The publisher holds while sweeps go on; `adopt` counts as sent the
 /// backup's unsent events that the topic holds (same event ids) and nothing else: what the
 /// restored database observed during the hold and after goes out, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -276,7 +269,7 @@ async fn a_restored_backup_older_than_the_topic_holds_until_adopted() {
     );
     assert_eq!(round(&mut publisher).await, Drained::Held);
 
-    adopt(&restored, &cfg, true).await;
+    adopt(&restored, &cfg).await;
     assert_eq!(
         backlog(&copy),
         during_hold,
@@ -376,28 +369,32 @@ async fn replayed_records_on_the_topic_do_not_hide_a_committed_batch() {
     assert!(sink.finish(pending).await.iter().all(Result::is_ok));
     drop(sink);
 
-    // An operator replays the first hour into the same topic (plain producer, no history ids).
+    // An operator replays the history into the same topic, five times over (plain producer, no
+    // history ids): 1,500 records above the committed batch, so the read-back needs three
+    // passes, each further back.
     let plain = KafkaConfig {
         delivery: Delivery::AtLeastOnce,
         ..cfg.clone()
     };
     let mut replayer = KafkaSink::new(&plain, APP).unwrap();
-    let replayed = presenced::publish::replay(
-        &p.store,
-        &mut replayer,
-        &SinkConfig::default(),
-        0,
-        i64::MAX,
-        |_, _| {},
-    )
-    .await
-    .unwrap();
-    assert_eq!(replayed, 300);
+    for _ in 0..5 {
+        let replayed = presenced::publish::replay(
+            &p.store,
+            &mut replayer,
+            &SinkConfig::default(),
+            0,
+            i64::MAX,
+            |_, _| {},
+        )
+        .await
+        .unwrap();
+        assert_eq!(replayed, 300);
+    }
     drop(replayer);
 
     let mut publisher = eos_publisher(&p.store, &cfg, APP).await;
     drain_until_empty(&mut publisher, Duration::from_secs(60)).await;
-    let consumed = own(&consume_async(&addr, &topic, 600).await, APP);
+    let consumed = own(&consume_async(&addr, &topic, 1_800).await, APP);
     assert_once(&consumed, &p.db_path, 0, APP);
     p.sim.stop().await;
 }

@@ -12,9 +12,10 @@ use std::path::Path;
 use std::time::Duration;
 
 /// Records that this database's events on `kafka.topic` begin after what the topic holds now
-/// (and that its partitions are as they are now); with `skip_unsent`, the unsent events the
-/// topic already holds (same event id) count as sent.
-pub fn adopt(path: &Path, skip_unsent: bool) -> Result<(), CliError> {
+/// (and that its partitions are as they are now). The unsent events the topic already holds
+/// (same event id: a batch committed just before a crash, a restored backup's) count as sent,
+/// so that none goes twice.
+pub fn adopt(path: &Path) -> Result<(), CliError> {
     let config = Config::load(path)?;
     presenced::logging::init(&config.service.log_filter, config.service.log_format);
     let settings = config.kafka.clone();
@@ -39,27 +40,21 @@ pub fn adopt(path: &Path, skip_unsent: bool) -> Result<(), CliError> {
                 .map_err(unreachable)?
         };
         let mark = store.call(|db| db.published_mark()).await?;
-        let on_topic = match skip_unsent {
-            true => {
-                let settings = settings.clone();
-                let source = cloudevents_source(config.im.sdkappid);
-                eprintln!("reading topic {topic:?} for this database's unsent events");
-                let ids = tokio::task::spawn_blocking(move || {
-                    own_event_ids_after(&settings, &source, mark)
-                })
+        let on_topic = {
+            let settings = settings.clone();
+            let source = cloudevents_source(config.im.sdkappid);
+            eprintln!("reading topic {topic:?} for this database's unsent events");
+            tokio::task::spawn_blocking(move || own_event_ids_after(&settings, &source, mark))
                 .await
                 .expect("reading the topic does not panic")
-                .map_err(unreachable)?;
-                Some(ids)
-            }
-            false => None,
+                .map_err(unreachable)?
         };
         let (skipped, unsent) = {
             let topic = topic.clone();
             let floor = floor.clone();
             store
                 .call(move |db| {
-                    let skipped = db.adopt_topic(&topic, &floor, on_topic.as_ref())?;
+                    let skipped = db.adopt_topic(&topic, &floor, Some(&on_topic))?;
                     let (unsent, _) = db.outbox_backlog()?;
                     Ok((skipped, unsent))
                 })
@@ -74,9 +69,7 @@ pub fn adopt(path: &Path, skip_unsent: bool) -> Result<(), CliError> {
             config.store.path.display(),
             offsets.join(", ")
         );
-        if skip_unsent {
-            println!("{skipped} unsent events are on the topic already and count as sent");
-        }
+        println!("{skipped} unsent events are on the topic already and count as sent");
         println!("{unsent} unsent events will be published after what the topic holds");
         println!("a daemon that holds picks this up within 10 s; one that starts later, at once");
         Ok(())

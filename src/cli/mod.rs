@@ -104,12 +104,10 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             topic,
         } => replay::run(&config, &since, until.as_deref(), topic),
         Command::Kafka {
-            action:
-                KafkaAction::Adopt {
-                    config: ConfigArg { config },
-                    skip_unsent,
-                },
-        } => kafka::adopt(&config, skip_unsent),
+            action: KafkaAction::Adopt {
+                config: ConfigArg { config },
+            },
+        } => kafka::adopt(&config),
     }
 }
 
@@ -219,15 +217,13 @@ pub enum Command {
 pub enum KafkaAction {
     /// After the exactly-once publisher held because the events topic holds this app's events
     /// that this database did not publish (a database created anew, restored from a backup, or
-    /// a copy that went its own way): take what the topic holds now as not this database's,
-    /// and publish this database's events after it.
+    /// a copy that went its own way), or the daemon refused a topic that gained partitions:
+    /// take what the topic holds now as not this database's, and publish this database's
+    /// events after it. Its unsent events that the topic already holds (same event id) count as
+    /// sent; the topic is read from its start to find them.
     Adopt {
         #[command(flatten)]
         config: ConfigArg,
-        /// Also count as sent the unsent events that the topic already holds (same event id),
-        /// as after restoring a backup: the topic is read from its start to find them.
-        #[arg(long)]
-        skip_unsent: bool,
     },
 }
 

@@ -26,8 +26,12 @@ pub struct Publisher<S: Sink> {
     batch_size: usize,
     /// The batch size in force: halved after a batch timed out (in exactly-once mode a batch is
     /// a transaction, and one that cannot be sent within the transaction timeout would time out
-    /// again and again), doubled back after each full batch delivered.
+    /// again and again). It stays there until [`REGROW_AFTER`] full batches in a row went
+    /// through, then doubles (toward `batch_size`), so it cannot swing back to the size that
+    /// failed at once.
     limit: usize,
+    /// Full batches delivered in a row at the current limit.
+    full_in_a_row: u32,
     tuning: SinkConfig,
     metrics: Arc<Metrics>,
     /// Poked by the sweeper after each commit so new events go out without waiting for a tick.
@@ -68,6 +72,9 @@ pub enum Drained {
     Held,
 }
 
+/// Full batches in a row after which a halved batch size doubles again.
+const REGROW_AFTER: u32 = 100;
+
 /// How often a held publisher reads the topic back again.
 const HELD_RETRY: Duration = Duration::from_secs(10);
 
@@ -107,6 +114,7 @@ impl<S: Sink> Publisher<S> {
             sink,
             batch_size,
             limit: batch_size,
+            full_in_a_row: 0,
             tuning: SinkConfig::default(),
             metrics,
             wake,
@@ -384,7 +392,7 @@ impl<S: Sink> Publisher<S> {
                 event_id = %found.event_id,
                 partition = found.partition,
                 offset = found.offset,
-                "the events topic's newest event of this app disagrees with this database: {disagreement}. Publishing is held (nothing is sent, the publish mark stays, /readyz fails) so that two histories are not mixed on the topic. To publish this database's events after what the topic holds, run `presenced kafka adopt --config FILE` (with --skip-unsent when the topic already holds this database's unsent events, as after restoring a backup); or set kafka.topic to a fresh topic. See docs/OPERATIONS.md, \"The topic and the database disagree\""
+                "the events topic's newest event of this app disagrees with this database: {disagreement}. Publishing is held (nothing is sent, the publish mark stays, /readyz fails) so that two histories are not mixed on the topic. To publish this database's events after what the topic holds, run `presenced kafka adopt --config FILE` (unsent events the topic already holds count as sent); or set kafka.topic to a fresh topic. See docs/OPERATIONS.md, \"The topic and the database disagree\""
             ),
             None => {
                 tracing::info!("the events topic and this database agree again; publishing resumes")
@@ -492,7 +500,11 @@ impl<S: Sink> Publisher<S> {
             });
         }
         if events.len() == self.limit && self.limit < self.batch_size {
-            self.limit = (self.limit * 2).min(self.batch_size);
+            self.full_in_a_row += 1;
+            if self.full_in_a_row >= REGROW_AFTER {
+                self.full_in_a_row = 0;
+                self.limit = (self.limit * 2).min(self.batch_size);
+            }
         }
         self.refresh_backlog(false).await?;
         Ok(Drained::Some)
@@ -501,6 +513,7 @@ impl<S: Sink> Publisher<S> {
     /// A batch of `sent` events timed out: the next ones are half as large (down to one event).
     fn shrink_batches(&mut self, sent: usize) {
         let smaller = (sent.min(self.limit) / 2).max(1);
+        self.full_in_a_row = 0;
         if smaller < self.limit {
             self.limit = smaller;
             tracing::warn!(

@@ -95,14 +95,14 @@ pub(super) async fn start(
         SinkKind::Kafka => match config.kafka.delivery {
             Delivery::AtLeastOnce => {
                 let (sink, _) = KafkaSink::connect(&config.kafka, config.im.sdkappid).await?;
-                check_partitions(&store, &config.kafka.topic, sink.partition_count().await).await?;
+                check_partitions(&store, sink.partition_counts().await).await?;
                 let _ = health.kafka.set(sink.health());
                 Some(publishing.spawn(sink))
             }
             Delivery::ExactlyOnce => {
                 let (sink, _) =
                     TransactionalSink::connect(&config.kafka, config.im.sdkappid).await?;
-                check_partitions(&store, &config.kafka.topic, sink.partition_count().await).await?;
+                check_partitions(&store, sink.partition_counts().await).await?;
                 let _ = health.kafka.set(sink.health());
                 Some(publishing.spawn(sink))
             }
@@ -188,28 +188,27 @@ async fn serve_callbacks(
 }
 
 /// Refuses to publish to a topic that gained partitions since this database last did (an
-/// account's events would be split over two partitions); records the count otherwise. Nothing
-/// to check while the brokers do not answer.
-async fn check_partitions(
-    store: &Store,
-    topic: &str,
-    partitions: Option<i32>,
-) -> Result<(), ServiceError> {
-    let Some(now) = partitions else {
-        return Ok(());
-    };
-    let topic = topic.to_owned();
-    let was = {
-        let topic = topic.clone();
-        store.call(move |db| db.topic_partitions(&topic)).await?
-    };
-    match was {
-        Some(was) if now > was => Err(KafkaSetupError::PartitionsAdded { topic, was, now }.into()),
-        Some(was) if now == was => Ok(()),
-        _ => Ok(store
-            .call(move |db| db.record_topic_partitions(&topic, now))
-            .await?),
+/// account's events, or its state records and tombstone, would be split over two partitions);
+/// records the counts otherwise. A topic the brokers do not describe now is not checked.
+async fn check_partitions(store: &Store, counts: Vec<(String, i32)>) -> Result<(), ServiceError> {
+    for (topic, now) in counts {
+        let was = {
+            let topic = topic.clone();
+            store.call(move |db| db.topic_partitions(&topic)).await?
+        };
+        match was {
+            Some(was) if now > was => {
+                return Err(KafkaSetupError::PartitionsAdded { topic, was, now }.into())
+            }
+            Some(was) if now == was => {}
+            _ => {
+                store
+                    .call(move |db| db.record_topic_partitions(&topic, now))
+                    .await?
+            }
+        }
     }
+    Ok(())
 }
 
 /// What a publisher task is made of, whatever its sink.

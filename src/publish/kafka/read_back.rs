@@ -140,6 +140,8 @@ pub(super) fn read_back(
             assignment.add_partition_offset(topic, s.partition, Offset::Offset(s.start))?;
         }
         consumer.assign(&assignment)?;
+        // A partition paused at the end of the last pass stays paused across `assign`.
+        consumer.resume(&assignment)?;
         let found = read_ranges(&consumer, own, &searches, wait * 3)?;
         let mut again = Vec::new();
         for s in searches {
@@ -211,11 +213,11 @@ fn read_ranges(
     while done.len() < searches.len() {
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
-                last_progress = Instant::now();
                 let partition = m.partition();
                 if done.contains(&partition) {
                     continue;
                 }
+                last_progress = Instant::now();
                 if m.offset() >= ends.get(&partition).copied().unwrap_or(i64::MAX) {
                     done.insert(partition);
                     consumer.pause(&partition_list(consumer, partition)?)?;
@@ -226,8 +228,10 @@ fn read_ranges(
                 }
             }
             Some(Err(KafkaError::PartitionEOF(partition))) => {
-                last_progress = Instant::now();
-                done.insert(partition);
+                let newly_done = done.insert(partition);
+                if newly_done {
+                    last_progress = Instant::now();
+                }
             }
             Some(Err(e)) => return Err(e),
             None if last_progress.elapsed() > stall => {
@@ -283,8 +287,8 @@ pub fn high_watermarks(settings: &KafkaConfig) -> Result<Vec<(i32, i64)>, KafkaE
 }
 
 /// The event ids (`ce_id`) of every committed record of this app on the topic whose history id
-/// is above `after`, read from each partition's start: what `presenced kafka adopt
-/// --skip-unsent` checks the database's unsent events against.
+/// is above `after`, read from each partition's start: what `presenced kafka adopt` checks the
+/// database's unsent events against.
 pub fn own_event_ids_after(
     settings: &KafkaConfig,
     source: &str,

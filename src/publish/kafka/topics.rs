@@ -24,25 +24,34 @@ impl KafkaSink {
         Ok(true)
     }
 
-    /// How many partitions the events topic has, if the brokers answer.
-    pub async fn partition_count(&self) -> Option<i32> {
-        let producer = self.producer.clone();
-        let name = self.settings.topic.clone();
-        let metadata = tokio::task::spawn_blocking(move || {
-            producer
-                .client()
-                .fetch_metadata(Some(&name), Duration::from_secs(5))
-        })
-        .await
-        .expect("metadata task does not panic")
-        .ok()?;
-        let topic = metadata
-            .topics()
-            .iter()
-            .find(|t| t.name() == self.settings.topic && t.error().is_none())?;
-        i32::try_from(topic.partitions().len())
-            .ok()
-            .filter(|n| *n > 0)
+    /// How many partitions the events topic and the state topic (when configured) have; a
+    /// topic the brokers do not describe is left out.
+    pub async fn partition_counts(&self) -> Vec<(String, i32)> {
+        let mut topics = vec![self.settings.topic.clone()];
+        topics.extend(self.state_topic().map(str::to_owned));
+        let mut out = Vec::new();
+        for name in topics {
+            let producer = self.producer.clone();
+            let asked = name.clone();
+            let metadata = tokio::task::spawn_blocking(move || {
+                producer
+                    .client()
+                    .fetch_metadata(Some(&asked), Duration::from_secs(5))
+            })
+            .await
+            .expect("metadata task does not panic");
+            let Ok(metadata) = metadata else { continue };
+            let count = metadata
+                .topics()
+                .iter()
+                .find(|t| t.name() == name && t.error().is_none())
+                .and_then(|t| i32::try_from(t.partitions().len()).ok())
+                .filter(|n| *n > 0);
+            if let Some(count) = count {
+                out.push((name, count));
+            }
+        }
+        out
     }
 
     async fn check_one(&self, topic: &str, compacted: bool) -> Result<bool, KafkaSetupError> {

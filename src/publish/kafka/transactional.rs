@@ -70,8 +70,10 @@ struct Lane {
     /// When the open transaction began: a fencing error while it is younger than the
     /// transaction timeout means another daemon took over, not that the broker timed us out.
     began: Option<Instant>,
-    /// The history id of the first event of the open transaction's batch.
+    /// The history ids of the first and last events of the open transaction's batch (for
+    /// tombstones: the first id after the last committed batch, and none).
     first_id: Option<i64>,
+    last_id: Option<i64>,
     /// Held by the lane's transactional call in progress.
     turn: Arc<std::sync::Mutex<()>>,
 }
@@ -97,6 +99,8 @@ pub struct TransactionalSink {
     /// history id: the broker may have timed it out, or another daemon may have taken over.
     /// The topic tells which before any producer is re-created (which would fence the other).
     fencing_unclear: Option<i64>,
+    /// The newest history id known committed on the topic: by this sink, or found by a read-back.
+    committed_through: Option<i64>,
 }
 
 impl std::fmt::Debug for TransactionalSink {
@@ -142,6 +146,7 @@ impl TransactionalSink {
                 commit_unknown: false,
                 began: None,
                 first_id: None,
+                last_id: None,
                 turn: Arc::default(),
             })
         };
@@ -162,13 +167,15 @@ impl TransactionalSink {
             needs_read_back: true,
             fenced: None,
             fencing_unclear: None,
+            committed_through: None,
         };
         Ok((sink, reachable))
     }
 
-    /// How many partitions the events topic has, if the brokers answer.
-    pub async fn partition_count(&self) -> Option<i32> {
-        self.lanes[0].sink.partition_count().await
+    /// How many partitions the events topic and the state topic have (see
+    /// [`KafkaSink::partition_counts`]).
+    pub async fn partition_counts(&self) -> Vec<(String, i32)> {
+        self.lanes[0].sink.partition_counts().await
     }
 
     /// What the producers learnt about the brokers.
@@ -398,9 +405,12 @@ impl TransactionalSink {
             return TransactionPending::Failed { events: n, error };
         }
         self.lanes[lane].began = Some(Instant::now());
-        self.lanes[lane].first_id = match &enqueue {
-            Enqueue::Batch(events, _) => events.first().map(|e| e.history_id),
-            Enqueue::Tombstones(_) => None,
+        (self.lanes[lane].first_id, self.lanes[lane].last_id) = match &enqueue {
+            Enqueue::Batch(events, _) => (
+                events.first().map(|e| e.history_id),
+                events.last().map(|e| e.history_id),
+            ),
+            Enqueue::Tombstones(_) => (self.committed_through.map(|c| c + 1), None),
         };
         let sink = &self.lanes[lane].sink;
         let enqueued = match enqueue {
@@ -518,6 +528,7 @@ impl Sink for TransactionalSink {
             return Ok(None);
         }
         let committed = self.read_topic_back(floor).await?;
+        self.committed_through = committed.as_ref().map(|c| c.history_id);
         self.needs_read_back = false;
         let committed_through = committed.as_ref().map(|c| c.history_id);
         if self.health().held() {
@@ -564,6 +575,9 @@ impl Sink for TransactionalSink {
         match self.blocking(lane, move |p| commit(p, timeout)).await {
             Ok(()) => {
                 self.lanes[lane].began = None;
+                if let Some(last) = self.lanes[lane].last_id {
+                    self.committed_through = Some(last);
+                }
                 self.health().delivered();
                 vec![Ok(()); n]
             }
@@ -575,23 +589,29 @@ impl Sink for TransactionalSink {
     /// partitions until the broker times it out, so it is aborted now (its batch is still in
     /// the outbox).
     /// A fenced sink aborts what its other producer (not fenced yet) left open. A call still
-    /// running from a round cut short (a commit) finishes first: a lane's calls take turns.
+    /// running from a round cut short (a commit) finishes first: a lane's calls take turns, so
+    /// lanes whose turn is free go first, and none is waited for past `timeout`.
     async fn flush(&self, timeout: Duration) {
-        for lane in 0..2 {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut lanes: Vec<usize> = (0..2).collect();
+        lanes.sort_by_key(|&lane| self.lanes[lane].turn.try_lock().is_err());
+        for lane in lanes {
             let l = &self.lanes[lane];
             if l.began.is_none() || l.needs_init || l.sink.producer.client().fatal_error().is_some()
             {
                 continue;
             }
-            let aborted = self
-                .blocking(lane, move |p| p.abort_transaction(timeout))
-                .await;
-            match aborted {
-                Ok(()) => {}
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let abort = self.blocking(lane, move |p| p.abort_transaction(left));
+            match tokio::time::timeout_at(deadline, abort).await {
+                Ok(Ok(())) => {}
                 // Nothing open after all: the cut round's commit finished.
-                Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::State) => {}
-                Err(e) => {
+                Ok(Err(e)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::State) => {}
+                Ok(Err(e)) => {
                     tracing::warn!(error = %e, "the open transaction could not be aborted at stop; the broker aborts it after kafka.transaction_timeout_ms")
+                }
+                Err(_) => {
+                    tracing::warn!("a transactional call still running kept the open transaction from being aborted at stop; the broker aborts it after kafka.transaction_timeout_ms")
                 }
             }
         }
