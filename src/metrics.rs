@@ -101,6 +101,9 @@ pub struct Metrics {
     pub delivery_errors: Family<KindLabel, Counter>,
     /// `presenced_ready`: 1 while `/readyz` answers 200 (set at each scrape).
     pub ready: Gauge,
+    /// `presenced_callback_values_replaced_total` by field: callback values IM does not
+    /// document, stored as `other`, and EventTimes clamped.
+    pub callback_values_replaced: Family<KindLabel, Counter>,
     /// `presenced_publish_held`: 1 while exactly-once publishing is held because the events
     /// topic holds this app's events that this database did not publish.
     pub publish_held: Gauge,
@@ -152,6 +155,7 @@ impl Metrics {
             delivery_errors: Family::default(),
             ready: Gauge::default(),
             publish_held: Gauge::default(),
+            callback_values_replaced: Family::default(),
             callbacks: Family::default(),
             hint_queue_length: Gauge::default(),
             hinted_calls: Counter::default(),
@@ -260,6 +264,11 @@ impl Metrics {
             m.ready.clone(),
         );
         registry.register(
+            "callback_values_replaced",
+            "Callback values IM does not document (stored as other) and EventTimes clamped to the receive time within the allowed skew, by field",
+            m.callback_values_replaced.clone(),
+        );
+        registry.register(
             "publish_held",
             "1 while exactly-once publishing is held: the events topic holds this app's events that this database did not publish (see presenced kafka adopt)",
             m.publish_held.clone(),
@@ -359,6 +368,13 @@ impl Metrics {
     pub fn delivery_error(&self, kind: &str) {
         self.delivery_errors
             .get_or_create(&KindLabel { kind: kind.into() })
+            .inc();
+    }
+
+    /// Counts a callback field replaced by `other` or clamped.
+    pub fn callback_values_replaced(&self, field: &str) {
+        self.callback_values_replaced
+            .get_or_create(&KindLabel { kind: field.into() })
             .inc();
     }
 }

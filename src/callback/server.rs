@@ -140,7 +140,11 @@ impl Endpoint {
                 )
             }
         };
-        let parsed = match parse_body(body, params.command.as_deref(), now_millis()) {
+        let max_skew_ms = {
+            let verifier = self.verifier.read().expect("verifier lock");
+            i64::try_from(verifier.max_skew_secs.saturating_mul(1000)).unwrap_or(i64::MAX)
+        };
+        let parsed = match parse_body(body, params.command.as_deref(), now_millis(), max_skew_ms) {
             Ok(p) => p,
             Err(r) => {
                 let detail = match r {
@@ -156,7 +160,20 @@ impl Endpoint {
             Parsed::StateChange { hint, .. } if hint.action == "CustomStatusChange" => {
                 self.count(super::verify::STATE_CHANGE, &hint.action, "ignored_action")
             }
-            Parsed::StateChange { user_id, hint } => {
+            Parsed::StateChange {
+                user_id,
+                hint,
+                replaced,
+            } => {
+                for field in &replaced {
+                    self.metrics.callback_values_replaced(field);
+                }
+                if !replaced.is_empty() {
+                    self.log(
+                        "replaced",
+                        "a callback carried values IM does not document (stored as \"other\") or an EventTime outside the allowed skew (clamped)",
+                    );
+                }
                 let action = hint.action.clone();
                 let pushed = self.queue.push(&user_id, hint, tokio::time::Instant::now());
                 self.count(super::verify::STATE_CHANGE, &action, pushed.as_str());

@@ -140,8 +140,12 @@ pub enum Parsed {
     StateChange {
         /// `Info.To_Account`.
         user_id: String,
-        /// What the callback said.
+        /// What the callback said, as stored: values IM does not document replaced by
+        /// [`OTHER`], `EventTime` clamped to the receive time ± the allowed skew.
         hint: CallbackHint,
+        /// Which fields were replaced or clamped (`action`, `reason`, `platform`,
+        /// `kicked_devices`, `event_time`), to be counted.
+        replaced: Vec<&'static str>,
     },
     /// Any other command (custom status changes, ...): answered OK, counted, ignored.
     Other {
@@ -179,12 +183,49 @@ struct Kicked {
 /// The command a request names: the query's `CallbackCommand`, else the body's.
 pub const STATE_CHANGE: &str = "State.StateChange";
 
+/// What a value IM does not document is stored and published as.
+pub const OTHER: &str = "other";
+
+/// `Info.Action` values IM documents.
+const ACTIONS: [&str; 4] = ["Login", "Logout", "Disconnect", "CustomStatusChange"];
+/// `Info.Reason` values IM documents.
+const REASONS: [&str; 5] = [
+    "Register",
+    "Unregister",
+    "LinkClose",
+    "TimeOut",
+    "SetCustomStatus",
+];
+/// `KickedDevice[].Platform` values IM documents (callback names).
+const PLATFORMS: [&str; 7] = ["iOS", "Android", "Web", "Windows", "iPad", "Mac", "Linux"];
+/// Kicked devices kept per callback: one per platform IM has, and `other`.
+const MAX_KICKED: usize = PLATFORMS.len() + 1;
+
+/// `value` when IM documents it, else [`OTHER`] (and `field` is noted as replaced).
+fn documented(
+    value: String,
+    known: &[&str],
+    field: &'static str,
+    replaced: &mut Vec<&'static str>,
+) -> String {
+    if known.contains(&value.as_str()) {
+        value
+    } else {
+        if !replaced.contains(&field) {
+            replaced.push(field);
+        }
+        OTHER.to_owned()
+    }
+}
+
 /// Reads a body; `command` is the query's `CallbackCommand`, `received_ms` stands in for a
-/// missing `EventTime`.
+/// missing `EventTime`, and an `EventTime` further than `max_skew_ms` from it is clamped
+/// (a forged far past or future would skew the detection metrics and win every merge).
 pub fn parse_body(
     body: &[u8],
     command: Option<&str>,
     received_ms: i64,
+    max_skew_ms: i64,
 ) -> Result<Parsed, Rejection> {
     let body: Body = serde_json::from_slice(body).map_err(|_| Rejection::BadBody)?;
     let command = command
@@ -199,6 +240,7 @@ pub fn parse_body(
         .to_account
         .filter(|a| !a.is_empty())
         .ok_or(Rejection::NoAccount)?;
+    let mut replaced = Vec::new();
     // EventTime is a number in IM's samples; a numeric string is read too.
     let event_time = match body.event_time {
         Some(serde_json::Value::Number(n)) => n.as_i64(),
@@ -206,18 +248,43 @@ pub fn parse_body(
         _ => None,
     }
     .unwrap_or(received_ms);
+    let skew = max_skew_ms.max(0);
+    let earliest = received_ms.saturating_sub(skew);
+    let latest = received_ms.saturating_add(skew);
+    let clamped = event_time.clamp(earliest, latest);
+    if clamped != event_time {
+        replaced.push("event_time");
+    }
+    let action = documented(
+        info.action.unwrap_or_default(),
+        &ACTIONS,
+        "action",
+        &mut replaced,
+    );
+    let reason = info
+        .reason
+        .filter(|r| !r.is_empty())
+        .map(|r| documented(r, &REASONS, "reason", &mut replaced));
+    let mut kicked_devices: Vec<String> = Vec::new();
+    for platform in body.kicked_device.into_iter().filter_map(|k| k.platform) {
+        let platform = documented(platform, &PLATFORMS, "platform", &mut replaced);
+        if !kicked_devices.contains(&platform) {
+            if kicked_devices.len() == MAX_KICKED {
+                replaced.push("kicked_devices");
+                break;
+            }
+            kicked_devices.push(platform);
+        }
+    }
     Ok(Parsed::StateChange {
         user_id,
         hint: CallbackHint {
-            event_time,
-            action: info.action.unwrap_or_default(),
-            reason: info.reason.filter(|r| !r.is_empty()),
-            kicked_devices: body
-                .kicked_device
-                .into_iter()
-                .filter_map(|k| k.platform)
-                .collect(),
+            event_time: clamped,
+            action,
+            reason,
+            kicked_devices,
         },
+        replaced,
     })
 }
 
@@ -297,7 +364,7 @@ mod tests {
             "Info":{"Action":"Login","To_Account":"u1","Reason":"Register"},
             "KickedDevice":[{"Platform":"Windows"},{"Platform":"iOS"}]}"#;
         assert_eq!(
-            parse_body(body, Some(STATE_CHANGE), 5),
+            parse_body(body, Some(STATE_CHANGE), 1629883332500, 300_000),
             Ok(Parsed::StateChange {
                 user_id: "u1".into(),
                 hint: CallbackHint {
@@ -305,31 +372,78 @@ mod tests {
                     action: "Login".into(),
                     reason: Some("Register".into()),
                     kicked_devices: vec!["Windows".into(), "iOS".into()],
-                }
+                },
+                replaced: vec![],
             })
         );
         let other = br#"{"CallbackCommand":"State.CustomStatusChange","Info":{"To_Account":"u1"}}"#;
         assert_eq!(
-            parse_body(other, None, 5),
+            parse_body(other, None, 5, 300_000),
             Ok(Parsed::Other {
                 command: "State.CustomStatusChange".into()
             })
         );
         assert_eq!(
-            parse_body(b"<html>", Some(STATE_CHANGE), 5),
+            parse_body(b"<html>", Some(STATE_CHANGE), 5, 300_000),
             Err(Rejection::BadBody)
         );
         assert_eq!(
-            parse_body(br#"{"Info":{"Action":"Login"}}"#, Some(STATE_CHANGE), 5),
+            parse_body(
+                br#"{"Info":{"Action":"Login"}}"#,
+                Some(STATE_CHANGE),
+                5,
+                300_000
+            ),
             Err(Rejection::NoAccount)
         );
         let no_time = br#"{"Info":{"Action":"Logout","To_Account":"u2"}}"#;
-        match parse_body(no_time, Some(STATE_CHANGE), 5) {
+        match parse_body(no_time, Some(STATE_CHANGE), 5, 300_000) {
             Ok(Parsed::StateChange { hint, .. }) => {
                 assert_eq!(hint.event_time, 5);
                 assert_eq!(hint.reason, None);
             }
             other => panic!("{other:?}"),
+        }
+    }
+
+    /// Forged contents, as a prober sent them: an Action with a line separator and markup, a
+    /// 4,000-character Reason, 400 kicked devices, EventTime 0 and i64::MIN and i64::MAX. Stored
+    /// as `other`, capped, clamped; nothing overflows.
+    #[test]
+    fn forged_contents_are_stored_as_other_capped_and_clamped() {
+        let now = 1_764_300_000_000;
+        let skew = 60_000;
+        let devices: Vec<String> = (0..400)
+            .map(|i| format!(r#"{{"Platform":"P{i}"}}"#))
+            .chain([r#"{"Platform":"iOS"}"#.to_owned()])
+            .collect();
+        for (event_time, expected) in [
+            ("0".to_owned(), now - skew),
+            (i64::MIN.to_string(), now - skew),
+            (i64::MAX.to_string(), now + skew),
+            ((now - 5_000).to_string(), now - 5_000),
+        ] {
+            let body = format!(
+                r#"{{"EventTime":{event_time},"Info":{{"Action":"Login\u2028<script>x</script>","To_Account":"u1","Reason":"{}"}},"KickedDevice":[{}]}}"#,
+                "R".repeat(4_000),
+                devices.join(",")
+            );
+            let Ok(Parsed::StateChange { hint, replaced, .. }) =
+                parse_body(body.as_bytes(), Some(STATE_CHANGE), now, skew)
+            else {
+                panic!("a callback with forged contents is still a callback");
+            };
+            assert_eq!(hint.event_time, expected, "EventTime {event_time}");
+            assert_eq!(hint.action, OTHER);
+            assert_eq!(hint.reason.as_deref(), Some(OTHER));
+            assert_eq!(
+                hint.kicked_devices,
+                vec![OTHER.to_owned(), "iOS".to_owned()]
+            );
+            for field in ["action", "reason", "platform"] {
+                assert!(replaced.contains(&field), "{field} in {replaced:?}");
+            }
+            assert_eq!(replaced.contains(&"event_time"), expected != now - 5_000);
         }
     }
 }

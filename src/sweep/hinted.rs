@@ -184,7 +184,7 @@ impl Sweeper {
             }
             self.applied.record(user_id, query.number);
             if matches!(outcome, AccountOutcome::Observed(_)) {
-                let latency = (observed_at - hint.event_time).max(0) as f64 / 1000.0;
+                let latency = observed_at.saturating_sub(hint.event_time).max(0) as f64 / 1000.0;
                 self.metrics.callback_detection.observe(latency);
             }
             let cause = Cause::Callback(Box::new((*hint).clone()));
