@@ -157,7 +157,7 @@ fn run(s: &Scenario) {
     let db = dir.path().join("presence.db");
     let daemon_callback = match s.callbacks {
         true => format!(
-            "[callback]\nlisten = \"127.0.0.1:{cb_port}\"\ncoalesce_ms = {}\n",
+            "[callback]\nlisten = \"127.0.0.1:{cb_port}\"\nallow_unsigned = true\ncoalesce_ms = {}\n",
             s.coalesce_ms
         ),
         false => String::new(),

@@ -493,7 +493,7 @@ async fn lost_duplicated_and_reordered_callbacks_leave_the_history_true() {
     let rig = Rig::new(
         400,
         &["--churn", "0.02", "--rate", "0", "--latency-ms", "5"],
-        "min_requery_interval_ms = 100\n",
+        "allow_unsigned = true\nmin_requery_interval_ms = 100\n",
     );
     let (sim, port, config, db) = (&rig.sim, rig.port, &rig.config, &rig.db);
     set_sweep(config, 2.0, "batch_size = 50\n");
@@ -543,7 +543,11 @@ async fn lost_duplicated_and_reordered_callbacks_leave_the_history_true() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_callbacks_are_caught_by_the_next_sweep() {
-    let rig = Rig::new(100, &["--churn", "0", "--rate", "0"], "");
+    let rig = Rig::new(
+        100,
+        &["--churn", "0", "--rate", "0"],
+        "allow_unsigned = true\n",
+    );
     let (sim, port, config, db) = (&rig.sim, rig.port, &rig.config, &rig.db);
     set_sweep(config, 1.0, "");
     let mut daemon = spawn_daemon(config, None);
@@ -587,7 +591,7 @@ async fn a_flood_of_callbacks_stays_within_the_configured_call_rate() {
     let rig = Rig::new(
         3000,
         &["--churn", "0", "--rate", "20"],
-        "coalesce_ms = 0\nmin_requery_interval_ms = 0\nqueue_capacity = 1000\n",
+        "allow_unsigned = true\ncoalesce_ms = 0\nmin_requery_interval_ms = 0\nqueue_capacity = 1000\n",
     );
     set_sweep(
         &rig.config,
@@ -656,7 +660,7 @@ async fn sigkill_during_hinted_queries_loses_nothing() {
     let rig = Rig::new(
         2000,
         &["--churn", "0.02", "--rate", "0", "--latency-ms", "3"],
-        "min_requery_interval_ms = 50\n",
+        "allow_unsigned = true\nmin_requery_interval_ms = 50\n",
     );
     let (sim, port, config, db) = (&rig.sim, rig.port, &rig.config, &rig.db);
     // Sweeps far apart: between them, every change is a hinted re-query.

@@ -23,6 +23,9 @@ pub struct CallbackConfig {
     pub token: Secret,
     /// A file holding the token (read when `token` is empty).
     pub token_file: Option<PathBuf>,
+    /// Accept callbacks without a token (unsigned): anyone who reaches the endpoint can then
+    /// ask for re-queries. Off: an endpoint without a token is refused at start.
+    pub allow_unsigned: bool,
     /// How far `RequestTime` may be from this host's clock, seconds; older callbacks are
     /// refused as replays.
     pub max_clock_skew_secs: u64,
@@ -44,6 +47,7 @@ impl Default for CallbackConfig {
             path: "/im/callback".into(),
             token: Secret::default(),
             token_file: None,
+            allow_unsigned: false,
             max_clock_skew_secs: 300,
             max_body_bytes: 16_384,
             coalesce_ms: 20,
@@ -101,6 +105,7 @@ impl CallbackConfig {
                 format!("cannot read {}: {e}", file.display()),
             )
         })?;
+        crate::config::warn_if_readable_by_others(file, "the callback token file");
         let token = text.trim();
         if token.is_empty() {
             return Err(Invalid::new(
@@ -162,7 +167,14 @@ impl Section for CallbackConfig {
                 format!("{:?} is not a URL path such as /im/callback", self.path),
             ));
         }
+        if self.enabled() && self.token.is_empty() && !self.allow_unsigned {
+            return Err(Invalid::new(
+                "callback.token",
+                "is required while callbacks are on (callback.listen): set the console's callback token in callback.token_file (or token), or set callback.allow_unsigned = true to accept unsigned callbacks from anyone who reaches the endpoint",
+            ));
+        }
         // IM's console takes tokens of 1 to 128 characters.
+
         if self.token.expose().len() > 128 {
             return Err(Invalid::new(
                 "callback.token",
@@ -192,5 +204,31 @@ mod tests {
             ..rotated
         };
         assert!(running.differs_past_reload(&moved));
+    }
+
+    #[test]
+    fn an_endpoint_without_a_token_is_refused_unless_unsigned_is_allowed() {
+        let unsigned = CallbackConfig {
+            listen: "127.0.0.1:9465".into(),
+            ..CallbackConfig::default()
+        };
+        let refused = unsigned.check().unwrap_err();
+        assert_eq!(refused.key, "callback.token");
+        assert!(
+            refused.message.contains("allow_unsigned"),
+            "{}",
+            refused.message
+        );
+        let allowed = CallbackConfig {
+            allow_unsigned: true,
+            ..unsigned.clone()
+        };
+        assert!(allowed.check().is_ok());
+        let signed = CallbackConfig {
+            token: Secret::new("a-token-of-the-console"),
+            ..unsigned
+        };
+        assert!(signed.check().is_ok());
+        assert!(CallbackConfig::default().check().is_ok(), "callbacks off");
     }
 }

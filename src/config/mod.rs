@@ -272,7 +272,7 @@ impl Config {
                 file.display()
             ))
         })?;
-        warn_if_readable_by_others(&file);
+        warn_if_readable_by_others(&file, "the secret key file");
         let key = text.trim();
         if key.is_empty() {
             return Err(invalid(format!("{} is empty", file.display())));
@@ -331,21 +331,23 @@ impl Config {
     }
 }
 
+/// Warns when a file holding a credential (`what`) can be read by other users.
 #[cfg(unix)]
-fn warn_if_readable_by_others(path: &Path) {
+pub(crate) fn warn_if_readable_by_others(path: &Path, what: &str) {
     use std::os::unix::fs::PermissionsExt;
     if let Ok(meta) = std::fs::metadata(path) {
         if meta.permissions().mode() & 0o044 != 0 {
             tracing::warn!(
                 file = %path.display(),
-                "the secret key file is readable by other users; chmod 600 it"
+                "{what} is readable by other users; chmod 600 it"
             );
         }
     }
 }
 
+/// Warns when a file holding a credential (`what`) can be read by other users.
 #[cfg(not(unix))]
-fn warn_if_readable_by_others(_: &Path) {}
+pub(crate) fn warn_if_readable_by_others(_: &Path, _: &str) {}
 
 #[cfg(test)]
 mod tests {

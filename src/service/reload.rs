@@ -84,14 +84,15 @@ fn reload_callback(live: &mut Config, new: CallbackConfig, endpoint: Option<&End
     let Some(endpoint) = endpoint else {
         return;
     };
+    if new.token.is_empty() && !live.callback.token.is_empty() {
+        tracing::error!("callback.token was removed: the reload keeps the running token (callbacks stay signed); to accept unsigned callbacks set callback.allow_unsigned = true and restart");
+        return;
+    }
     let token_changed = new.token != live.callback.token;
     if token_changed || new.max_clock_skew_secs != live.callback.max_clock_skew_secs {
         endpoint.set_verifier(new.verifier(live.im.sdkappid));
         live.callback.token = new.token;
         live.callback.max_clock_skew_secs = new.max_clock_skew_secs;
-        if live.callback.token.is_empty() {
-            tracing::warn!("callback.token is no longer set: callbacks are accepted unsigned");
-        }
         tracing::info!(
             token_changed,
             max_clock_skew_secs = live.callback.max_clock_skew_secs,
@@ -125,5 +126,43 @@ mod tests {
         assert_eq!(sent.transactional_id, "presenced-a");
         assert_eq!(sent.linger_ms, 42, "the other settings are applied");
         assert_eq!(live.kafka, sent);
+    }
+
+    /// A reload whose configuration drops the callback token (with allow_unsigned) keeps the
+    /// running token: the endpoint goes on refusing unsigned callbacks.
+    #[test]
+    fn a_reload_cannot_remove_the_callback_token() {
+        use crate::callback::{CallbackConfig, Endpoint, HintQueue};
+        use crate::metrics::Metrics;
+        use crate::secret::Secret;
+        use std::sync::Arc;
+        use std::time::Duration;
+        let mut live = Config {
+            callback: CallbackConfig {
+                listen: "127.0.0.1:9465".into(),
+                token: Secret::new("the-console-token"),
+                ..CallbackConfig::default()
+            },
+            ..Config::default()
+        };
+        let endpoint = Endpoint::new(
+            live.callback.verifier(live.im.sdkappid),
+            Arc::new(HintQueue::new(10, 10, Duration::ZERO, Duration::ZERO)),
+            Arc::new(Metrics::new()),
+            4096,
+        );
+        let unsigned = CallbackConfig {
+            token: Secret::default(),
+            allow_unsigned: true,
+            ..live.callback.clone()
+        };
+        reload_callback(&mut live, unsigned, Some(&endpoint));
+        assert_eq!(live.callback.token.expose(), "the-console-token");
+        let query = format!(
+            "SdkAppid={}&CallbackCommand=State.StateChange",
+            live.im.sdkappid
+        );
+        let (status, _) = endpoint.handle(&query, Ok(br#"{"Info":{"To_Account":"u1"}}"#));
+        assert_eq!(status, 401, "unsigned callbacks are still refused");
     }
 }

@@ -181,11 +181,16 @@ async fn serve_callbacks(
             source,
         })?;
     if c.token.is_empty() {
-        tracing::warn!("callback.token is not set: anyone who reaches the endpoint can ask for re-queries (they stay within im.calls_per_second); set the console's callback token");
+        tracing::warn!("callback.allow_unsigned: callbacks are accepted unsigned, so anyone who reaches the endpoint can ask for re-queries (they stay within im.calls_per_second); set the console's callback token");
+    } else if c.token.expose().chars().count() < MIN_TOKEN_CHARS {
+        tracing::warn!("callback.token is shorter than {MIN_TOKEN_CHARS} characters: a captured signature is the only thing between a guess and the endpoint; set a longer token in IM's console");
     }
     tracing::info!(%bound, path = %c.path, "IM callbacks on http://{bound}{}", c.path);
     Ok(endpoint)
 }
+
+/// A callback token shorter than this is warned about.
+const MIN_TOKEN_CHARS: usize = 16;
 
 /// Refuses to publish to a topic that gained partitions since this database last did (an
 /// account's events, or its state records and tombstone, would be split over two partitions);
