@@ -10,12 +10,10 @@ use common::kafka::{broker, cluster, cluster_lock, create_topic, create_topic_wi
 use common::pipeline::*;
 use common::{free_port, ids, signal, write_daemon_config, Reaped, SimProcess};
 use presenced::config::KafkaConfig;
-use presenced::metrics::Metrics;
 use presenced::publish::kafka::{Delivery, TransactionalSink, HISTORY_ID_HEADER};
-use presenced::publish::{EncodeBatch, Publisher, Sink};
+use presenced::publish::{EncodeBatch, Sink};
 use presenced::store::Db;
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -119,13 +117,7 @@ async fn a_restart_after_a_commit_or_inside_a_transaction_sends_nothing_twice() 
     let (sink, _) = TransactionalSink::connect(&cfg, 1_400_000_000)
         .await
         .unwrap();
-    let mut publisher = Publisher::new(
-        p.store.clone(),
-        sink,
-        cfg.batch_size,
-        Arc::new(Metrics::new()),
-        Arc::new(tokio::sync::Notify::new()),
-    );
+    let mut publisher = publisher_for(&p.store, sink, cfg.batch_size);
     p.control.churn(0.2).await;
     for _ in 0..3 {
         p.sweeper.sweep(&CancellationToken::new()).await.unwrap();
@@ -152,13 +144,7 @@ async fn an_aborted_transaction_leaves_nothing_visible() {
     let (sink, _) = TransactionalSink::connect(&cfg, 1_400_000_000)
         .await
         .unwrap();
-    let mut publisher = Publisher::new(
-        p.store.clone(),
-        sink,
-        cfg.batch_size,
-        Arc::new(Metrics::new()),
-        Arc::new(tokio::sync::Notify::new()),
-    );
+    let mut publisher = publisher_for(&p.store, sink, cfg.batch_size);
     let round = settle_round(&mut publisher).await;
     assert_ne!(round, presenced::publish::Drained::Some);
     let (backlog, _) = p.store.call(|db| db.outbox_backlog()).await.unwrap();
@@ -189,13 +175,7 @@ async fn a_commit_whose_outcome_is_unknown_does_not_wedge_the_publisher() {
     let (sink, _) = TransactionalSink::connect(&cfg, 1_400_000_000)
         .await
         .unwrap();
-    let mut publisher = Publisher::new(
-        p.store.clone(),
-        sink,
-        cfg.batch_size,
-        Arc::new(Metrics::new()),
-        Arc::new(tokio::sync::Notify::new()),
-    );
+    let mut publisher = publisher_for(&p.store, sink, cfg.batch_size);
     // The coordinator answers every EndTxn with a retriable error: librdkafka keeps trying, and
     // the commit (2 s, called again until 4 s) times out with its outcome unknown.
     mock.request_errors(
@@ -229,13 +209,7 @@ async fn a_read_back_that_fails_fails_readiness_and_sends_nothing() {
         .await
         .unwrap();
     let health = sink.health();
-    let mut publisher = Publisher::new(
-        p.store.clone(),
-        sink,
-        cfg.batch_size,
-        Arc::new(Metrics::new()),
-        Arc::new(tokio::sync::Notify::new()),
-    );
+    let mut publisher = publisher_for(&p.store, sink, cfg.batch_size);
     for api in [RDKafkaApiKey::ListOffsets, RDKafkaApiKey::Fetch] {
         mock.request_errors(
             api,
@@ -291,13 +265,7 @@ async fn fencing_on_an_old_transaction_after_a_twin_took_over_stands_down() {
     let (twin, _) = TransactionalSink::connect(&cfg, 1_400_000_000)
         .await
         .unwrap();
-    let mut twin = Publisher::new(
-        p.store.clone(),
-        twin,
-        cfg.batch_size,
-        Arc::new(Metrics::new()),
-        Arc::new(tokio::sync::Notify::new()),
-    );
+    let mut twin = publisher_for(&p.store, twin, cfg.batch_size);
     drain_until_empty(&mut twin, Duration::from_secs(60)).await;
 
     assert!(stalled.finish(pending).await.iter().all(Result::is_err));
@@ -341,13 +309,7 @@ async fn a_clean_stop_during_a_backlog_leaves_no_transaction_open() {
     let (sink, _) = TransactionalSink::connect(&cfg, 1_400_000_000)
         .await
         .unwrap();
-    let publisher = Publisher::new(
-        p.store.clone(),
-        sink,
-        cfg.transaction_events,
-        Arc::new(Metrics::new()),
-        Arc::new(tokio::sync::Notify::new()),
-    );
+    let publisher = publisher_for(&p.store, sink, cfg.transaction_events);
     let stop = CancellationToken::new();
     let running = tokio::spawn(publisher.run(stop.clone(), Duration::from_secs(1)));
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -404,14 +366,7 @@ async fn a_reload_during_a_blocked_init_does_not_fence_the_daemon_itself() {
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_COORDINATOR_LOAD_IN_PROGRESS; 300],
     );
     let (settings, reloads) = tokio::sync::watch::channel(cfg.clone());
-    let publisher = Publisher::new(
-        p.store.clone(),
-        sink,
-        cfg.batch_size,
-        Arc::new(Metrics::new()),
-        Arc::new(tokio::sync::Notify::new()),
-    )
-    .reconfigure_with(reloads);
+    let publisher = publisher_for(&p.store, sink, cfg.batch_size).reconfigure_with(reloads);
     let stop = CancellationToken::new();
     let running = tokio::spawn(publisher.run(stop.clone(), Duration::from_secs(5)));
     for linger in [1, 2, 3] {

@@ -37,13 +37,7 @@ fn exactly_once(brokers: &str, topic: &str) -> KafkaConfig {
 async fn eos_publisher(store: &Store, cfg: &KafkaConfig, app: u64) -> Publisher<TransactionalSink> {
     let (sink, reachable) = TransactionalSink::connect(cfg, app).await.unwrap();
     assert!(reachable);
-    Publisher::new(
-        store.clone(),
-        sink,
-        cfg.batch_size,
-        Arc::new(Metrics::new()),
-        Arc::new(tokio::sync::Notify::new()),
-    )
+    publisher_for(store, sink, cfg.batch_size)
 }
 
 /// The records of app `app` that carry a history id, as a `read_committed` consumer sees them.
@@ -703,14 +697,7 @@ async fn reloads_with_rejected_and_accepted_settings_during_rounds_lose_and_doub
     p.sweeper.sweep(&CancellationToken::new()).await.unwrap();
     let (sink, _) = TransactionalSink::connect(&cfg, APP).await.unwrap();
     let (settings, reloads) = tokio::sync::watch::channel(cfg.clone());
-    let publisher = Publisher::new(
-        p.store.clone(),
-        sink,
-        cfg.batch_size,
-        Arc::new(Metrics::new()),
-        Arc::new(tokio::sync::Notify::new()),
-    )
-    .reconfigure_with(reloads);
+    let publisher = publisher_for(&p.store, sink, cfg.batch_size).reconfigure_with(reloads);
     let stop = CancellationToken::new();
     let running = tokio::spawn(publisher.run(stop.clone(), Duration::from_secs(10)));
     p.control.churn(0.3).await;

@@ -7,14 +7,11 @@ mod common;
 use common::kafka::{broker, consume, Consumed};
 use common::pipeline::*;
 use presenced::config::KafkaConfig;
-use presenced::metrics::Metrics;
 use presenced::publish::kafka::{Delivery, KafkaSink, TransactionalSink};
-use presenced::publish::Publisher;
 use presenced::store::{CurrentRow, Db};
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -112,13 +109,7 @@ async fn tombstones_follow_the_last_state(delivery: Delivery) {
                 .await
                 .unwrap();
             assert!(reachable);
-            let mut publisher = Publisher::new(
-                p.store.clone(),
-                sink,
-                7,
-                Arc::new(Metrics::new()),
-                Arc::new(tokio::sync::Notify::new()),
-            );
+            let mut publisher = publisher_for(&p.store, sink, 7);
             drain_until_empty(&mut publisher, Duration::from_secs(60)).await;
         }
     }

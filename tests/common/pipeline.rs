@@ -77,6 +77,17 @@ pub async fn pipeline(population: usize) -> Pipeline {
     }
 }
 
+/// A publisher of `store`'s outbox into `sink`, `batch` events a batch, with its own metrics.
+pub fn publisher_for<S: Sink>(store: &Store, sink: S, batch: usize) -> Publisher<S> {
+    Publisher::new(
+        store.clone(),
+        sink,
+        batch,
+        Arc::new(Metrics::new()),
+        Arc::new(tokio::sync::Notify::new()),
+    )
+}
+
 pub fn publisher(p: &Pipeline, sink: KafkaSink) -> Publisher<KafkaSink> {
     Publisher::new(
         p.store.clone(),

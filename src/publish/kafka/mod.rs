@@ -8,6 +8,7 @@
 //! (`enable.gapless.guarantee`), and a fatal error re-creates the producer. A broker outage is
 //! therefore a wait, not a failure: the outbox holds everything meanwhile.
 
+mod adopt;
 mod config;
 mod encode;
 pub(crate) mod health;
@@ -15,9 +16,10 @@ mod read_back;
 mod topics;
 mod transactional;
 
+pub use adopt::{high_watermarks, own_event_ids_after};
 pub use config::{is_secret_property, Delivery, KafkaConfig};
 pub use encode::{KafkaEncoder, Records, HISTORY_ID_HEADER};
-pub use read_back::{high_watermarks, own_event_ids_after, TopicPosition};
+pub use read_back::TopicPosition;
 pub use transactional::TransactionalSink;
 
 use super::sink::Sink;

@@ -30,7 +30,7 @@ pub struct TopicPosition {
 
 /// The read-back consumer's context: librdkafka reports a partition's end through its error
 /// callback too, which rust-rdkafka's default context logs at ERROR on every healthy start.
-struct ReadBackContext;
+pub(super) struct ReadBackContext;
 
 impl ClientContext for ReadBackContext {
     fn error(&self, error: KafkaError, reason: &str) {
@@ -57,6 +57,42 @@ pub struct Ownership<'a> {
     pub floor: &'a HashMap<i32, i64>,
 }
 
+/// A `read_committed` consumer of the events topic that reports each partition's end.
+pub(super) fn committed_reader(
+    settings: &KafkaConfig,
+    group: &str,
+) -> Result<BaseConsumer<ReadBackContext>, KafkaError> {
+    client_config(settings)
+        .set("group.id", group)
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        // The end of a partition shows as an empty fetch, which the broker holds this long.
+        .set("fetch.wait.max.ms", "20")
+        .create_with_context(ReadBackContext)
+}
+
+/// Each partition of the events topic with its low and high watermarks; with
+/// `read_committed`, the high watermark is the last stable offset.
+pub(super) fn watermarks(
+    consumer: &BaseConsumer<ReadBackContext>,
+    topic: &str,
+) -> Result<Vec<(i32, i64, i64)>, KafkaError> {
+    let wait = Duration::from_secs(10);
+    let metadata = consumer.fetch_metadata(Some(topic), wait)?;
+    let mut out = Vec::new();
+    for p in metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic)
+        .flat_map(|t| t.partitions())
+    {
+        let (low, high) = consumer.fetch_watermarks(topic, p.id(), wait)?;
+        out.push((p.id(), low, high));
+    }
+    Ok(out)
+}
+
 /// A partition still searched: its offsets from `low` up, and the range read next.
 struct Search {
     partition: i32,
@@ -77,48 +113,33 @@ pub(super) fn read_back(
     settings: &KafkaConfig,
     own: &Ownership<'_>,
 ) -> Result<Option<TopicPosition>, KafkaError> {
-    let consumer: BaseConsumer<ReadBackContext> = client_config(settings)
-        .set("group.id", "presenced-read-back")
-        .set("isolation.level", "read_committed")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        // The end of a partition shows as an empty fetch, which the broker holds this long.
-        .set("fetch.wait.max.ms", "20")
-        .create_with_context(ReadBackContext)?;
+    let consumer = committed_reader(settings, "presenced-read-back")?;
     let wait = Duration::from_secs(10);
     let topic = settings.topic.as_str();
-    let metadata = consumer.fetch_metadata(Some(topic), wait)?;
     let mut searches = Vec::new();
     // The floors that hold here: a stale one is dropped.
     let mut floors = HashMap::new();
-    for p in metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic)
-        .flat_map(|t| t.partitions())
-    {
-        // With read_committed, the high watermark is the last stable offset.
-        let (low, high) = consumer.fetch_watermarks(topic, p.id(), wait)?;
-        let floor = own.floor.get(&p.id()).copied().unwrap_or(0);
+    for (partition, low, high) in watermarks(&consumer, topic)? {
+        let floor = own.floor.get(&partition).copied().unwrap_or(0);
         let low = if floor > high {
             // The topic was created anew under its name, or the brokers are another cluster's:
             // the adopted offsets mean nothing here.
             tracing::warn!(
                 topic,
-                partition = p.id(),
+                partition = partition,
                 floor,
                 end = high,
                 "the partition ends below the offset `presenced kafka adopt` recorded for it (the topic was created anew, or these are other brokers): the whole partition is read back"
             );
             low
         } else {
-            floors.insert(p.id(), floor);
+            floors.insert(partition, floor);
             low.max(floor)
         };
         if high > low {
             let start = (high - FIRST_WINDOW).max(low);
             searches.push(Search {
-                partition: p.id(),
+                partition,
                 low,
                 start,
                 end: high,
@@ -180,7 +201,7 @@ fn header<'m>(m: &'m rdkafka::message::BorrowedMessage<'_>, key: &str) -> Option
 }
 
 /// This database's record in `m`, if it is one.
-fn own_record(
+pub(super) fn own_record(
     m: &rdkafka::message::BorrowedMessage<'_>,
     own: &Ownership<'_>,
 ) -> Option<TopicPosition> {
@@ -257,102 +278,4 @@ fn partition_list(
         }
     }
     Ok(list)
-}
-
-/// Per partition of the topic, its high watermark (the offset after its last record): where
-/// `presenced kafka adopt` puts this database's floor.
-pub fn high_watermarks(settings: &KafkaConfig) -> Result<Vec<(i32, i64)>, KafkaError> {
-    let consumer: BaseConsumer<ReadBackContext> = client_config(settings)
-        .set("group.id", "presenced-adopt")
-        .set("isolation.level", "read_committed")
-        .set("enable.auto.commit", "false")
-        .create_with_context(ReadBackContext)?;
-    let wait = Duration::from_secs(10);
-    let topic = settings.topic.as_str();
-    let metadata = consumer.fetch_metadata(Some(topic), wait)?;
-    let mut out = Vec::new();
-    for p in metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic)
-        .flat_map(|t| t.partitions())
-    {
-        let (_, high) = consumer.fetch_watermarks(topic, p.id(), wait)?;
-        out.push((p.id(), high));
-    }
-    if out.is_empty() {
-        return Err(KafkaError::MetadataFetch(RDKafkaErrorCode::UnknownTopic));
-    }
-    Ok(out)
-}
-
-/// The event ids (`ce_id`) of every committed record of this app on the topic whose history id
-/// is above `after`, read from each partition's start: what `presenced kafka adopt` checks the
-/// database's unsent events against.
-pub fn own_event_ids_after(
-    settings: &KafkaConfig,
-    source: &str,
-    after: i64,
-) -> Result<std::collections::HashSet<String>, KafkaError> {
-    let consumer: BaseConsumer<ReadBackContext> = client_config(settings)
-        .set("group.id", "presenced-adopt")
-        .set("isolation.level", "read_committed")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .create_with_context(ReadBackContext)?;
-    let wait = Duration::from_secs(10);
-    let topic = settings.topic.as_str();
-    let metadata = consumer.fetch_metadata(Some(topic), wait)?;
-    let mut searches = Vec::new();
-    let mut assignment = TopicPartitionList::new();
-    for p in metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic)
-        .flat_map(|t| t.partitions())
-    {
-        let (low, high) = consumer.fetch_watermarks(topic, p.id(), wait)?;
-        if high > low {
-            assignment.add_partition_offset(topic, p.id(), Offset::Offset(low))?;
-            searches.push(Search {
-                partition: p.id(),
-                low,
-                start: low,
-                end: high,
-            });
-        }
-    }
-    let mut ids = std::collections::HashSet::new();
-    if searches.is_empty() {
-        return Ok(ids);
-    }
-    consumer.assign(&assignment)?;
-    let floor = HashMap::new();
-    let own = Ownership {
-        source,
-        floor: &floor,
-    };
-    let mut done = std::collections::HashSet::new();
-    let mut last_progress = Instant::now();
-    while done.len() < searches.len() {
-        match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(m)) => {
-                last_progress = Instant::now();
-                if let Some(position) = own_record(&m, &own).filter(|p| p.history_id > after) {
-                    ids.insert(position.event_id);
-                }
-            }
-            Some(Err(KafkaError::PartitionEOF(partition))) => {
-                done.insert(partition);
-            }
-            Some(Err(e)) => return Err(e),
-            None if last_progress.elapsed() > wait * 3 => {
-                return Err(KafkaError::MetadataFetch(
-                    RDKafkaErrorCode::OperationTimedOut,
-                ))
-            }
-            None => {}
-        }
-    }
-    Ok(ids)
 }
