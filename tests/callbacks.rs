@@ -316,6 +316,100 @@ async fn callbacks_are_verified_counted_and_answered_as_im_expects() {
     assert!(logged.contains("bad_signature") && logged.contains("wrong_app"));
 }
 
+/// Sends `head` (request line and headers, ending in a blank line) and `body` on a new
+/// connection, keeps it open, and returns the status line the daemon answered and how long
+/// the answer took (`None` when it did not answer within 5 s).
+fn raw_request(port: u16, head: &str, body: &[u8]) -> (Option<String>, Duration) {
+    use std::io::{BufRead, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let started = std::time::Instant::now();
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(body).unwrap();
+    let mut line = String::new();
+    let answered = std::io::BufReader::new(&stream)
+        .read_line(&mut line)
+        .is_ok()
+        && !line.is_empty();
+    (answered.then(|| line.trim().to_owned()), started.elapsed())
+}
+
+/// What reaches the endpoint before its body: a query that fails is refused without reading
+/// the body, a declared length over the limit is refused at once, a body that stalls is
+/// refused after IM's two seconds, and other paths and methods are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_refused_before_their_bodies_when_they_can_be() {
+    let rig = Rig::new(
+        10,
+        &["--churn", "0", "--rate", "0"],
+        &format!("token = \"{TOKEN}\"\nmax_body_bytes = 4096\n"),
+    );
+    let metrics_port = rig.serve_metrics();
+    let mut daemon = spawn_daemon(&rig.config, None);
+    wait_listening(rig.port);
+    let app = presenced::sim::SimConfig::default().sdkappid;
+    let now = presenced::model::now_millis() / 1000;
+    let target = |sign: Option<&str>| {
+        signed_url(rig.port, app, now, sign, "State.StateChange")
+            .trim_start_matches(&format!("http://127.0.0.1:{}", rig.port))
+            .to_owned()
+    };
+    let head = |target: &str, length: u64| {
+        format!("POST {target} HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n")
+    };
+    let bad = "0".repeat(64);
+    // A wrong signature and a body that never completes: refused without waiting for it.
+    let (status, took) = raw_request(rig.port, &head(&target(Some(&bad)), 1_000), b"{\"Info\"");
+    assert!(
+        status.as_deref().is_some_and(|s| s.contains(" 401")),
+        "{status:?}"
+    );
+    assert!(took < Duration::from_secs(2), "answered in {took:?}");
+    // A declared 10 MB body with none sent: refused at once.
+    let (status, took) = raw_request(rig.port, &head(&target(None), 10_000_000), b"");
+    assert!(
+        status.as_deref().is_some_and(|s| s.contains(" 413")),
+        "{status:?}"
+    );
+    assert!(took < Duration::from_secs(2), "answered in {took:?}");
+    // A signed request whose body stalls: refused once IM's two seconds are over.
+    let (status, took) = raw_request(rig.port, &head(&target(None), 1_000), b"{\"Info\"");
+    assert!(
+        status.as_deref().is_some_and(|s| s.contains(" 408")),
+        "{status:?}"
+    );
+    assert!(took >= Duration::from_secs(2), "answered in {took:?}");
+    let http = reqwest::Client::new();
+    let other_path = http
+        .post(format!("http://127.0.0.1:{}/admin", rig.port))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other_path.status().as_u16(), 404);
+    let wrong_method = http.get(callback_url(rig.port)).send().await.unwrap();
+    assert_eq!(wrong_method.status().as_u16(), 405);
+
+    let metrics = scrape(metrics_port).await;
+    for outcome in [
+        "bad_signature",
+        "too_large",
+        "slow_body",
+        "not_found",
+        "method_not_allowed",
+    ] {
+        let label = format!("outcome=\"{outcome}\"");
+        assert_eq!(
+            metric(&metrics, "presenced_callbacks_total", &[&label]),
+            1.0,
+            "{outcome}:\n{metrics}"
+        );
+    }
+    signal(&daemon, "TERM");
+    assert!(daemon.wait().unwrap().success());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_applies_a_token_rotated_in_its_file() {
     let tokens = tempfile::tempdir().unwrap();

@@ -92,53 +92,81 @@ impl Endpoint {
         );
     }
 
-    /// Handles one request: the status and body to answer.
-    pub fn handle(&self, query: &str, body: Result<&[u8], Rejection>) -> (u16, String) {
-        let params = Params::parse(query);
-        let command = params.command.clone().unwrap_or_default();
-        let refuse = |r: Rejection, detail: &str| {
-            self.count(&command, "", r.as_str());
-            self.log(r.as_str(), detail);
-            (
+    /// A refusal: counted, logged once a minute per kind, and IM's FAIL body.
+    fn refuse(&self, command: &str, r: Rejection, detail: &str) -> (u16, String) {
+        self.count(command, "", r.as_str());
+        self.log(r.as_str(), detail);
+        (
+            r.status(),
+            format!(
+                r#"{{"ActionStatus":"FAIL","ErrorCode":{},"ErrorInfo":"{}"}}"#,
                 r.status(),
-                format!(
-                    r#"{{"ActionStatus":"FAIL","ErrorCode":{},"ErrorInfo":"{}"}}"#,
-                    r.status(),
-                    r.as_str()
-                ),
-            )
-        };
+                r.as_str()
+            ),
+        )
+    }
+
+    /// Checks a request's query (app, signature, freshness) before its body is read: a
+    /// refusal to answer at once, or `None`.
+    pub fn refuse_query(&self, query: &str) -> Option<(u16, String)> {
+        let params = Params::parse(query);
+        self.check_query(&params).err()
+    }
+
+    fn check_query(&self, params: &Params) -> Result<(), (u16, String)> {
+        let command = params.command.clone().unwrap_or_default();
         let now_secs = now_millis() / 1000;
         let checked = {
             let verifier = self.verifier.read().expect("verifier lock");
             verifier
-                .check(&params, now_secs)
+                .check(params, now_secs)
                 .map_err(|r| (r, verifier.sdkappid, verifier.max_skew_secs))
         };
-        if let Err((r, sdkappid, max_skew_secs)) = checked {
-            let detail = match r {
-                Rejection::WrongApp => format!(
-                    "SdkAppid {:?}, expected {sdkappid}",
-                    params.sdkappid.as_deref().unwrap_or(""),
-                ),
-                Rejection::Stale => format!(
-                    "RequestTime outside the allowed skew of {max_skew_secs} s (a replay, or this host's clock is off)",
-                ),
-                _ => "Sign does not match callback.token".into(),
-            };
-            return refuse(r, &detail);
+        let Err((r, sdkappid, max_skew_secs)) = checked else {
+            return Ok(());
+        };
+        let detail = match r {
+            Rejection::WrongApp => format!(
+                "SdkAppid {:?}, expected {sdkappid}",
+                params.sdkappid.as_deref().unwrap_or(""),
+            ),
+            Rejection::Stale => format!(
+                "RequestTime outside the allowed skew of {max_skew_secs} s (a replay, or this host's clock is off)",
+            ),
+            _ => "Sign does not match callback.token".into(),
+        };
+        Err(self.refuse(&command, r, &detail))
+    }
+
+    /// Refuses a request whose body could not be read: too large (by its Content-Length or as
+    /// it arrived), too slow, or cut off.
+    pub fn refuse_body(&self, query: &str, r: Rejection) -> (u16, String) {
+        let command = Params::parse(query).command.unwrap_or_default();
+        let detail = match r {
+            Rejection::TooLarge => format!(
+                "body over callback.max_body_bytes ({})",
+                self.max_body_bytes
+            ),
+            Rejection::SlowBody => format!(
+                "the body did not arrive within {} ms (a slow or stalled client)",
+                BODY_DEADLINE.as_millis()
+            ),
+            _ => "the body was cut off before its end".into(),
+        };
+        self.refuse(&command, r, &detail)
+    }
+
+    /// Handles one request: the status and body to answer.
+    pub fn handle(&self, query: &str, body: Result<&[u8], Rejection>) -> (u16, String) {
+        let params = Params::parse(query);
+        let command = params.command.clone().unwrap_or_default();
+        let refuse = |r: Rejection, detail: &str| self.refuse(&command, r, detail);
+        if let Err(refused) = self.check_query(&params) {
+            return refused;
         }
         let body = match body {
             Ok(b) => b,
-            Err(r) => {
-                return refuse(
-                    r,
-                    &format!(
-                        "body over callback.max_body_bytes ({})",
-                        self.max_body_bytes
-                    ),
-                )
-            }
+            Err(r) => return self.refuse_body(query, r),
         };
         let max_skew_ms = {
             let verifier = self.verifier.read().expect("verifier lock");
@@ -209,20 +237,68 @@ fn action_label(action: &str) -> &'static str {
     }
 }
 
-async fn callback(
-    State(endpoint): State<Arc<Endpoint>>,
-    RawQuery(query): RawQuery,
-    body: Body,
-) -> Response {
-    let bytes = axum::body::to_bytes(body, endpoint.max_body_bytes).await;
-    let body = bytes.as_deref().map_err(|_| Rejection::TooLarge);
-    let (status, text) = endpoint.handle(query.as_deref().unwrap_or(""), body);
+/// How long a callback's body may take to arrive once its headers are in: IM gives up after
+/// two seconds, so a body slower than that is not IM's.
+const BODY_DEADLINE: Duration = Duration::from_secs(2);
+
+fn respond((status, text): (u16, String)) -> Response {
     (
         StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
         [(header::CONTENT_TYPE, "application/json")],
         text,
     )
         .into_response()
+}
+
+/// The query is checked before the body is read, and a declared length over the limit is
+/// refused without reading it.
+async fn callback(
+    State(endpoint): State<Arc<Endpoint>>,
+    RawQuery(query): RawQuery,
+    headers: axum::http::HeaderMap,
+    body: Body,
+) -> Response {
+    let query = query.unwrap_or_default();
+    if let Some(refused) = endpoint.refuse_query(&query) {
+        return respond(refused);
+    }
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > endpoint.max_body_bytes as u64) {
+        return respond(endpoint.refuse_body(&query, Rejection::TooLarge));
+    }
+    let read = tokio::time::timeout(
+        BODY_DEADLINE,
+        axum::body::to_bytes(body, endpoint.max_body_bytes),
+    )
+    .await;
+    let bytes = match read {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(e)) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|c| c.is::<http_body_util::LengthLimitError>());
+            let r = match too_large {
+                true => Rejection::TooLarge,
+                false => Rejection::IncompleteBody,
+            };
+            return respond(endpoint.refuse_body(&query, r));
+        }
+        Err(_) => return respond(endpoint.refuse_body(&query, Rejection::SlowBody)),
+    };
+    respond(endpoint.handle(&query, Ok(&bytes)))
+}
+
+/// Requests for another path or with another method: counted, so a scan of the port shows.
+async fn not_found(State(endpoint): State<Arc<Endpoint>>) -> Response {
+    endpoint.count("", "", "not_found");
+    respond((404, String::new()))
+}
+
+async fn method_not_allowed(State(endpoint): State<Arc<Endpoint>>) -> Response {
+    endpoint.count("", "", "method_not_allowed");
+    respond((405, String::new()))
 }
 
 /// Serves the endpoint on `addr` at `path` until `stop`; returns the bound address.
@@ -236,6 +312,8 @@ pub async fn serve(
     let bound = listener.local_addr()?;
     let app = Router::new()
         .route(path, post(callback))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         // The body limit is the endpoint's own, so that an oversized body is counted.
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(endpoint);

@@ -15,8 +15,12 @@ pub enum Rejection {
     Stale,
     /// `SdkAppid` is not the configured app's.
     WrongApp,
-    /// The body is larger than `callback.max_body_bytes`.
+    /// The body is larger than `callback.max_body_bytes` (declared or as it arrived).
     TooLarge,
+    /// The body did not arrive within IM's two seconds.
+    SlowBody,
+    /// The body was cut off before its end.
+    IncompleteBody,
     /// The body is not the JSON of a callback.
     BadBody,
     /// A `State.StateChange` without `Info.To_Account`.
@@ -31,6 +35,8 @@ impl Rejection {
             Rejection::Stale => "stale",
             Rejection::WrongApp => "wrong_app",
             Rejection::TooLarge => "too_large",
+            Rejection::SlowBody => "slow_body",
+            Rejection::IncompleteBody => "incomplete_body",
             Rejection::BadBody => "bad_body",
             Rejection::NoAccount => "no_account",
         }
@@ -42,7 +48,8 @@ impl Rejection {
             Rejection::BadSignature | Rejection::Stale => 401,
             Rejection::WrongApp => 403,
             Rejection::TooLarge => 413,
-            Rejection::BadBody | Rejection::NoAccount => 400,
+            Rejection::SlowBody => 408,
+            Rejection::BadBody | Rejection::NoAccount | Rejection::IncompleteBody => 400,
         }
     }
 }
