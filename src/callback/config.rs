@@ -26,9 +26,11 @@ pub struct CallbackConfig {
     /// Accept callbacks without a token (unsigned): anyone who reaches the endpoint can then
     /// ask for re-queries. Off: an endpoint without a token is refused at start.
     pub allow_unsigned: bool,
-    /// How far `RequestTime` may be from this host's clock, seconds; older callbacks are
-    /// refused as replays.
+    /// How far `RequestTime` may lie in the past of this host's clock, seconds; older callbacks
+    /// are refused as replays (a captured signature authorises any body within this window).
     pub max_clock_skew_secs: u64,
+    /// How far `RequestTime` may lie in the future of this host's clock, seconds.
+    pub max_future_skew_secs: u64,
     /// Larger bodies are refused (IM's callbacks are a few hundred bytes).
     pub max_body_bytes: usize,
     /// How long a hinted account waits for others to share its call, milliseconds.
@@ -48,7 +50,8 @@ impl Default for CallbackConfig {
             token: Secret::default(),
             token_file: None,
             allow_unsigned: false,
-            max_clock_skew_secs: 300,
+            max_clock_skew_secs: 60,
+            max_future_skew_secs: 5,
             max_body_bytes: 16_384,
             coalesce_ms: 20,
             min_requery_interval_ms: 1_000,
@@ -69,6 +72,7 @@ impl CallbackConfig {
             sdkappid,
             token: self.token.clone(),
             max_skew_secs: self.max_clock_skew_secs,
+            max_future_secs: self.max_future_skew_secs,
         }
     }
 
@@ -79,6 +83,7 @@ impl CallbackConfig {
             token: other.token.clone(),
             token_file: other.token_file.clone(),
             max_clock_skew_secs: other.max_clock_skew_secs,
+            max_future_skew_secs: other.max_future_skew_secs,
             ..self.clone()
         };
         reloadable != *other
@@ -125,7 +130,13 @@ impl Section for CallbackConfig {
                 "callback.max_clock_skew_secs",
                 self.max_clock_skew_secs as f64,
                 1.0,
-                86_400.0,
+                600.0,
+            ),
+            Range::new(
+                "callback.max_future_skew_secs",
+                self.max_future_skew_secs as f64,
+                0.0,
+                60.0,
             ),
             Range::new(
                 "callback.max_body_bytes",

@@ -2,7 +2,7 @@
 //! happens next: an accepted hint only joins the queue, and the re-query runs elsewhere.
 
 use super::queue::{HintQueue, Pushed};
-use super::verify::{parse_body, Params, Parsed, Rejection, Verifier};
+use super::verify::{parse_body, EventWindow, Params, Parsed, Rejection, Verifier};
 use crate::metrics::{CallbackLabels, Metrics};
 use crate::model::now_millis;
 use axum::body::Body;
@@ -118,11 +118,12 @@ impl Endpoint {
         let now_secs = now_millis() / 1000;
         let checked = {
             let verifier = self.verifier.read().expect("verifier lock");
-            verifier
-                .check(params, now_secs)
-                .map_err(|r| (r, verifier.sdkappid, verifier.max_skew_secs))
+            verifier.check(params, now_secs).map_err(|r| {
+                let window = (verifier.max_skew_secs, verifier.max_future_secs);
+                (r, verifier.sdkappid, window)
+            })
         };
-        let Err((r, sdkappid, max_skew_secs)) = checked else {
+        let Err((r, sdkappid, (max_skew_secs, max_future_secs))) = checked else {
             return Ok(());
         };
         let detail = match r {
@@ -131,7 +132,7 @@ impl Endpoint {
                 params.sdkappid.as_deref().unwrap_or(""),
             ),
             Rejection::Stale => format!(
-                "RequestTime outside the allowed skew of {max_skew_secs} s (a replay, or this host's clock is off)",
+                "RequestTime more than {max_skew_secs} s in the past or {max_future_secs} s in the future (a replay, or this host's clock is off)",
             ),
             _ => "Sign does not match callback.token".into(),
         };
@@ -168,11 +169,15 @@ impl Endpoint {
             Ok(b) => b,
             Err(r) => return self.refuse_body(query, r),
         };
-        let max_skew_ms = {
+        let window = {
             let verifier = self.verifier.read().expect("verifier lock");
-            i64::try_from(verifier.max_skew_secs.saturating_mul(1000)).unwrap_or(i64::MAX)
+            let ms = |secs: u64| i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+            EventWindow {
+                past_ms: ms(verifier.max_skew_secs),
+                future_ms: ms(verifier.max_future_secs),
+            }
         };
-        let parsed = match parse_body(body, params.command.as_deref(), now_millis(), max_skew_ms) {
+        let parsed = match parse_body(body, params.command.as_deref(), now_millis(), window) {
             Ok(p) => p,
             Err(r) => {
                 let detail = match r {

@@ -108,8 +108,10 @@ pub struct Verifier {
     pub sdkappid: u64,
     /// The console's token; empty when the console has none.
     pub token: Secret,
-    /// Allowed distance of `RequestTime` from this host's clock, seconds.
+    /// How far `RequestTime` may lie in this host's past, seconds.
     pub max_skew_secs: u64,
+    /// How far `RequestTime` may lie in this host's future, seconds.
+    pub max_future_secs: u64,
 }
 
 impl Verifier {
@@ -129,7 +131,9 @@ impl Verifier {
             // IM sends Unix seconds; milliseconds are read as such rather than as a far future.
             let at: i64 = time.trim().parse().map_err(|_| Rejection::Stale)?;
             let at = if at > 100_000_000_000 { at / 1000 } else { at };
-            if at.abs_diff(now_secs) > self.max_skew_secs {
+            let too_old = at < now_secs && at.abs_diff(now_secs) > self.max_skew_secs;
+            let too_new = at > now_secs && at.abs_diff(now_secs) > self.max_future_secs;
+            if too_old || too_new {
                 return Err(Rejection::Stale);
             }
         }
@@ -225,14 +229,23 @@ fn documented(
     }
 }
 
+/// How far an `EventTime` may lie from the receive time (ms): before it, and after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventWindow {
+    /// Into the past.
+    pub past_ms: i64,
+    /// Into the future.
+    pub future_ms: i64,
+}
+
 /// Reads a body; `command` is the query's `CallbackCommand`, `received_ms` stands in for a
-/// missing `EventTime`, and an `EventTime` further than `max_skew_ms` from it is clamped
-/// (a forged far past or future would skew the detection metrics and win every merge).
+/// missing `EventTime`, and an `EventTime` outside `window` around it is clamped (a forged far
+/// past or future would skew the detection metrics and win every merge).
 pub fn parse_body(
     body: &[u8],
     command: Option<&str>,
     received_ms: i64,
-    max_skew_ms: i64,
+    window: EventWindow,
 ) -> Result<Parsed, Rejection> {
     let body: Body = serde_json::from_slice(body).map_err(|_| Rejection::BadBody)?;
     let command = command
@@ -255,9 +268,8 @@ pub fn parse_body(
         _ => None,
     }
     .unwrap_or(received_ms);
-    let skew = max_skew_ms.max(0);
-    let earliest = received_ms.saturating_sub(skew);
-    let latest = received_ms.saturating_add(skew);
+    let earliest = received_ms.saturating_sub(window.past_ms.max(0));
+    let latest = received_ms.saturating_add(window.future_ms.max(0));
     let clamped = event_time.clamp(earliest, latest);
     if clamped != event_time {
         replaced.push("event_time");
@@ -313,11 +325,17 @@ mod tests {
         );
     }
 
+    const WINDOW: EventWindow = EventWindow {
+        past_ms: 300_000,
+        future_ms: 5_000,
+    };
+
     fn verifier(token: &str) -> Verifier {
         Verifier {
             sdkappid: 1400000000,
             token: Secret::new(token),
             max_skew_secs: 300,
+            max_future_secs: 5,
         }
     }
 
@@ -337,6 +355,9 @@ mod tests {
         assert_eq!(v.check(&query(good, now), now + 300), Ok(()));
         // The same signed request replayed later than the window.
         assert_eq!(v.check(&query(good, now), now + 301), Err(Rejection::Stale));
+        // A RequestTime from this host's future: a few seconds of clock difference, no more.
+        assert_eq!(v.check(&query(good, now), now - 5), Ok(()));
+        assert_eq!(v.check(&query(good, now), now - 6), Err(Rejection::Stale));
         let wrong = format!("{}0", &good[..63]);
         assert_eq!(
             v.check(&query(&wrong, now), now),
@@ -371,7 +392,7 @@ mod tests {
             "Info":{"Action":"Login","To_Account":"u1","Reason":"Register"},
             "KickedDevice":[{"Platform":"Windows"},{"Platform":"iOS"}]}"#;
         assert_eq!(
-            parse_body(body, Some(STATE_CHANGE), 1629883332500, 300_000),
+            parse_body(body, Some(STATE_CHANGE), 1629883332500, WINDOW),
             Ok(Parsed::StateChange {
                 user_id: "u1".into(),
                 hint: CallbackHint {
@@ -385,13 +406,13 @@ mod tests {
         );
         let other = br#"{"CallbackCommand":"State.CustomStatusChange","Info":{"To_Account":"u1"}}"#;
         assert_eq!(
-            parse_body(other, None, 5, 300_000),
+            parse_body(other, None, 5, WINDOW),
             Ok(Parsed::Other {
                 command: "State.CustomStatusChange".into()
             })
         );
         assert_eq!(
-            parse_body(b"<html>", Some(STATE_CHANGE), 5, 300_000),
+            parse_body(b"<html>", Some(STATE_CHANGE), 5, WINDOW),
             Err(Rejection::BadBody)
         );
         assert_eq!(
@@ -399,12 +420,12 @@ mod tests {
                 br#"{"Info":{"Action":"Login"}}"#,
                 Some(STATE_CHANGE),
                 5,
-                300_000
+                WINDOW
             ),
             Err(Rejection::NoAccount)
         );
         let no_time = br#"{"Info":{"Action":"Logout","To_Account":"u2"}}"#;
-        match parse_body(no_time, Some(STATE_CHANGE), 5, 300_000) {
+        match parse_body(no_time, Some(STATE_CHANGE), 5, WINDOW) {
             Ok(Parsed::StateChange { hint, .. }) => {
                 assert_eq!(hint.event_time, 5);
                 assert_eq!(hint.reason, None);
@@ -420,6 +441,10 @@ mod tests {
     fn forged_contents_are_stored_as_other_capped_and_clamped() {
         let now = 1_764_300_000_000;
         let skew = 60_000;
+        let window = EventWindow {
+            past_ms: skew,
+            future_ms: 5_000,
+        };
         let devices: Vec<String> = (0..400)
             .map(|i| format!(r#"{{"Platform":"P{i}"}}"#))
             .chain([r#"{"Platform":"iOS"}"#.to_owned()])
@@ -427,7 +452,7 @@ mod tests {
         for (event_time, expected) in [
             ("0".to_owned(), now - skew),
             (i64::MIN.to_string(), now - skew),
-            (i64::MAX.to_string(), now + skew),
+            (i64::MAX.to_string(), now + 5_000),
             ((now - 5_000).to_string(), now - 5_000),
         ] {
             let body = format!(
@@ -436,7 +461,7 @@ mod tests {
                 devices.join(",")
             );
             let Ok(Parsed::StateChange { hint, replaced, .. }) =
-                parse_body(body.as_bytes(), Some(STATE_CHANGE), now, skew)
+                parse_body(body.as_bytes(), Some(STATE_CHANGE), now, window)
             else {
                 panic!("a callback with forged contents is still a callback");
             };

@@ -79,7 +79,7 @@ fn reload_kafka(live: &mut Config, new: KafkaConfig, kafka: &watch::Sender<Kafka
 /// the endpoint's address, path, limits and pacing take a restart.
 fn reload_callback(live: &mut Config, new: CallbackConfig, endpoint: Option<&Endpoint>) {
     if new.differs_past_reload(&live.callback) {
-        tracing::warn!("callback settings other than token and max_clock_skew_secs take effect at the next restart");
+        tracing::warn!("callback settings other than the token and the clock skews take effect at the next restart");
     }
     let Some(endpoint) = endpoint else {
         return;
@@ -89,10 +89,14 @@ fn reload_callback(live: &mut Config, new: CallbackConfig, endpoint: Option<&End
         return;
     }
     let token_changed = new.token != live.callback.token;
-    if token_changed || new.max_clock_skew_secs != live.callback.max_clock_skew_secs {
+    if token_changed
+        || new.max_clock_skew_secs != live.callback.max_clock_skew_secs
+        || new.max_future_skew_secs != live.callback.max_future_skew_secs
+    {
         endpoint.set_verifier(new.verifier(live.im.sdkappid));
         live.callback.token = new.token;
         live.callback.max_clock_skew_secs = new.max_clock_skew_secs;
+        live.callback.max_future_skew_secs = new.max_future_skew_secs;
         tracing::info!(
             token_changed,
             max_clock_skew_secs = live.callback.max_clock_skew_secs,
