@@ -31,16 +31,9 @@ impl KafkaSink {
         topics.extend(self.state_topic().map(str::to_owned));
         let mut out = Vec::new();
         for name in topics {
-            let producer = self.producer.clone();
-            let asked = name.clone();
-            let metadata = tokio::task::spawn_blocking(move || {
-                producer
-                    .client()
-                    .fetch_metadata(Some(&asked), Duration::from_secs(5))
-            })
-            .await
-            .expect("metadata task does not panic");
-            let Ok(metadata) = metadata else { continue };
+            let Ok(metadata) = self.topic_metadata(&name).await else {
+                continue;
+            };
             let count = metadata
                 .topics()
                 .iter()
@@ -54,17 +47,24 @@ impl KafkaSink {
         out
     }
 
-    async fn check_one(&self, topic: &str, compacted: bool) -> Result<bool, KafkaSetupError> {
+    /// The brokers' metadata of `topic`, asked off the async runtime.
+    async fn topic_metadata(
+        &self,
+        topic: &str,
+    ) -> Result<rdkafka::metadata::Metadata, rdkafka::error::KafkaError> {
         let producer = self.producer.clone();
         let name = topic.to_owned();
-        let metadata = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             producer
                 .client()
                 .fetch_metadata(Some(&name), Duration::from_secs(5))
         })
         .await
-        .expect("metadata task does not panic");
-        let exists = match metadata {
+        .expect("metadata task does not panic")
+    }
+
+    async fn check_one(&self, topic: &str, compacted: bool) -> Result<bool, KafkaSetupError> {
+        let exists = match self.topic_metadata(topic).await {
             Err(e) => {
                 tracing::warn!(brokers = %self.settings.brokers, error = %e, "Kafka is not reachable; events wait in the outbox");
                 return Ok(false);
