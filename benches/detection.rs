@@ -4,11 +4,16 @@
 //! is detected when the history first records the account in the state it changed to, before
 //! its next change. Run by `scripts/bench.sh detection`.
 
-use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+#[allow(dead_code)]
+mod support;
 
-const SIM_KEY: &str = "presenced-simulator-secret-key";
+use std::collections::HashMap;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use support::{
+    completed_sweeps, daemon, free_port, metric, sim_calls, wait_port, Http, Proc, SIM_KEY,
+};
+
 const ACCOUNTS: usize = 1_000_000;
 /// 200 changes a second.
 const CHURN: f64 = 0.0002;
@@ -17,63 +22,6 @@ const INTERVAL_SECS: f64 = 30.0;
 const MEASURE: Duration = Duration::from_secs(120);
 /// What the daemon does once after its first sweep of a new database takes this long at most.
 const SETTLE: Duration = Duration::from_secs(15);
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Blocking HTTP for a benchmark that otherwise only waits.
-struct Http {
-    rt: tokio::runtime::Runtime,
-    client: reqwest::Client,
-}
-
-impl Http {
-    fn new() -> Self {
-        Http {
-            rt: tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap(),
-            client: reqwest::Client::new(),
-        }
-    }
-
-    fn put(&self, url: &str, body: serde_json::Value) {
-        let r = self
-            .rt
-            .block_on(self.client.put(url).json(&body).send())
-            .unwrap();
-        assert!(r.status().is_success(), "{url}: {}", r.status());
-    }
-
-    fn text(&self, url: &str) -> String {
-        self.rt
-            .block_on(async { self.client.get(url).send().await?.text().await })
-            .unwrap()
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_port(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "port {port} never opened");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 struct Scenario {
     name: &'static str,
@@ -172,14 +120,7 @@ fn run(s: &Scenario) {
         ),
     )
     .unwrap();
-    let daemon = Proc(
-        Command::new(env!("CARGO_BIN_EXE_presenced"))
-            .args(["run", "--config"])
-            .arg(&config)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let daemon = daemon(&config);
     // The first sweep records every account; the churn starts once it is done and the daemon
     // has folded those million first rows into current state and walked them for retention
     // (once per database: the measure is of the steady state after it).
@@ -247,35 +188,6 @@ fn run(s: &Scenario) {
             pct(&in_sweeps, 0.99)
         );
     }
-}
-
-fn completed_sweeps(db: &std::path::Path) -> i64 {
-    rusqlite::Connection::open(db)
-        .and_then(|c| {
-            c.busy_timeout(Duration::from_secs(5))?;
-            c.query_row(
-                "SELECT COUNT(*) FROM sweeps WHERE outcome = 'completed'",
-                [],
-                |r| r.get(0),
-            )
-        })
-        .unwrap_or(0)
-}
-
-/// (calls, calls refused with 60011 for frequency).
-fn sim_calls(http: &Http, control: &str) -> (u64, u64) {
-    let v: serde_json::Value =
-        serde_json::from_str(&http.text(&format!("{control}/stats"))).unwrap();
-    let throttled = v["errors"]["60011"].as_u64().unwrap_or(0);
-    (v["calls"].as_u64().unwrap(), throttled)
-}
-
-fn metric(http: &Http, port: u16, name: &str) -> f64 {
-    let text = http.text(&format!("http://127.0.0.1:{port}/metrics"));
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 /// (at, state, platforms) per account, in order.

@@ -5,6 +5,9 @@
 //! cargo bench --bench throughput -- SCENARIO   (client-rate, client-ceiling, store, kafka, e2e)
 //! scripts/bench.sh runs them all (it starts the Kafka broker the kafka scenario needs).
 
+#[allow(dead_code)]
+mod support;
+
 use futures_util::StreamExt;
 use presenced::config::ImConfig;
 use presenced::im::{AccountOutcome, ClientSettings, ImClient};
@@ -13,11 +16,10 @@ use presenced::model::TransitionRecord;
 use presenced::model::{PlatformStatus, State};
 use presenced::store::{Db, WriteSet};
 use presenced::sweep::Snapshot;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-const SIM_KEY: &str = "presenced-simulator-secret-key";
+use support::{daemon, free_port, ids, wait_port, Proc, SIM_KEY};
 
 fn main() {
     let args: Vec<String> = std::env::args()
@@ -79,31 +81,6 @@ fn rss_bytes(pid: u32) -> u64 {
         * 1024
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_port(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "port {port} never opened");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// A daemon process in `dir` watching the `population` accounts of the simulator at `url`,
 /// sweeping every `interval_secs`, with `sink` (its `[sink]`, and `[kafka]` if any); returns it
 /// and its database.
@@ -127,14 +104,7 @@ fn daemon_process(
         ),
     )
     .unwrap();
-    let daemon = Proc(
-        Command::new(env!("CARGO_BIN_EXE_presenced"))
-            .args(["run", "--config"])
-            .arg(&config)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let daemon = daemon(&config);
     (daemon, db)
 }
 
@@ -209,10 +179,6 @@ async fn drive(client: Arc<ImClient>, ids: &[String]) -> SweepResult {
         elapsed: started.elapsed(),
         cpu: cpu_seconds(std::process::id()) - cpu0,
     }
-}
-
-fn ids(n: usize) -> Vec<String> {
-    (0..n).map(|i| format!("user{i}")).collect()
 }
 
 // ---- scenarios ---------------------------------------------------------------------------------

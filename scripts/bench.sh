@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
 # Every benchmark, with its output kept in target/bench-results.txt. Starts a local Apache Kafka
 # broker (scripts/kafka.sh) for the Kafka scenarios.
-# Usage: scripts/bench.sh [SCENARIO ...]   (client-rate client-ceiling store prune kafka kafka-memory e2e import diff publish migrate detection)
+# Usage: scripts/bench.sh [SCENARIO ...]   (client-rate client-ceiling store prune kafka kafka-memory e2e import diff publish migrate detection pacing hint-flood)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 out=target/bench-results.txt
 mkdir -p target
 scenarios=("$@")
-[ ${#scenarios[@]} -gt 0 ] || scenarios=(client-rate client-ceiling store prune kafka kafka-memory e2e import diff publish migrate detection)
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(client-rate client-ceiling store prune kafka kafka-memory e2e import diff publish migrate detection pacing hint-flood)
 
 cargo build --release --quiet
-cargo bench --no-run --quiet --bench throughput --bench diff --bench publish --bench detection
+cargo bench --no-run --quiet --bench throughput --bench diff --bench publish --bench detection --bench edges
 
 tmp=$(mktemp -d)
 trap 'scripts/kafka.sh stop "$tmp/kafka" >/dev/null 2>&1 || true; rm -rf "$tmp"' EXIT
@@ -31,6 +31,7 @@ fi
       diff | publish) cargo bench --quiet --bench "$s" 2>&1 | grep -E '^[a-z_]+/|time:|thrpt:' ;;
       migrate) echo; echo "## migrate"; python3 scripts/bench-migration.py ;;
       detection) echo; echo "## detection"; cargo bench --quiet --bench detection ;;
+      pacing | hint-flood) cargo bench --quiet --bench edges -- "$s" ;;
       import)
         echo; echo "## import"
         seq -f 'user%.0f' 0 999999 > "$tmp/ids.txt"

@@ -11,6 +11,7 @@
 pub mod callback;
 pub mod config;
 pub mod im;
+pub mod listener;
 pub mod logging;
 pub mod metrics;
 pub mod model;

@@ -40,6 +40,13 @@ pub struct KindLabel {
     pub kind: String,
 }
 
+/// Which HTTP listener: `callback` or `metrics`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    /// `callback` or `metrics`.
+    pub listener: String,
+}
+
 /// Labels of callback counts.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CallbackLabels {
@@ -120,6 +127,19 @@ pub struct Metrics {
     pub callback_detection: Histogram,
     /// `presenced_stale_answers_total`: answers older than an applied re-query, skipped.
     pub stale_answers: Counter,
+    /// `presenced_store_full`: 1 while the database has no room to write.
+    pub store_full: Gauge,
+    /// `presenced_db_size_bytes`: the database file and its WAL.
+    pub db_size_bytes: Gauge,
+    /// `presenced_db_free_bytes`: what the database may still grow by (its filesystem's room,
+    /// less if `store.max_size_mb` leaves less).
+    pub db_free_bytes: Gauge,
+    /// `presenced_http_open_connections`: connections open per listener.
+    pub http_open_connections: Family<ListenerLabels, Gauge>,
+    /// `presenced_http_max_connections`: the cap per listener.
+    pub http_max_connections: Family<ListenerLabels, Gauge>,
+    /// `presenced_http_accept_errors_total`: failed accepts (out of descriptors) per listener.
+    pub http_accept_errors: Family<ListenerLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -164,6 +184,12 @@ impl Metrics {
             ]),
             callback_detection: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
             stale_answers: Counter::default(),
+            store_full: Gauge::default(),
+            db_size_bytes: Gauge::default(),
+            db_free_bytes: Gauge::default(),
+            http_open_connections: Family::default(),
+            http_max_connections: Family::default(),
+            http_accept_errors: Family::default(),
             registry: Registry::default(),
         };
         registry.register("sweeps", "Sweeps by result", m.sweeps.clone());
@@ -277,6 +303,36 @@ impl Metrics {
             "callbacks",
             "IM State.StateChange callbacks received, by command, action and outcome",
             m.callbacks.clone(),
+        );
+        registry.register(
+            "store_full",
+            "1 while the database has no room to write (disk full or store.max_size_mb reached)",
+            m.store_full.clone(),
+        );
+        registry.register(
+            "db_size_bytes",
+            "The database file and its WAL",
+            m.db_size_bytes.clone(),
+        );
+        registry.register(
+            "db_free_bytes",
+            "What the database may still grow by: its filesystem's room, or less under store.max_size_mb",
+            m.db_free_bytes.clone(),
+        );
+        registry.register(
+            "http_open_connections",
+            "Connections open on an HTTP listener",
+            m.http_open_connections.clone(),
+        );
+        registry.register(
+            "http_max_connections",
+            "Connections an HTTP listener keeps open at most (more wait in the kernel's backlog)",
+            m.http_max_connections.clone(),
+        );
+        registry.register(
+            "http_accept_errors",
+            "Connections an HTTP listener failed to accept (out of file descriptors, say)",
+            m.http_accept_errors.clone(),
         );
         registry.register(
             "hint_queue_length",

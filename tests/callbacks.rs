@@ -145,31 +145,6 @@ fn completed_sweeps(db: &std::path::Path) -> i64 {
     )
 }
 
-/// The database matches the simulator's ground truth, account for account.
-async fn assert_matches_truth(db_path: &std::path::Path, control: &Control) {
-    let mut db = Db::open(db_path, Duration::from_secs(5)).unwrap();
-    check_invariants(&mut db);
-    let truth = control.truth().await;
-    let current = db.load_current().unwrap();
-    let by_id: std::collections::HashMap<_, _> =
-        current.iter().map(|r| (r.user_id.as_str(), r)).collect();
-    let mut mismatched = Vec::new();
-    for account in &truth {
-        let row = by_id.get(account.user_id.as_str());
-        let mut platforms = account.platforms.clone();
-        platforms.sort_by(|a, b| a.platform.cmp(&b.platform));
-        if row.is_none_or(|r| r.state != Some(account.status) || r.platforms != platforms) {
-            mismatched.push(account.user_id.clone());
-        }
-    }
-    assert!(
-        mismatched.is_empty(),
-        "SQLite must match the simulator: {} accounts differ, e.g. {:?}",
-        mismatched.len(),
-        &mismatched[..mismatched.len().min(5)]
-    );
-}
-
 /// A transition that changes nothing (same state, same platforms) is an extra one.
 fn no_op_transitions(db: &std::path::Path) -> i64 {
     query_i64(
@@ -747,6 +722,66 @@ async fn a_flood_of_callbacks_stays_within_the_configured_call_rate() {
     assert!(daemon.wait().unwrap().success());
     let mut db = Db::open(db, Duration::from_secs(5)).unwrap();
     check_invariants(&mut db);
+}
+
+/// Issue 20, item 2: a flood of hints that never stops. Hinted calls get their share of the
+/// call rate (25%) and the sweep keeps the rest: it completes while the flood goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_completes_under_a_flood_of_hints_that_take_only_their_share() {
+    let rig = Rig::new(
+        400,
+        &["--churn", "0", "--rate", "0"],
+        "allow_unsigned = true\ncoalesce_ms = 0\nmin_requery_interval_ms = 0\n",
+    );
+    set_sweep(
+        &rig.config,
+        3_600.0,
+        "calls_per_second = 10\nbatch_size = 10\n",
+    );
+    let metrics_port = rig.serve_metrics();
+    let (sim, port, config, db) = (&rig.sim, rig.port, &rig.config, &rig.db);
+    let mut daemon = spawn_daemon(config, None);
+    wait_listening(port);
+    let app = presenced::sim::SimConfig::default().sdkappid;
+    let url = format!(
+        "{}?SdkAppid={app}&CallbackCommand=State.StateChange&contenttype=json",
+        callback_url(port)
+    );
+    let calls_before = sim.control().stats().await.calls;
+    let flooding = tokio_util::sync::CancellationToken::new();
+    let flood = tokio::spawn({
+        let flooding = flooding.clone();
+        async move {
+            let http = reqwest::Client::new();
+            let mut sent = 0u64;
+            while !flooding.is_cancelled() {
+                let user = format!("user{}", rand::rng().random_range(0..400));
+                let _ = http.post(&url).json(&state_change(&user)).send().await;
+                sent += 1;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            sent
+        }
+    });
+    // 40 sweep calls at 7.5 a second take about 5 s; the flood alone could fill every call.
+    wait_for("the first sweep", Duration::from_secs(60), || {
+        completed_sweeps(db) > 0
+    })
+    .await;
+    let metrics = scrape(metrics_port).await;
+    flooding.cancel();
+    let sent = flood.await.unwrap();
+    let calls = (sim.control().stats().await.calls - calls_before) as f64;
+    let hinted = metric(&metrics, "presenced_hinted_calls_total", &[]);
+    eprintln!("{sent} callbacks; {calls} calls, {hinted} of them hinted");
+    assert!(sent > 500, "the flood went on through the sweep");
+    assert!(hinted > 0.0, "hinted calls went out during the sweep");
+    assert!(
+        hinted <= 0.3 * calls + 2.0,
+        "{hinted} of {calls} calls were hinted: more than their share"
+    );
+    signal(&daemon, "TERM");
+    assert!(daemon.wait().unwrap().success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

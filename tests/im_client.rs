@@ -443,3 +443,62 @@ async fn the_simulator_control_api_rejects_out_of_range_values() {
     assert!(answer.is_ok(), "the simulator still answers: {answer:?}");
     sim.stop().await;
 }
+
+/// Issue 20, item 6: against an IM that allows half the configured rate, the rate learned in
+/// one sweep is the rate the next sweep starts at, however long the pause between them: the
+/// second sweep is refused (almost) nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rate_learned_in_one_sweep_survives_the_pause_before_the_next() {
+    let cfg = SimConfig {
+        calls_per_second: 20.0,
+        ..quiet_sim(5)
+    };
+    let sim = start_sim(cfg.clone()).await;
+    let control = Control::new(&sim);
+    let mut im = im_config(&sim, &cfg);
+    im.calls_per_second = 40.0;
+    im.max_attempts = 5;
+    let client = std::sync::Arc::new(client(&im));
+    let sweep = |calls: usize| {
+        let client = client.clone();
+        async move {
+            let mut tasks = Vec::new();
+            for _ in 0..8 {
+                let c = client.clone();
+                tasks.push(tokio::spawn(async move {
+                    for _ in 0..calls / 8 {
+                        let _ = c.query(&ids("user", 1)).await;
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await.unwrap();
+            }
+        }
+    };
+    sweep(80).await;
+    let learned = client.limiter().current_rate();
+    assert!(learned < 40.0, "the first sweep learned a lower rate");
+    let refused_before = control
+        .stats()
+        .await
+        .errors
+        .get("60011")
+        .copied()
+        .unwrap_or(0);
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    sweep(80).await;
+    let refused = control
+        .stats()
+        .await
+        .errors
+        .get("60011")
+        .copied()
+        .unwrap_or(0)
+        - refused_before;
+    assert!(
+        refused <= 2,
+        "{refused} of the second sweep's 80 calls were refused (learned {learned:.1}/s)"
+    );
+    sim.stop().await;
+}

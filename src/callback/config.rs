@@ -40,6 +40,14 @@ pub struct CallbackConfig {
     pub min_requery_interval_ms: u64,
     /// Hinted accounts waiting at most; beyond, hints are counted and left to the next sweep.
     pub queue_capacity: usize,
+    /// Connections open at once at most (lowered to a quarter of the descriptor limit); more
+    /// wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// A connection that sends no complete request head for this long, idle or slow, is closed.
+    pub idle_timeout_secs: u64,
+    /// The share of `im.calls_per_second` (of the rate learned under it) kept for hinted
+    /// re-queries; sweeps are paced at the rest, so a flood of callbacks never slows them.
+    pub hinted_call_share: f64,
 }
 
 impl Default for CallbackConfig {
@@ -56,6 +64,9 @@ impl Default for CallbackConfig {
             coalesce_ms: 20,
             min_requery_interval_ms: 1_000,
             queue_capacity: 100_000,
+            max_connections: 1_024,
+            idle_timeout_secs: 10,
+            hinted_call_share: 0.25,
         }
     }
 }
@@ -87,6 +98,15 @@ impl CallbackConfig {
             ..self.clone()
         };
         reloadable != *other
+    }
+
+    /// The endpoint's connection bounds.
+    pub fn limits(&self) -> crate::listener::Limits {
+        crate::listener::Limits {
+            max_connections: self.max_connections,
+            idle_timeout: Duration::from_secs(self.idle_timeout_secs),
+        }
+        .within_descriptor_limit("callback")
     }
 
     /// [`CallbackConfig::coalesce_ms`] as a duration.
@@ -126,6 +146,24 @@ impl CallbackConfig {
 impl Section for CallbackConfig {
     fn ranges(&self) -> Vec<Range> {
         vec![
+            Range::new(
+                "callback.max_connections",
+                self.max_connections as f64,
+                1.0,
+                1_000_000.0,
+            ),
+            Range::new(
+                "callback.idle_timeout_secs",
+                self.idle_timeout_secs as f64,
+                1.0,
+                300.0,
+            ),
+            Range::new(
+                "callback.hinted_call_share",
+                self.hinted_call_share,
+                0.01,
+                0.9,
+            ),
             Range::new(
                 "callback.max_clock_skew_secs",
                 self.max_clock_skew_secs as f64,

@@ -152,6 +152,12 @@ impl HintQueue {
         })
     }
 
+    /// Whether [`HintQueue::take`] would release accounts at `now`.
+    pub fn is_ready(&self, now: Instant) -> bool {
+        let inner = self.lock();
+        !inner.closed && self.ready_at(&inner).is_some_and(|t| t <= now)
+    }
+
     /// Releases up to a call's worth of accounts once the oldest is ready at `now`: with it,
     /// every account that arrived within the coalescing delay after it, oldest first.
     pub fn take(&self, now: Instant) -> Vec<(String, CallbackHint)> {

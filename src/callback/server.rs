@@ -311,10 +311,12 @@ pub async fn serve(
     addr: SocketAddr,
     path: &str,
     endpoint: Arc<Endpoint>,
+    limits: crate::listener::Limits,
     stop: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
+    let metrics = endpoint.metrics.clone();
     let app = Router::new()
         .route(path, post(callback))
         .fallback(not_found)
@@ -322,10 +324,6 @@ pub async fn serve(
         // The body limit is the endpoint's own, so that an oversized body is counted.
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(endpoint);
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await;
-    });
+    crate::listener::spawn("callback", listener, app, limits, metrics, stop);
     Ok(bound)
 }

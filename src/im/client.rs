@@ -2,7 +2,7 @@
 
 use super::codes::{self, ErrorClass};
 use super::config::{Command, ImConfig};
-use super::ratelimit::RateLimiter;
+use super::ratelimit::{Lane, RateLimiter};
 use super::usersig;
 use super::wire::{self, AccountOutcome, AnswerError, QueryRequest};
 use crate::metrics::Metrics;
@@ -187,7 +187,7 @@ impl ImClient {
             })?;
         // Evenly spaced calls, no burst after an idle spell: IM's own counting window is not
         // documented, and spacing loses no throughput while enough calls are in flight.
-        let limiter = RateLimiter::new(settings.calls_per_second, 1);
+        let limiter = RateLimiter::new(settings.calls_per_second);
         metrics.ratelimit_rate.set(limiter.current_rate());
         Ok(ImClient {
             http,
@@ -231,22 +231,33 @@ impl ImClient {
         &self.limiter
     }
 
-    /// Queries one batch (at most 500 ids), retrying as the error table says.
+    /// Queries one batch (at most 500 ids) in the sweep's lane, retrying as the error table says.
     pub async fn query(&self, ids: &[String]) -> Result<BatchAnswer, QueryError> {
-        self.query_as(ids, false).await
+        self.query_in(ids, Lane::Sweep, None).await
     }
 
-    /// [`ImClient::query`], paced ahead of sweep calls (a callback's re-query).
-    pub async fn query_urgent(&self, ids: &[String]) -> Result<BatchAnswer, QueryError> {
-        self.query_as(ids, true).await
+    /// [`ImClient::query`] in the hinted lane (a callback's re-query), its first attempt at
+    /// `slot` (from [`RateLimiter::try_acquire`]).
+    pub async fn query_hinted(
+        &self,
+        ids: &[String],
+        slot: tokio::time::Instant,
+    ) -> Result<BatchAnswer, QueryError> {
+        self.query_in(ids, Lane::Hinted, Some(slot)).await
     }
 
-    async fn query_as(&self, ids: &[String], urgent: bool) -> Result<BatchAnswer, QueryError> {
+    async fn query_in(
+        &self,
+        ids: &[String],
+        lane: Lane,
+        mut reserved: Option<tokio::time::Instant>,
+    ) -> Result<BatchAnswer, QueryError> {
         let mut regenerated_for_invalid = false;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let err = match self.call_once(ids, urgent).await {
+            let slot = self.pace(lane, reserved.take()).await;
+            let err = match self.call_once(ids).await {
                 Ok(answer) => return Ok(answer),
                 Err(e) => e,
             };
@@ -278,7 +289,7 @@ impl ImClient {
                 }
                 ErrorClass::SignatureExpired => self.invalidate_signature(),
                 ErrorClass::RateLimited => {
-                    self.limiter.on_throttled();
+                    self.limiter.on_throttled(slot);
                     self.metrics.ratelimit_rate.set(self.limiter.current_rate());
                 }
                 ErrorClass::SignatureLocked | ErrorClass::Transient | ErrorClass::Unknown => {}
@@ -313,16 +324,29 @@ impl ImClient {
         Duration::from_secs_f64(rand::rng().random_range(0.0..=ceiling.max(0.0)))
     }
 
-    async fn call_once(&self, ids: &[String], urgent: bool) -> Result<BatchAnswer, CallError> {
-        let waited = match urgent {
-            true => self.limiter.acquire_urgent().await,
-            false => self.limiter.acquire().await,
+    /// Waits for the call's slot (`reserved`, or the next in `lane`), and returns it.
+    async fn pace(
+        &self,
+        lane: Lane,
+        reserved: Option<tokio::time::Instant>,
+    ) -> tokio::time::Instant {
+        let asked = tokio::time::Instant::now();
+        let slot = match reserved {
+            Some(slot) => {
+                tokio::time::sleep_until(slot).await;
+                slot
+            }
+            None => self.limiter.acquire(lane).await,
         };
         self.metrics
             .ratelimit_wait_seconds
-            .inc_by(waited.as_secs_f64());
-        // The rate also climbs back inside the limiter after a throttle: keep the gauge current.
+            .inc_by(slot.saturating_duration_since(asked).as_secs_f64());
+        // The rate also climbs inside the limiter: keep the gauge current.
         self.metrics.ratelimit_rate.set(self.limiter.current_rate());
+        slot
+    }
+
+    async fn call_once(&self, ids: &[String]) -> Result<BatchAnswer, CallError> {
         let sig = self.signature();
         let random: u32 = rand::rng().random();
         let mut url = self.endpoint.clone();

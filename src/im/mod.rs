@@ -3,7 +3,7 @@
 pub mod client;
 pub(crate) mod codes;
 pub mod config;
-pub(crate) mod ratelimit;
+pub mod ratelimit;
 pub mod usersig;
 pub mod wire;
 

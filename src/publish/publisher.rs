@@ -79,6 +79,8 @@ const REGROW_AFTER: u32 = 100;
 
 /// How often a held publisher reads the topic back again.
 const HELD_RETRY: Duration = Duration::from_secs(10);
+/// How long publishing pauses when the database had no room to mark what was sent.
+const FULL_RETRY: Duration = Duration::from_secs(10);
 
 /// What ended a wait of the run loop.
 enum Next {
@@ -228,6 +230,10 @@ impl<S: Sink> Publisher<S> {
                 }
             };
             let round = match next {
+                Next::Round(Err(e)) if e.is_full() => {
+                    self.wait_for_room(&e, &shutdown).await;
+                    continue;
+                }
                 Next::Round(round) => round?,
                 Next::Stop(finished) => {
                     match finished {
@@ -346,6 +352,22 @@ impl<S: Sink> Publisher<S> {
             .call(move |db| db.delete_tombstones(&done))
             .await?;
         Ok(failed)
+    }
+
+    /// A round could not write its marks (the database has no room): what was in flight is
+    /// forgotten, and once the pause is over the next round starts again from the mark, after
+    /// the sink reads back what its destination already holds (exactly-once: a batch committed
+    /// but not marked is not sent twice). The sweep loop reports the full disk.
+    async fn wait_for_room(&mut self, error: &StoreError, shutdown: &CancellationToken) {
+        tracing::warn!(error = %error, "publishing pauses: the database has no room to mark what was sent");
+        self.inflight.clear();
+        self.prefetch = None;
+        self.marking = None;
+        self.sink.read_back_again();
+        tokio::select! {
+            _ = tokio::time::sleep(FULL_RETRY) => {}
+            _ = shutdown.cancelled() => {}
+        }
     }
 
     /// One round: read a batch, deliver it, mark what was acknowledged.

@@ -1,5 +1,6 @@
 //! `/metrics`, `/healthz` and `/readyz`, bound to localhost by default.
 
+use crate::listener::Limits;
 use crate::metrics::Metrics;
 use crate::publish::kafka::health::BrokerHealth;
 use axum::extract::State;
@@ -20,6 +21,8 @@ pub struct Health {
     pub kafka: std::sync::OnceLock<Arc<BrokerHealth>>,
     /// Set after `service.unready_after_failed_sweeps` sweeps in a row observed nothing.
     pub sweeps_failing: AtomicBool,
+    /// Set while the database has no room to write.
+    pub store_full: AtomicBool,
 }
 
 impl Health {
@@ -27,9 +30,17 @@ impl Health {
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
             && !self.sweeps_failing.load(Ordering::Relaxed)
+            && !self.store_full.load(Ordering::Relaxed)
             && !self.kafka.get().is_some_and(|k| k.blocks_readiness())
     }
 }
+
+/// Scrapers and probes are few and quick: a flood on this port cannot take the descriptors
+/// the rest of the daemon needs.
+const LIMITS: Limits = Limits {
+    max_connections: 64,
+    idle_timeout: std::time::Duration::from_secs(10),
+};
 
 #[derive(Clone)]
 struct AppState {
@@ -50,12 +61,11 @@ pub async fn serve(
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
-        .with_state(AppState { metrics, health });
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await;
-    });
+        .with_state(AppState {
+            metrics: metrics.clone(),
+            health,
+        });
+    crate::listener::spawn("metrics", listener, app, LIMITS, metrics, shutdown);
     Ok(bound)
 }
 

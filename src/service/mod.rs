@@ -10,6 +10,7 @@
 //! as tokio's mini-redis `server::run` takes its shutdown future.
 
 pub mod config;
+mod disk;
 pub(crate) mod http;
 pub(crate) mod notify;
 mod reload;

@@ -1,7 +1,7 @@
 //! Starting the daemon: the store, the IM client and the sweeper with its watch list, the sink
 //! and its publisher, and the HTTP endpoints; and stopping it again.
 
-use super::{http, notify, RunOptions, ServiceError};
+use super::{disk, http, notify, RunOptions, ServiceError};
 use crate::callback::{Endpoint, HintQueue};
 use crate::config::{Config, KafkaConfig, SinkKind};
 use crate::im::{ClientSettings, ImClient};
@@ -53,21 +53,56 @@ pub(super) async fn start(
         Duration::from_millis(config.store.busy_timeout_ms),
     )
     .await?;
+    let max_bytes = config.store.max_size_mb.saturating_mul(1024 * 1024);
+    store.call(move |db| db.set_max_size(max_bytes)).await?;
+    let http_stop = CancellationToken::new();
+    disk::spawn_monitor(
+        config.store.path.clone(),
+        max_bytes,
+        store.clone(),
+        metrics.clone(),
+        http_stop.clone(),
+    );
+    // Served from here on, so that a start waiting for room on a full disk is seen.
+    if !config.service.metrics_listen.is_empty() {
+        let addr = config.service.metrics_listen.parse().expect("validated");
+        let bound = http::serve(addr, metrics.clone(), health.clone(), http_stop.clone())
+            .await
+            .map_err(|source| ServiceError::Metrics {
+                addr: config.service.metrics_listen.clone(),
+                source,
+            })?;
+        tracing::info!(%bound, "metrics on http://{bound}/metrics");
+        if let Some(f) = options.on_metrics_bound.take() {
+            f(bound);
+        }
+    }
+
     let settings = ClientSettings::from_config(&config.im).map_err(ServiceError::Client)?;
     let client = Arc::new(ImClient::new(settings, metrics.clone()).map_err(ServiceError::Client)?);
     let client_waiting = client.waiting();
-    let mut sweeper = Sweeper::new(
-        client,
-        store.clone(),
-        SweepSettings {
-            batch_size: config.im.batch_size,
-            max_in_flight: config.im.max_in_flight,
-            batches_per_transaction: config.sweep.batches_per_transaction,
-            platform_changes_are_transitions: config.sweep.platform_changes_are_transitions,
-        },
-        metrics.clone(),
-    )
-    .await?;
+    let sweep_settings = SweepSettings {
+        batch_size: config.im.batch_size,
+        max_in_flight: config.im.max_in_flight,
+        batches_per_transaction: config.sweep.batches_per_transaction,
+        platform_changes_are_transitions: config.sweep.platform_changes_are_transitions,
+    };
+    // Loading the state writes (sweeps a crash left open are closed, commits folded).
+    let mut sweeper = loop {
+        let loaded = Sweeper::new(
+            client.clone(),
+            store.clone(),
+            sweep_settings.clone(),
+            metrics.clone(),
+        )
+        .await;
+        match loaded {
+            Err(e) if e.is_full() && !shutdown.is_cancelled() => {
+                disk::wait_for_room(&e, &store, &health, &metrics, shutdown).await?;
+            }
+            loaded => break loaded?,
+        }
+    };
     let watch = load_watch_list(&config, &store).await?;
     let removed = sweeper.set_watch_list(watch).await?;
     tracing::info!(
@@ -114,21 +149,6 @@ pub(super) async fn start(
         SinkKind::None => None,
     };
 
-    let http_stop = CancellationToken::new();
-    if !config.service.metrics_listen.is_empty() {
-        let addr = config.service.metrics_listen.parse().expect("validated");
-        let bound = http::serve(addr, metrics.clone(), health.clone(), http_stop.clone())
-            .await
-            .map_err(|source| ServiceError::Metrics {
-                addr: config.service.metrics_listen.clone(),
-                source,
-            })?;
-        tracing::info!(%bound, "metrics on http://{bound}/metrics");
-        if let Some(f) = options.on_metrics_bound.take() {
-            f(bound);
-        }
-    }
-
     let callbacks = match config.callback.enabled() {
         true => Some(serve_callbacks(&config, &mut sweeper, &metrics, &http_stop).await?),
         false => None,
@@ -166,7 +186,7 @@ async fn serve_callbacks(
         c.coalesce(),
         c.min_requery_interval(),
     ));
-    sweeper.take_hints(queue.clone());
+    sweeper.take_hints(queue.clone(), c.hinted_call_share);
     let endpoint = Arc::new(Endpoint::new(
         c.verifier(config.im.sdkappid),
         queue,
@@ -174,12 +194,13 @@ async fn serve_callbacks(
         c.max_body_bytes,
     ));
     let addr = c.listen.parse().expect("validated");
-    let bound = crate::callback::server::serve(addr, &c.path, endpoint.clone(), stop.clone())
-        .await
-        .map_err(|source| ServiceError::Callback {
-            addr: c.listen.clone(),
-            source,
-        })?;
+    let bound =
+        crate::callback::server::serve(addr, &c.path, endpoint.clone(), c.limits(), stop.clone())
+            .await
+            .map_err(|source| ServiceError::Callback {
+                addr: c.listen.clone(),
+                source,
+            })?;
     if c.token.is_empty() {
         tracing::warn!("callback.allow_unsigned: callbacks are accepted unsigned, so anyone who reaches the endpoint can ask for re-queries (they stay within im.calls_per_second); set the console's callback token");
     } else if c.token.expose().chars().count() < MIN_TOKEN_CHARS {

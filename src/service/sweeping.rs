@@ -3,7 +3,7 @@
 
 use super::reload::reload;
 use super::start::Running;
-use super::{notify, RunOptions, ServiceError};
+use super::{disk, notify, RunOptions, ServiceError};
 use crate::config::{Config, SinkKind};
 use crate::metrics::{Metrics, ResultLabel};
 use crate::model::now_millis;
@@ -71,7 +71,12 @@ pub(super) async fn sweep_until_stopped(
                     if report.outcome == SweepOutcome::Stopped {
                         break;
                     }
-                    prune(live_config, store, shutdown).await?;
+                    match prune(live_config, store, shutdown).await {
+                        Err(e) if e.is_full() => {
+                            disk::wait_for_room(&e, store, health, metrics, shutdown).await?;
+                        }
+                        pruned => pruned?,
+                    }
                 }
                 Err(SweepError::Configuration(e)) => {
                     wake.notify_one();
@@ -86,6 +91,12 @@ pub(super) async fn sweep_until_stopped(
                         .inc();
                     tracing::error!(error = %e, "sweeping stopped: fix [im] in the configuration and restart; SIGHUP retries with the running settings");
                     notify::status(&format!("stopped: {e}"));
+                }
+                // What was not committed is found again by the next sweep, which starts as
+                // soon as a write fits.
+                Err(SweepError::Store(e)) if e.is_full() => {
+                    disk::wait_for_room(&e, store, health, metrics, shutdown).await?;
+                    continue;
                 }
                 Err(SweepError::Store(e)) => return Err(e.into()),
             }
@@ -104,9 +115,16 @@ pub(super) async fn sweep_until_stopped(
         loop {
             sweeper.progress().store(now_millis(), Ordering::Relaxed);
             let step = next.min(tokio::time::Instant::now() + Duration::from_secs(5));
-            let idle = sweeper
+            let idle = match sweeper
                 .idle(step, shutdown, reload_requested(&mut reloads))
-                .await?;
+                .await
+            {
+                Err(e) if e.is_full() => {
+                    disk::wait_for_room(&e, store, health, metrics, shutdown).await?;
+                    break;
+                }
+                idle => idle?,
+            };
             match idle {
                 Idle::Stopped => break,
                 Idle::Deadline => {}

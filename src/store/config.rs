@@ -17,6 +17,9 @@ pub struct StoreConfig {
     pub busy_timeout_ms: u64,
     /// History older than this is pruned; 0 keeps everything.
     pub retention_days: u64,
+    /// The database file grows to at most this many MiB; 0 leaves it to the filesystem. Reaching
+    /// it is handled as a full disk.
+    pub max_size_mb: u64,
 }
 
 impl Default for StoreConfig {
@@ -25,6 +28,7 @@ impl Default for StoreConfig {
             path: PathBuf::from("/var/lib/presenced/presenced.db"),
             busy_timeout_ms: 5_000,
             retention_days: 0,
+            max_size_mb: 0,
         }
     }
 }
@@ -37,6 +41,12 @@ impl Section for StoreConfig {
                 self.busy_timeout_ms as f64,
                 0.0,
                 600_000.0,
+            ),
+            Range::new(
+                "store.max_size_mb",
+                self.max_size_mb as f64,
+                0.0,
+                1_000_000_000.0,
             ),
             Range::new(
                 "store.retention_days",

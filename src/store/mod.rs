@@ -18,6 +18,7 @@ mod history;
 pub mod migrate;
 mod outbox;
 mod position;
+pub mod space;
 mod sweeps;
 #[cfg(test)]
 mod tests;
@@ -90,6 +91,17 @@ impl StoreError {
     /// build) rather than a failure while working with it.
     pub fn is_configuration(&self) -> bool {
         matches!(self, StoreError::TooNew { .. } | StoreError::Open { .. })
+    }
+
+    /// Whether the write failed for want of space: the filesystem is full, or the database
+    /// reached `store.max_size_mb`. Nothing committed is lost; the write can be retried later.
+    pub fn is_full(&self) -> bool {
+        let source = match self {
+            StoreError::Sqlite(e) => e,
+            StoreError::Migration { source, .. } => source,
+            _ => return false,
+        };
+        source.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
     }
 }
 

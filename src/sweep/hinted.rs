@@ -1,10 +1,11 @@
-//! Re-queries of accounts IM's callbacks hinted at: ahead of sweep batches while a sweep runs
-//! (the same calls, so the same pacing), and on their own between sweeps. Their answers go
-//! through the same diff and commit as a sweep's.
+//! Re-queries of accounts IM's callbacks hinted at: beside a sweep's batches while a sweep
+//! runs, and on their own between sweeps, always in the hinted lane of the pacing (its share
+//! of the call rate). Their answers go through the same diff and commit as a sweep's.
 
 use super::{Sweeper, IN_FLIGHT_GRACE};
 use crate::callback::HintQueue;
-use crate::im::{AccountOutcome, BatchAnswer, QueryError};
+use crate::im::ratelimit::Lane;
+use crate::im::{AccountOutcome, BatchAnswer, ImClient, QueryError};
 use crate::metrics::Metrics;
 use crate::model::{now_millis, CallbackHint, Cause};
 use crate::store::{StoreError, SweepCounts, WriteSet};
@@ -24,6 +25,8 @@ pub(super) struct Query {
     pub number: u64,
     /// For a hinted call, each account's callback, in the order of `ids`.
     pub hints: Option<Vec<CallbackHint>>,
+    /// For a hinted call, its slot in the hinted lane of the pacing.
+    pub slot: Option<Instant>,
 }
 
 impl Query {
@@ -75,30 +78,56 @@ impl Applied {
     }
 }
 
-/// A call for the hinted accounts ready now, if any: numbered in issue order, counted, and its
-/// accounts marked contested. Both the sweep's query task and the idle loop issue them.
-fn issue_hinted(
-    hints: &HintQueue,
-    issued: &AtomicU64,
-    metrics: &Metrics,
-    contested: &Mutex<HashSet<String>>,
-) -> Option<Query> {
-    let taken = hints.take(Instant::now());
-    if taken.is_empty() {
-        return None;
+/// Issues calls for hinted accounts, in the hinted lane of the pacing. Both the sweep's query
+/// task and the idle loop issue them.
+#[derive(Debug, Clone)]
+pub(super) struct HintedCalls {
+    hints: Arc<HintQueue>,
+    client: Arc<ImClient>,
+    issued: Arc<AtomicU64>,
+    metrics: Arc<Metrics>,
+    contested: Arc<Mutex<HashSet<String>>>,
+}
+
+impl HintedCalls {
+    /// Waits until hinted accounts are ready and the hinted lane has a slot for them.
+    pub async fn ready(&self) {
+        loop {
+            self.hints.ready().await;
+            match self.client.limiter().next_free(Lane::Hinted) {
+                at if at <= Instant::now() => return,
+                at => tokio::time::sleep_until(at).await,
+            }
+        }
     }
-    metrics.hinted_calls.inc();
-    metrics.hint_queue_length.set(hints.len() as i64);
-    let (ids, hints): (Vec<String>, Vec<CallbackHint>) = taken.into_iter().unzip();
-    contested
-        .lock()
-        .expect("contested")
-        .extend(ids.iter().cloned());
-    Some(Query {
-        ids,
-        number: issued.fetch_add(1, Ordering::Relaxed),
-        hints: Some(hints),
-    })
+
+    /// A call for the hinted accounts ready now, if any and if the hinted lane has a slot for
+    /// it: numbered in issue order, counted, and its accounts marked contested. Hints beyond
+    /// the lane's share wait in the queue, where later ones merge into the same call.
+    pub fn issue(&self) -> Option<Query> {
+        let now = Instant::now();
+        if !self.hints.is_ready(now) {
+            return None;
+        }
+        let slot = self.client.limiter().try_acquire(Lane::Hinted).ok()?;
+        let taken = self.hints.take(now);
+        if taken.is_empty() {
+            return None;
+        }
+        self.metrics.hinted_calls.inc();
+        self.metrics.hint_queue_length.set(self.hints.len() as i64);
+        let (ids, hints): (Vec<String>, Vec<CallbackHint>) = taken.into_iter().unzip();
+        self.contested
+            .lock()
+            .expect("contested")
+            .extend(ids.iter().cloned());
+        Some(Query {
+            ids,
+            number: self.issued.fetch_add(1, Ordering::Relaxed),
+            hints: Some(hints),
+            slot: Some(slot),
+        })
+    }
 }
 
 /// Why [`Sweeper::idle`] returned.
@@ -113,23 +142,13 @@ pub enum Idle {
 }
 
 impl Sweeper {
-    /// A sweep's calls, in watch-list order, with a call of hinted accounts put ahead of the
-    /// next batch whenever one is ready. Pulled lazily, one call each time a slot frees.
-    pub(super) fn query_source(&self) -> impl Iterator<Item = Query> + Send + 'static {
+    /// A sweep's batches, in watch-list order, pulled lazily, one each time a call slot frees.
+    pub(super) fn sweep_batches(&self) -> impl Iterator<Item = Query> + Send + 'static {
         let watch = self.watch.clone();
         let size = self.settings.batch_size.max(1);
-        let hints = self.hints.clone();
         let issued = self.queries_issued.clone();
-        let metrics = self.metrics.clone();
-        let contested = self.applied.contested.clone();
         let mut at = 0;
         std::iter::from_fn(move || {
-            let hinted = hints
-                .as_deref()
-                .and_then(|h| issue_hinted(h, &issued, &metrics, &contested));
-            if hinted.is_some() {
-                return hinted;
-            }
             if at >= watch.len() {
                 return None;
             }
@@ -140,7 +159,19 @@ impl Sweeper {
                 ids,
                 number: issued.fetch_add(1, Ordering::Relaxed),
                 hints: None,
+                slot: None,
             })
+        })
+    }
+
+    /// What issues hinted calls, when callbacks are on.
+    pub(super) fn hinted_calls(&self) -> Option<HintedCalls> {
+        Some(HintedCalls {
+            hints: self.hints.clone()?,
+            client: self.client.clone(),
+            issued: self.queries_issued.clone(),
+            metrics: self.metrics.clone(),
+            contested: self.applied.contested.clone(),
         })
     }
 
@@ -211,8 +242,8 @@ impl Sweeper {
         interrupt: impl Future<Output = ()>,
     ) -> Result<Idle, StoreError> {
         tokio::pin!(interrupt);
-        let hints = self.hints.clone().filter(|_| self.last_sweep_id.is_some());
-        let Some(hints) = hints else {
+        let hinted = self.hinted_calls().filter(|_| self.last_sweep_id.is_some());
+        let Some(hinted) = hinted else {
             return Ok(tokio::select! {
                 _ = tokio::time::sleep_until(until) => Idle::Deadline,
                 _ = shutdown.cancelled() => Idle::Stopped,
@@ -227,14 +258,14 @@ impl Sweeper {
             self.progress.store(now_millis(), Ordering::Relaxed);
             if ended.is_none() {
                 while calls.len() < max_in_flight {
-                    let issued = &self.queries_issued;
-                    let contested = &self.applied.contested;
-                    let Some(query) = issue_hinted(&hints, issued, &self.metrics, contested) else {
+                    let Some(query) = hinted.issue() else {
                         break;
                     };
                     let client = self.client.clone();
                     calls.push(async move {
-                        let result = client.query_urgent(&query.ids).await;
+                        let result = client
+                            .query_hinted(&query.ids, query.slot.expect("hinted"))
+                            .await;
                         (query, result)
                     });
                 }
@@ -244,7 +275,7 @@ impl Sweeper {
                     return Ok(why);
                 }
                 tokio::select! {
-                    _ = hints.ready() => continue,
+                    _ = hinted.ready() => continue,
                     _ = tokio::time::sleep_until(until) => return Ok(Idle::Deadline),
                     _ = shutdown.cancelled() => return Ok(Idle::Stopped),
                     _ = &mut interrupt => return Ok(Idle::Interrupted),
@@ -253,7 +284,7 @@ impl Sweeper {
             let room = ended.is_none() && calls.len() < max_in_flight;
             let done = tokio::select! {
                 done = calls.next() => done,
-                _ = hints.ready(), if room => continue,
+                _ = hinted.ready(), if room => continue,
                 _ = tokio::time::sleep_until(until), if ended.is_none() => {
                     ended = Some(Idle::Deadline);
                     continue;

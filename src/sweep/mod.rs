@@ -6,13 +6,14 @@ mod hinted;
 pub(crate) mod snapshot;
 
 pub use hinted::Idle;
-use hinted::{Applied, Query};
+use hinted::{Applied, HintedCalls, Query};
 
 use crate::callback::HintQueue;
 use crate::im::{AccountOutcome, BatchAnswer, ImClient, QueryError};
 use crate::metrics::{Metrics, TransitionLabels};
 use crate::model::{now_millis, Cause};
 use crate::store::{Store, StoreError, SweepCounts, WriteSet};
+use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 pub use snapshot::{Decision, Snapshot};
 use std::collections::HashSet;
@@ -146,9 +147,10 @@ impl Sweeper {
         self.committed = Some(notify);
     }
 
-    /// Re-queries the accounts `hints` receives: ahead of sweep batches during a sweep, and
-    /// between sweeps in [`Sweeper::idle`].
-    pub fn take_hints(&mut self, hints: Arc<HintQueue>) {
+    /// Re-queries the accounts `hints` receives, with `share` of the call rate: ahead of sweep
+    /// batches during a sweep, and between sweeps in [`Sweeper::idle`].
+    pub fn take_hints(&mut self, hints: Arc<HintQueue>, share: f64) {
+        self.client.limiter().set_hinted_share(share);
         hints.set_watch_list(self.watch.clone());
         self.hints = Some(hints);
     }
@@ -217,7 +219,8 @@ impl Sweeper {
         );
         let producer = tokio::spawn(run_queries(
             self.client.clone(),
-            self.query_source(),
+            self.sweep_batches(),
+            self.hinted_calls(),
             self.settings.max_in_flight,
             stop_queries.clone(),
             answers_tx,
@@ -403,27 +406,33 @@ impl Sweeper {
     }
 }
 
+/// Runs a sweep's batches, `max_in_flight` at a time, and beside them the hinted calls that
+/// become ready (each in its own lane of the pacing), until the batches are done.
 async fn run_queries(
     client: Arc<ImClient>,
-    queries: impl Iterator<Item = Query> + Send + 'static,
+    batches: impl Iterator<Item = Query> + Send + 'static,
+    hinted: Option<HintedCalls>,
     max_in_flight: usize,
     stop: CancellationToken,
     answers: mpsc::Sender<(Query, Result<BatchAnswer, QueryError>)>,
 ) {
+    let call = |query: Query| {
+        let client = client.clone();
+        async move {
+            let result = match query.slot {
+                Some(slot) => client.query_hinted(&query.ids, slot).await,
+                None => client.query(&query.ids).await,
+            };
+            (query, result)
+        }
+    };
     let stop_for_filter = stop.clone();
-    let mut results = futures_util::stream::iter(queries)
+    let mut sweep = futures_util::stream::iter(batches)
         .take_while(move |_| std::future::ready(!stop_for_filter.is_cancelled()))
-        .map(|query| {
-            let client = client.clone();
-            async move {
-                let result = match query.is_hinted() {
-                    true => client.query_urgent(&query.ids).await,
-                    false => client.query(&query.ids).await,
-                };
-                (query, result)
-            }
-        })
+        .map(call)
         .buffer_unordered(max_in_flight.max(1));
+    let mut hinted_calls = FuturesUnordered::new();
+    let mut batches_done = false;
     // After a stop, calls already in flight get a grace period to come back (a retrying batch
     // could otherwise hold shutdown for its whole backoff); then they are abandoned, which
     // writes nothing for their accounts.
@@ -432,15 +441,37 @@ async fn run_queries(
         tokio::time::sleep(IN_FLIGHT_GRACE).await;
     };
     tokio::pin!(grace);
+    let ready_hinted = || async {
+        match &hinted {
+            Some(h) => h.ready().await,
+            None => std::future::pending().await,
+        }
+    };
     loop {
+        if batches_done && hinted_calls.is_empty() {
+            return;
+        }
+        let room = !batches_done && !stop.is_cancelled() && hinted_calls.len() < max_in_flight;
         let item = tokio::select! {
-            item = results.next() => item,
+            item = sweep.next(), if !batches_done => match item {
+                Some(item) => item,
+                None => {
+                    batches_done = true;
+                    continue;
+                }
+            },
+            Some(item) = hinted_calls.next() => item,
+            _ = ready_hinted(), if room => {
+                if let Some(query) = hinted.as_ref().and_then(HintedCalls::issue) {
+                    hinted_calls.push(call(query));
+                }
+                continue;
+            }
             _ = &mut grace => {
                 tracing::info!("abandoning IM calls still in flight at shutdown");
-                None
+                return;
             }
         };
-        let Some(item) = item else { return };
         if answers.send(item).await.is_err() {
             return;
         }

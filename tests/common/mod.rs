@@ -382,3 +382,28 @@ impl Drop for Reaped {
         let _ = self.0.wait();
     }
 }
+
+/// The database matches the simulator's ground truth, account for account.
+pub async fn assert_matches_truth(db_path: &std::path::Path, control: &Control) {
+    let mut db = presenced::store::Db::open(db_path, std::time::Duration::from_secs(5)).unwrap();
+    check_invariants(&mut db);
+    let truth = control.truth().await;
+    let current = db.load_current().unwrap();
+    let by_id: std::collections::HashMap<_, _> =
+        current.iter().map(|r| (r.user_id.as_str(), r)).collect();
+    let mut mismatched = Vec::new();
+    for account in &truth {
+        let row = by_id.get(account.user_id.as_str());
+        let mut platforms = account.platforms.clone();
+        platforms.sort_by(|a, b| a.platform.cmp(&b.platform));
+        if row.is_none_or(|r| r.state != Some(account.status) || r.platforms != platforms) {
+            mismatched.push(account.user_id.clone());
+        }
+    }
+    assert!(
+        mismatched.is_empty(),
+        "SQLite must match the simulator: {} accounts differ, e.g. {:?}",
+        mismatched.len(),
+        &mismatched[..mismatched.len().min(5)]
+    );
+}
