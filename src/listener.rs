@@ -124,8 +124,8 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
-        open.inc();
-        let (open, router, shutdown) = (open.clone(), router.clone(), shutdown.clone());
+        let open = OpenConnection::new(open.clone());
+        let (router, shutdown) = (router.clone(), shutdown.clone());
         tokio::spawn(async move {
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -139,8 +139,24 @@ async fn accept_loop(
                     let _ = connection.await;
                 }
             }
-            open.dec();
+            drop(open);
             drop(permit);
         });
+    }
+}
+
+/// One open connection in the gauge, for as long as it lives (a panicking task included).
+struct OpenConnection(prometheus_client::metrics::gauge::Gauge);
+
+impl OpenConnection {
+    fn new(gauge: prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        OpenConnection(gauge)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }

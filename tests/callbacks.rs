@@ -769,12 +769,12 @@ async fn a_sweep_completes_under_a_flood_of_hints_that_take_only_their_share() {
     })
     .await;
     let metrics = scrape(metrics_port).await;
+    let calls = (sim.control().stats().await.calls - calls_before) as f64;
     flooding.cancel();
     let sent = flood.await.unwrap();
-    let calls = (sim.control().stats().await.calls - calls_before) as f64;
     let hinted = metric(&metrics, "presenced_hinted_calls_total", &[]);
     eprintln!("{sent} callbacks; {calls} calls, {hinted} of them hinted");
-    assert!(sent > 500, "the flood went on through the sweep");
+    assert!(sent > 100, "the flood went on through the sweep");
     assert!(hinted > 0.0, "hinted calls went out during the sweep");
     assert!(
         hinted <= 0.3 * calls + 2.0,

@@ -496,8 +496,9 @@ async fn the_rate_learned_in_one_sweep_survives_the_pause_before_the_next() {
         .copied()
         .unwrap_or(0)
         - refused_before;
+    // At most 5% (the benchmark's 60 s runs see 0.15%); the rate it started from saw 50%.
     assert!(
-        refused <= 2,
+        refused <= 4,
         "{refused} of the second sweep's 80 calls were refused (learned {learned:.1}/s)"
     );
     sim.stop().await;

@@ -2,7 +2,7 @@
 
 use super::codes::{self, ErrorClass};
 use super::config::{Command, ImConfig};
-use super::ratelimit::{Lane, RateLimiter};
+use super::ratelimit::{Grant, Lane, RateLimiter};
 use super::usersig;
 use super::wire::{self, AccountOutcome, AnswerError, QueryRequest};
 use crate::metrics::Metrics;
@@ -236,27 +236,27 @@ impl ImClient {
         self.query_in(ids, Lane::Sweep, None).await
     }
 
-    /// [`ImClient::query`] in the hinted lane (a callback's re-query), its first attempt at
-    /// `slot` (from [`RateLimiter::try_acquire`]).
+    /// [`ImClient::query`] in the hinted lane (a callback's re-query), its first attempt in
+    /// the slot of `grant` (from [`RateLimiter::try_acquire`]).
     pub async fn query_hinted(
         &self,
         ids: &[String],
-        slot: tokio::time::Instant,
+        grant: Grant,
     ) -> Result<BatchAnswer, QueryError> {
-        self.query_in(ids, Lane::Hinted, Some(slot)).await
+        self.query_in(ids, Lane::Hinted, Some(grant)).await
     }
 
     async fn query_in(
         &self,
         ids: &[String],
         lane: Lane,
-        mut reserved: Option<tokio::time::Instant>,
+        mut reserved: Option<Grant>,
     ) -> Result<BatchAnswer, QueryError> {
         let mut regenerated_for_invalid = false;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let slot = self.pace(lane, reserved.take()).await;
+            let grant = self.pace(lane, reserved.take()).await;
             let err = match self.call_once(ids).await {
                 Ok(answer) => return Ok(answer),
                 Err(e) => e,
@@ -289,7 +289,7 @@ impl ImClient {
                 }
                 ErrorClass::SignatureExpired => self.invalidate_signature(),
                 ErrorClass::RateLimited => {
-                    self.limiter.on_throttled(slot);
+                    self.limiter.on_throttled(grant);
                     self.metrics.ratelimit_rate.set(self.limiter.current_rate());
                 }
                 ErrorClass::SignatureLocked | ErrorClass::Transient | ErrorClass::Unknown => {}
@@ -325,25 +325,21 @@ impl ImClient {
     }
 
     /// Waits for the call's slot (`reserved`, or the next in `lane`), and returns it.
-    async fn pace(
-        &self,
-        lane: Lane,
-        reserved: Option<tokio::time::Instant>,
-    ) -> tokio::time::Instant {
+    async fn pace(&self, lane: Lane, reserved: Option<Grant>) -> Grant {
         let asked = tokio::time::Instant::now();
-        let slot = match reserved {
-            Some(slot) => {
-                tokio::time::sleep_until(slot).await;
-                slot
+        let grant = match reserved {
+            Some(grant) => {
+                tokio::time::sleep_until(grant.at).await;
+                grant
             }
             None => self.limiter.acquire(lane).await,
         };
         self.metrics
             .ratelimit_wait_seconds
-            .inc_by(slot.saturating_duration_since(asked).as_secs_f64());
+            .inc_by(grant.at.saturating_duration_since(asked).as_secs_f64());
         // The rate also climbs inside the limiter: keep the gauge current.
         self.metrics.ratelimit_rate.set(self.limiter.current_rate());
-        slot
+        grant
     }
 
     async fn call_once(&self, ids: &[String]) -> Result<BatchAnswer, CallError> {

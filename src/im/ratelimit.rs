@@ -28,6 +28,15 @@ const DECREASE_GAP: Duration = Duration::from_millis(100);
 /// A lane that used this fraction of its slots in a second ran at its full pace.
 const BUSY: f64 = 0.9;
 
+/// A call's slot, and which of the rate's decreases it was granted after.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant {
+    /// When the call may go.
+    pub at: Instant,
+    /// How many decreases the rate had seen when the slot was granted.
+    epoch: u64,
+}
+
 /// Which calls a slot is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lane {
@@ -63,6 +72,8 @@ struct Inner {
     /// Each lane's earliest time for its next call.
     next: [Instant; 2],
     last_decrease: Option<Instant>,
+    /// Decreases so far: a refusal of a slot granted before the last one says nothing new.
+    epoch: u64,
     /// The second being measured: calls granted per lane, and whether IM refused any.
     window_start: Instant,
     granted: [u64; 2],
@@ -82,6 +93,7 @@ impl RateLimiter {
                 hinted_share: 0.0,
                 next: [now; 2],
                 last_decrease: None,
+                epoch: 0,
                 window_start: now,
                 granted: [0; 2],
                 throttled: false,
@@ -99,14 +111,14 @@ impl RateLimiter {
         self.inner.lock().expect("limiter lock").hinted_share = share.clamp(0.0, 1.0);
     }
 
-    /// Waits for a slot in `lane`. Returns the slot's time.
-    pub async fn acquire(&self, lane: Lane) -> Instant {
+    /// Waits for a slot in `lane`, and returns it.
+    pub async fn acquire(&self, lane: Lane) -> Grant {
         loop {
             let now = Instant::now();
             let wait_until = match self.reserve(lane, now, None) {
-                Ok(slot) => {
-                    tokio::time::sleep_until(slot).await;
-                    return slot;
+                Ok(grant) => {
+                    tokio::time::sleep_until(grant.at).await;
+                    return grant;
                 }
                 Err(free_at) => free_at,
             };
@@ -117,7 +129,7 @@ impl RateLimiter {
     /// A slot in `lane` if one is free within [`LOOKAHEAD`] (the caller sleeps until it), or
     /// `Err` with the time one will be. Hinted calls take their accounts only once they have a
     /// slot, so that hints arriving meanwhile merge into the call.
-    pub fn try_acquire(&self, lane: Lane) -> Result<Instant, Instant> {
+    pub fn try_acquire(&self, lane: Lane) -> Result<Grant, Instant> {
         self.reserve(lane, Instant::now(), Some(LOOKAHEAD))
     }
 
@@ -135,7 +147,7 @@ impl RateLimiter {
         lane: Lane,
         now: Instant,
         lookahead: Option<Duration>,
-    ) -> Result<Instant, Instant> {
+    ) -> Result<Grant, Instant> {
         let mut s = self.inner.lock().expect("limiter lock");
         s.learn(now, self.ceiling);
         let lane_rate = s.lane_rate(lane).max(self.floor / 10.0);
@@ -148,19 +160,20 @@ impl RateLimiter {
         }
         *next = slot + interval;
         s.granted[lane.index()] += 1;
-        Ok(slot)
+        Ok(Grant {
+            at: slot,
+            epoch: s.epoch,
+        })
     }
 
-    /// IM said "frequency exceeded" to a call that went out at `slot`. A call made before the
-    /// last decrease was made at the old rate and says nothing new; any other lowers the rate
-    /// and pauses each lane one new interval.
-    pub fn on_throttled(&self, slot: Instant) {
+    /// IM said "frequency exceeded" to the call of `grant`. A slot granted before the last
+    /// decrease was paced at the old rate and says nothing new; any other lowers the rate and
+    /// pauses each lane one new interval.
+    pub fn on_throttled(&self, grant: Grant) {
         let mut s = self.inner.lock().expect("limiter lock");
         let now = Instant::now();
         s.throttled = true;
-        if s.last_decrease
-            .is_some_and(|t| slot <= t || now < t + DECREASE_GAP)
-        {
+        if grant.epoch < s.epoch || s.last_decrease.is_some_and(|t| now < t + DECREASE_GAP) {
             return;
         }
         s.rate = (s.rate * DECREASE).max(self.floor);
@@ -170,6 +183,7 @@ impl RateLimiter {
             *next = (*next).max(now) + Duration::from_secs_f64(1.0 / rate);
         }
         s.last_decrease = Some(now);
+        s.epoch += 1;
     }
 }
 
@@ -181,17 +195,17 @@ impl Inner {
         }
     }
 
-    /// Closes the measured second once it is over: if a lane used nearly all its slots and IM
-    /// refused none, the rate goes up a step. An idle spell is one long second that was not busy.
+    /// Closes the measured second once it is over: if the sweep's lane used nearly all its
+    /// slots and IM refused none, the rate goes up a step. Hinted calls alone raise nothing
+    /// (their lane is a small part of the rate), and an idle spell is one long second that was
+    /// not busy.
     fn learn(&mut self, now: Instant, ceiling: f64) {
         let elapsed = now.duration_since(self.window_start).as_secs_f64();
         if elapsed < 1.0 {
             return;
         }
-        let busy = [Lane::Sweep, Lane::Hinted].into_iter().any(|lane| {
-            let capacity = self.lane_rate(lane) * elapsed;
-            capacity > 0.0 && self.granted[lane.index()] as f64 >= BUSY * capacity
-        });
+        let capacity = self.lane_rate(Lane::Sweep) * elapsed;
+        let busy = capacity > 0.0 && self.granted[Lane::Sweep.index()] as f64 >= BUSY * capacity;
         if busy && !self.throttled {
             self.rate = (self.rate * INCREASE).min(ceiling);
         }
@@ -242,11 +256,14 @@ mod tests {
     async fn a_refusal_lowers_the_rate_once_per_excess() {
         let limiter = RateLimiter::new(200.0);
         let slot = limiter.acquire(Lane::Sweep).await;
+        // Granted before the decrease, to go out after it (reserved ahead).
+        let early = limiter.try_acquire(Lane::Sweep).unwrap();
         limiter.on_throttled(slot);
         assert_eq!(limiter.current_rate(), 180.0);
-        // A call made before that decrease, refused after it: the same excess.
+        // Calls granted before that decrease, refused after it: the same excess.
         tokio::time::advance(DECREASE_GAP).await;
         limiter.on_throttled(slot);
+        limiter.on_throttled(early);
         assert_eq!(limiter.current_rate(), 180.0);
         // A call made at the new rate and refused too: lower again.
         let slot = limiter.acquire(Lane::Sweep).await;
@@ -282,6 +299,20 @@ mod tests {
         let expected = 180.0 * INCREASE * INCREASE;
         let rate = limiter.current_rate();
         assert!((rate - expected).abs() < 1e-9, "{rate} != {expected}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hinted_calls_alone_do_not_raise_the_rate() {
+        let limiter = RateLimiter::new(100.0);
+        limiter.set_hinted_share(0.25);
+        let slot = limiter.acquire(Lane::Sweep).await;
+        limiter.on_throttled(slot);
+        let start = Instant::now();
+        // Between sweeps, a steady stream of callbacks keeps the hinted lane full.
+        while start.elapsed() < Duration::from_secs(10) {
+            limiter.acquire(Lane::Hinted).await;
+        }
+        assert_eq!(limiter.current_rate(), 90.0);
     }
 
     #[tokio::test(start_paused = true)]

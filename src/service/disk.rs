@@ -4,11 +4,13 @@
 //! and the room left are measured for `/metrics` all along.
 
 use super::http::Health;
+use super::notify;
 use crate::metrics::Metrics;
+use crate::model::now_millis;
 use crate::store::space::{measure, MIN_ROOM_BYTES};
 use crate::store::{Store, StoreError};
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -55,14 +57,23 @@ pub(super) fn spawn_monitor(
 }
 
 /// After `error` (a write that found no room): waits, not ready, until a small write commits
-/// again or `shutdown`. Errors other than a full disk end the wait as they are.
+/// again or `shutdown`. Errors other than a full disk end the wait as they are. The wait is
+/// progress for the systemd watchdog (`progress`), or, while starting (`None`), it extends
+/// systemd's start timeout.
 pub(super) async fn wait_for_room(
     error: &StoreError,
     store: &Store,
     health: &Health,
     metrics: &Metrics,
     shutdown: &CancellationToken,
+    progress: Option<&AtomicI64>,
 ) -> Result<(), StoreError> {
+    let alive = || match progress {
+        Some(p) => p.store(now_millis(), Ordering::Relaxed),
+        None => notify::extend_start_timeout(RETRY_EVERY * 3),
+    };
+    alive();
+    notify::status("waiting for room to write the database (disk full or store.max_size_mb)");
     let since = Instant::now();
     health.store_full.store(true, Ordering::Relaxed);
     metrics.store_full.set(1);
@@ -73,6 +84,7 @@ pub(super) async fn wait_for_room(
             _ = tokio::time::sleep(RETRY_EVERY) => {}
             _ = shutdown.cancelled() => break Ok(false),
         }
+        alive();
         match store.call(|db| db.has_room(MIN_ROOM_BYTES)).await {
             Ok(true) => break Ok(true),
             Ok(false) => {}
@@ -90,6 +102,11 @@ pub(super) async fn wait_for_room(
     health.store_full.store(false, Ordering::Relaxed);
     metrics.store_full.set(0);
     if room? {
+        // The sweep the full disk cut short is over; no other runs while this one waits.
+        match store.call(|db| db.close_interrupted_sweeps()).await {
+            Err(e) if !e.is_full() => return Err(e),
+            _ => {}
+        }
         tracing::info!(
             waited_secs = since.elapsed().as_secs(),
             "the database has room again: resuming with a full sweep"

@@ -98,7 +98,7 @@ pub(super) async fn start(
         .await;
         match loaded {
             Err(e) if e.is_full() && !shutdown.is_cancelled() => {
-                disk::wait_for_room(&e, &store, &health, &metrics, shutdown).await?;
+                disk::wait_for_room(&e, &store, &health, &metrics, shutdown, None).await?;
             }
             loaded => break loaded?,
         }

@@ -45,6 +45,7 @@ pub(super) async fn sweep_until_stopped(
         ..
     } = running;
     let mut reloads = options.reloads.take();
+    let progress = sweeper.progress();
     let interval = Duration::from_secs_f64(live_config.sweep.interval_secs);
     let mut sweeps_done = 0u64;
     let mut failed_in_a_row = 0u32;
@@ -73,7 +74,15 @@ pub(super) async fn sweep_until_stopped(
                     }
                     match prune(live_config, store, shutdown).await {
                         Err(e) if e.is_full() => {
-                            disk::wait_for_room(&e, store, health, metrics, shutdown).await?;
+                            disk::wait_for_room(
+                                &e,
+                                store,
+                                health,
+                                metrics,
+                                shutdown,
+                                Some(&progress),
+                            )
+                            .await?;
                         }
                         pruned => pruned?,
                     }
@@ -95,7 +104,8 @@ pub(super) async fn sweep_until_stopped(
                 // What was not committed is found again by the next sweep, which starts as
                 // soon as a write fits.
                 Err(SweepError::Store(e)) if e.is_full() => {
-                    disk::wait_for_room(&e, store, health, metrics, shutdown).await?;
+                    disk::wait_for_room(&e, store, health, metrics, shutdown, Some(&progress))
+                        .await?;
                     continue;
                 }
                 Err(SweepError::Store(e)) => return Err(e.into()),
@@ -120,7 +130,8 @@ pub(super) async fn sweep_until_stopped(
                 .await
             {
                 Err(e) if e.is_full() => {
-                    disk::wait_for_room(&e, store, health, metrics, shutdown).await?;
+                    disk::wait_for_room(&e, store, health, metrics, shutdown, Some(&progress))
+                        .await?;
                     break;
                 }
                 idle => idle?,

@@ -61,8 +61,19 @@ impl Db {
         }
         let page: u64 = self.conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
         let pages = (max_bytes / page.max(1)).max(1);
-        self.conn
-            .query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))?;
+        // SQLite keeps a cap under the current size at the current size.
+        let set: u64 =
+            self.conn
+                .query_row(&format!("PRAGMA max_page_count = {pages}"), [], |r| {
+                    r.get(0)
+                })?;
+        if set > pages {
+            tracing::warn!(
+                max_size_mb = max_bytes / (1024 * 1024),
+                size_mb = set * page / (1024 * 1024),
+                "the database is already larger than store.max_size_mb: it may not grow, and has no room until rows are pruned"
+            );
+        }
         Ok(())
     }
 

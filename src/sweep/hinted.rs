@@ -4,7 +4,7 @@
 
 use super::{Sweeper, IN_FLIGHT_GRACE};
 use crate::callback::HintQueue;
-use crate::im::ratelimit::Lane;
+use crate::im::ratelimit::{Grant, Lane};
 use crate::im::{AccountOutcome, BatchAnswer, ImClient, QueryError};
 use crate::metrics::Metrics;
 use crate::model::{now_millis, CallbackHint, Cause};
@@ -26,7 +26,7 @@ pub(super) struct Query {
     /// For a hinted call, each account's callback, in the order of `ids`.
     pub hints: Option<Vec<CallbackHint>>,
     /// For a hinted call, its slot in the hinted lane of the pacing.
-    pub slot: Option<Instant>,
+    pub slot: Option<Grant>,
 }
 
 impl Query {

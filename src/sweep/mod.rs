@@ -217,14 +217,18 @@ impl Sweeper {
         let (answers_tx, mut answers_rx) = mpsc::channel::<(Query, Result<BatchAnswer, QueryError>)>(
             self.settings.max_in_flight.max(1) * 2,
         );
-        let producer = tokio::spawn(run_queries(
-            self.client.clone(),
-            self.sweep_batches(),
-            self.hinted_calls(),
-            self.settings.max_in_flight,
-            stop_queries.clone(),
-            answers_tx,
-        ));
+        // A sweep that ends early (a commit failed) stops its calls with it.
+        let mut producer = QueryTask {
+            handle: Some(tokio::spawn(run_queries(
+                self.client.clone(),
+                self.sweep_batches(),
+                self.hinted_calls(),
+                self.settings.max_in_flight,
+                stop_queries.clone(),
+                answers_tx,
+            ))),
+            stop: stop_queries.clone(),
+        };
 
         let mut group = WriteSet::default();
         let mut group_batches = 0;
@@ -285,7 +289,9 @@ impl Sweeper {
             }
         }
         self.commit(group).await?;
-        let _ = producer.await;
+        if let Some(handle) = producer.handle.take() {
+            let _ = handle.await;
+        }
 
         self.metrics.accounts_observed.inc_by(counts.observed);
         self.metrics.accounts_failed.inc_by(counts.failed);
@@ -403,6 +409,21 @@ impl Sweeper {
             committed.notify_one();
         }
         Ok(())
+    }
+}
+
+/// The sweep's query task: stopped and aborted if the sweep is dropped before it finished.
+struct QueryTask {
+    handle: Option<tokio::task::JoinHandle<()>>,
+    stop: CancellationToken,
+}
+
+impl Drop for QueryTask {
+    fn drop(&mut self) {
+        if let Some(handle) = self.handle.take() {
+            self.stop.cancel();
+            handle.abort();
+        }
     }
 }
 
