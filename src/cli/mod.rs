@@ -307,6 +307,15 @@ pub struct SimArgs {
     /// Calls per second before 60011 (0: unlimited).
     #[arg(long)]
     pub rate: Option<f64>,
+    /// The share of accounts that are hot (0 to 1; default 0: every account alike). With
+    /// --hot-steps, a watch list where a few accounts change all the time.
+    #[arg(long)]
+    pub hot_share: Option<f64>,
+    /// The share of the churn's steps that go to the hot accounts (0 to 1): 0.9 with
+    /// --hot-share 0.1 is "10% of the accounts make 90% of the changes". The daily rhythm is
+    /// in --config's [activity] section (daily_amplitude, day_secs).
+    #[arg(long)]
+    pub hot_steps: Option<f64>,
     /// Latency added to every answer, in milliseconds (0 to 600000).
     #[arg(long)]
     pub latency_ms: Option<f64>,

@@ -27,6 +27,12 @@ pub fn run(args: SimArgs) -> Result<(), CliError> {
     if let Some(r) = args.rate {
         config.calls_per_second = r;
     }
+    if let Some(s) = args.hot_share {
+        config.activity.hot_share = s;
+    }
+    if let Some(s) = args.hot_steps {
+        config.activity.hot_step_share = s;
+    }
     if let Some(l) = args.latency_ms {
         config.faults.latency_ms = l;
     }
@@ -47,6 +53,7 @@ pub fn run(args: SimArgs) -> Result<(), CliError> {
         config.callback.token = presenced::secret::Secret::new(token.trim());
     }
     sim::check_churn(config.churn_per_second)
+        .and(config.activity.check())
         .and(config.faults.check())
         .and(config.callback.check())
         .map_err(|e| CliError::Configuration(format!("sim: {e}")))?;

@@ -175,3 +175,29 @@ pub(super) async fn put_churn(
     state.config.lock().expect("config").churn_per_second = churn.churn_per_second;
     Ok(Json(churn))
 }
+
+/// The hot accounts' and the cold ones' mean step rates now (daily rhythm averaged out), and
+/// the hot accounts: the ground truth for an adaptive poller's estimates.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ActivityView {
+    /// The settings.
+    pub activity: Activity,
+    /// Steps per second per account, by kind.
+    pub rates: activity::StepRates,
+    /// The hot accounts' ids.
+    pub hot: Vec<String>,
+}
+
+pub(super) async fn get_activity(State(state): State<Arc<SimState>>) -> Json<ActivityView> {
+    let (activity, churn) = {
+        let c = state.config.lock().expect("config");
+        (c.activity.clone(), c.churn_per_second)
+    };
+    let population = state.population.lock().expect("population");
+    let (rates, hot) = population.step_rates(churn * population.len() as f64);
+    Json(ActivityView {
+        activity,
+        rates,
+        hot,
+    })
+}

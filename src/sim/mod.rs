@@ -2,15 +2,17 @@
 //! both command paths, verifying UserSigs, enforcing the limits with the real error codes, with a
 //! churning population and fault injection. Tests, benchmarks and the demo run against it.
 
+pub mod activity;
 pub mod callbacks;
 mod control;
 pub mod population;
 mod query;
 
+pub use activity::Activity;
 pub use callbacks::SimCallbacks;
 use callbacks::{Announcement, CallbackSender};
 use control::{
-    delete_account, get_account, get_callbacks, get_faults, get_stats, list_accounts,
+    delete_account, get_account, get_activity, get_callbacks, get_faults, get_stats, list_accounts,
     post_callback, put_account, put_callbacks, put_churn, put_faults,
 };
 use query::query;
@@ -100,6 +102,8 @@ pub struct SimConfig {
     /// Answer with the older per-account `State` field instead of `Status` (as the original
     /// querystate page shows; `Detail` entries keep `Status`).
     pub legacy_state_field: bool,
+    /// Uneven activity: hot accounts and a daily rhythm (`[activity]`).
+    pub activity: Activity,
     /// Injected faults.
     pub faults: Faults,
     /// `State.StateChange` callbacks sent as the churn changes accounts.
@@ -124,6 +128,7 @@ impl Default for SimConfig {
             calls_per_second: 200.0,
             max_accounts_per_call: 500,
             legacy_state_field: false,
+            activity: Activity::default(),
             faults: Faults::default(),
             callback: SimCallbacks::default(),
             change_log: None,
@@ -215,6 +220,7 @@ pub async fn start(config: SimConfig, addr: SocketAddr) -> Result<SimHandle, Sim
         config.population,
         config.online_share,
         ttl_ms,
+        config.activity.clone(),
         &mut rng,
         0,
     );
@@ -246,6 +252,7 @@ pub async fn start(config: SimConfig, addr: SocketAddr) -> Result<SimHandle, Sim
         .route("/control/stats", get(get_stats))
         .route("/control/faults", get(get_faults).put(put_faults))
         .route("/control/churn", axum::routing::put(put_churn))
+        .route("/control/activity", get(get_activity))
         .route("/control/callbacks", get(get_callbacks).put(put_callbacks))
         .route(
             "/control/callbacks/{id}",
@@ -294,7 +301,11 @@ async fn churn_loop(
         }
         let (rate, compression) = {
             let c = state.config.lock().expect("config");
-            (c.churn_per_second, c.time_compression)
+            let day = state.started.elapsed().as_secs_f64();
+            (
+                c.churn_per_second * c.activity.daily_factor(day),
+                c.time_compression,
+            )
         };
         let now = state.now_ms(compression);
         let changes = {

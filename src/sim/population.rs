@@ -1,5 +1,6 @@
 //! The simulated app's accounts and how their presence changes over time.
 
+use super::activity::{Activity, StepRates};
 use crate::model::{PlatformStatus, State};
 use rand::seq::IndexedRandom;
 use rand::Rng;
@@ -68,6 +69,11 @@ pub struct Population {
     live: usize,
     /// How long PushOnline lasts before IM reports Offline: 7 days divided by time compression.
     push_online_ttl_ms: i64,
+    /// Which accounts are hot, and their share of the churn.
+    activity: Activity,
+    /// Positions of the hot accounts and of the others.
+    hot: Vec<usize>,
+    cold: Vec<usize>,
 }
 
 impl Population {
@@ -77,6 +83,7 @@ impl Population {
         size: usize,
         online_share: f64,
         push_online_ttl_ms: i64,
+        activity: Activity,
         rng: &mut impl Rng,
         now: i64,
     ) -> Self {
@@ -86,6 +93,9 @@ impl Population {
             accounts: Vec::with_capacity(size),
             live: 0,
             push_online_ttl_ms,
+            activity,
+            hot: Vec::new(),
+            cold: Vec::with_capacity(size),
         };
         for i in 0..size {
             let mut account = Account::default();
@@ -106,6 +116,10 @@ impl Population {
         }
         self.live += 1;
         let i = self.ids.len();
+        match self.activity.is_hot(i) {
+            true => self.hot.push(i),
+            false => self.cold.push(i),
+        }
         self.index.insert(id.clone(), i);
         self.ids.push(id);
         self.accounts.push(Some(account));
@@ -166,6 +180,19 @@ impl Population {
         }
     }
 
+    /// The mean step rates of hot and cold accounts while the population takes
+    /// `steps_per_second`, and the hot accounts' ids.
+    pub fn step_rates(&self, steps_per_second: f64) -> (StepRates, Vec<String>) {
+        let rates = StepRates::of(
+            &self.activity,
+            steps_per_second,
+            self.hot.len(),
+            self.cold.len(),
+        );
+        let hot = self.hot.iter().map(|&i| self.ids[i].clone()).collect();
+        (rates, hot)
+    }
+
     /// Applies `count` random logins, logouts, app kills, resumes and multi-device kicks;
     /// returns what a callback would announce of each.
     pub fn churn(&mut self, count: usize, rng: &mut impl Rng, now: i64) -> Vec<Change> {
@@ -173,8 +200,13 @@ impl Population {
         if self.ids.is_empty() {
             return changes;
         }
+        let to_hot = self.activity.hot_chance(self.hot.len(), self.cold.len());
         for _ in 0..count {
-            let i = rng.random_range(0..self.ids.len());
+            let kind = match rng.random_bool(to_hot) {
+                true => &self.hot,
+                false => &self.cold,
+            };
+            let i = kind[rng.random_range(0..kind.len())];
             let Some(account) = self.accounts[i].as_mut() else {
                 continue;
             };
@@ -301,7 +333,7 @@ mod tests {
     #[test]
     fn push_online_expires_to_offline() {
         let mut rng = rand::rng();
-        let mut p = Population::new("u", 0, 0.0, 1_000, &mut rng, 0);
+        let mut p = Population::new("u", 0, 0.0, 1_000, Activity::default(), &mut rng, 0);
         p.set(
             "a",
             &[PlatformStatus {
@@ -317,7 +349,7 @@ mod tests {
     #[test]
     fn churn_changes_states_and_deleted_accounts_vanish() {
         let mut rng = rand::rng();
-        let mut p = Population::new("u", 1_000, 0.3, i64::MAX, &mut rng, 0);
+        let mut p = Population::new("u", 1_000, 0.3, i64::MAX, Activity::default(), &mut rng, 0);
         let before = p.all(0);
         p.churn(5_000, &mut rng, 1);
         let after = p.all(1);
@@ -329,5 +361,27 @@ mod tests {
         p.set("u5", &[], 3);
         p.set("new", &[], 3);
         assert_eq!(p.len(), 1_001);
+    }
+
+    #[test]
+    fn hot_accounts_take_their_share_of_the_steps() {
+        let mut rng = rand::rng();
+        let activity = Activity {
+            hot_share: 0.1,
+            hot_step_share: 0.9,
+            ..Activity::default()
+        };
+        let mut p = Population::new("u", 10_000, 0.3, i64::MAX, activity, &mut rng, 0);
+        let (rates, hot) = p.step_rates(1_000.0);
+        assert_eq!(rates.hot_accounts + rates.cold_accounts, 10_000);
+        assert!((900..1_100).contains(&hot.len()), "{} hot", hot.len());
+        let hot: std::collections::HashSet<String> = hot.into_iter().collect();
+        let changes = p.churn(20_000, &mut rng, 1);
+        let to_hot = changes.iter().filter(|c| hot.contains(&c.user_id)).count();
+        let share = to_hot as f64 / changes.len() as f64;
+        assert!(
+            (0.85..0.95).contains(&share),
+            "{share} of the changes went to hot accounts"
+        );
     }
 }
