@@ -740,7 +740,7 @@ async fn a_sweep_completes_under_a_flood_of_hints_that_take_only_their_share() {
     );
     let metrics_port = rig.serve_metrics();
     let (sim, port, config, db) = (&rig.sim, rig.port, &rig.config, &rig.db);
-    let mut daemon = spawn_daemon(config, None);
+    let mut daemon = Reaped(spawn_daemon(config, None));
     wait_listening(port);
     let app = presenced::sim::SimConfig::default().sdkappid;
     let url = format!(

@@ -86,7 +86,7 @@ async fn a_full_database_is_waited_out_and_nothing_is_lost() {
         .unwrap();
     }
     let log = dir.path().join("daemon.log");
-    let mut daemon = spawn_daemon(&config, &log);
+    let mut daemon = Reaped(spawn_daemon(&config, &log));
 
     wait_for_gauge(
         metrics_port,

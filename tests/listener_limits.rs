@@ -88,7 +88,7 @@ fn idle_connections_cannot_take_the_daemons_descriptors() {
     );
     std::fs::write(&config, text).unwrap();
     let log = dir.path().join("daemon.log");
-    let mut daemon = spawn_limited(&config, 256, &log);
+    let mut daemon = Reaped(spawn_limited(&config, 256, &log));
     wait_listening(callback_port);
     wait_listening(metrics_port);
 
