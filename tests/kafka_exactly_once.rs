@@ -504,6 +504,13 @@ async fn kill_repeatedly(rig: &Rig, kills: usize, mut between: impl FnMut(usize)
     for i in 0..kills {
         let mut daemon = rig.spawn(&rig.config, "killed.log");
         std::thread::sleep(Duration::from_millis(rng.random_range(300..2_500)));
+        // Aim the kill at a moment with events waiting when one comes within a second (the
+        // publisher drains a sweep's few events in milliseconds, so a random moment often
+        // finds none).
+        let aim = std::time::Instant::now() + Duration::from_secs(1);
+        while Rig::backlog(&rig.db) == 0 && std::time::Instant::now() < aim {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         with_backlog += usize::from(Rig::backlog(&rig.db) > 0);
         daemon.0.kill().unwrap();
         daemon.0.wait().unwrap();
