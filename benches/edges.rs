@@ -13,9 +13,10 @@
 #[allow(dead_code)]
 mod support;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use support::{daemon, free_port, ids, metric, sim_calls, wait_port, Http, Proc, SIM_KEY};
+use support::{
+    daemon, free_port, ids, metric, sim_calls, sim_process, wait_port, Http, Proc, SIM_KEY,
+};
 
 const TOKEN: &str = "bench-callback-token-0123456789";
 
@@ -57,18 +58,8 @@ impl Rig {
     /// `im` and `extra` are added to the daemon's `[im]` and after its other sections.
     fn start(population: usize, sim_rate: f64, im: &str, interval_secs: f64, extra: &str) -> Rig {
         let dir = tempfile::tempdir().unwrap();
-        let (sim_port, callback_port, metrics_port) = (free_port(), free_port(), free_port());
-        let sim = Proc(
-            Command::new(env!("CARGO_BIN_EXE_presenced"))
-                .args(["sim", "--listen", &format!("127.0.0.1:{sim_port}")])
-                .args(["--population", &population.to_string()])
-                .args(["--rate", &sim_rate.to_string(), "--churn", "0"])
-                .args(["--latency-ms", "10"])
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
-        wait_port(sim_port);
+        let (callback_port, metrics_port) = (free_port(), free_port());
+        let (sim, sim_url) = sim_process(population, sim_rate, 10.0);
         let watch = dir.path().join("watch.txt");
         std::fs::write(&watch, ids(population).join("\n")).unwrap();
         let db = dir.path().join("presence.db");
@@ -76,7 +67,7 @@ impl Rig {
         std::fs::write(
             &config,
             format!(
-                "[im]\nsdkappid = 1400000000\nsecret_key = \"{SIM_KEY}\"\nbase_url = \"http://127.0.0.1:{sim_port}/\"\n{im}\n[watch]\nfile = \"{}\"\n[store]\npath = \"{}\"\n[sweep]\ninterval_secs = {interval_secs}\njitter_secs = 0.0\n[sink]\nkind = \"none\"\n[service]\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n{}",
+                "[im]\nsdkappid = 1400000000\nsecret_key = \"{SIM_KEY}\"\nbase_url = \"{sim_url}\"\n{im}\n[watch]\nfile = \"{}\"\n[store]\npath = \"{}\"\n[sweep]\ninterval_secs = {interval_secs}\njitter_secs = 0.0\n[sink]\nkind = \"none\"\n[service]\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n{}",
                 watch.display(),
                 db.display(),
                 extra.replace("CALLBACK_PORT", &callback_port.to_string()),
@@ -90,7 +81,7 @@ impl Rig {
             _sim: sim,
             _daemon: daemon,
             db,
-            control: format!("http://127.0.0.1:{sim_port}/control"),
+            control: format!("{sim_url}control"),
             callback_port,
             metrics_port,
         }

@@ -16,10 +16,9 @@ use presenced::model::TransitionRecord;
 use presenced::model::{PlatformStatus, State};
 use presenced::store::{Db, WriteSet};
 use presenced::sweep::Snapshot;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::{daemon, free_port, ids, wait_port, Proc, SIM_KEY};
+use support::{daemon, ids, sim_process, Proc, SIM_KEY};
 
 fn main() {
     let args: Vec<String> = std::env::args()
@@ -106,25 +105,6 @@ fn daemon_process(
     .unwrap();
     let daemon = daemon(&config);
     (daemon, db)
-}
-
-/// The simulator as its own process, so the client's CPU time is the client's alone.
-fn sim_process(population: usize, rate: f64, latency_ms: f64) -> (Proc, String) {
-    let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_presenced"))
-        .args(["sim", "--listen", &format!("127.0.0.1:{port}")])
-        .args([
-            "--population",
-            &population.to_string(),
-            "--rate",
-            &rate.to_string(),
-        ])
-        .args(["--latency-ms", &latency_ms.to_string(), "--churn", "0"])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_port(port);
-    (Proc(child), format!("http://127.0.0.1:{port}/"))
 }
 
 fn im_config(base_url: &str, rate: f64) -> ImConfig {

@@ -6,7 +6,6 @@ mod common;
 
 use common::*;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 const TOKEN: &str = "proxy-test-token";
 
@@ -16,14 +15,6 @@ impl Drop for Reaped {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
-    }
-}
-
-fn wait_listening(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "port {port} never answered");
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -60,7 +51,7 @@ async fn the_documented_nginx_proxy_carries_signed_callbacks_to_the_daemon() {
     assert!(made.success());
 
     let sim = SimProcess::start(&["--population", "5", "--churn", "0", "--rate", "0"]);
-    let (callback_port, tls_port, metrics_port) = (free_port(), free_port(), free_port());
+    let (callback_port, tls_port) = (free_port(), free_port());
     std::fs::write(d.join("watch.txt"), ids("user", 5).join("\n")).unwrap();
     let config = write_daemon_config(
         d,
@@ -70,11 +61,7 @@ async fn the_documented_nginx_proxy_carries_signed_callbacks_to_the_daemon() {
             d.join("watch.txt").display()
         ),
     );
-    let text = std::fs::read_to_string(&config).unwrap().replace(
-        "metrics_listen = \"\"",
-        &format!("metrics_listen = \"127.0.0.1:{metrics_port}\""),
-    );
-    std::fs::write(&config, text).unwrap();
+    let metrics_port = serve_metrics(&config);
     let _daemon = Reaped(
         Command::new(env!("CARGO_BIN_EXE_presenced"))
             .args(["run", "--config"])

@@ -34,22 +34,6 @@ async fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
     }
 }
 
-fn wait_listening(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "port {port} never answered");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn query_i64(db: &std::path::Path, sql: &str) -> i64 {
-    let Ok(conn) = rusqlite::Connection::open(db) else {
-        return -1;
-    };
-    conn.busy_timeout(Duration::from_secs(5)).unwrap();
-    conn.query_row(sql, [], |r| r.get(0)).unwrap_or(-1)
-}
-
 /// One test's parts: a simulator of `population` accounts (`user1`...), all watched, and a
 /// daemon configuration with the callback endpoint on a free port and `callback` added to
 /// `[callback]`.
@@ -92,13 +76,7 @@ impl Rig {
 
     /// Serves `/metrics` on a free port, which it returns.
     fn serve_metrics(&self) -> u16 {
-        let port = free_port();
-        let text = std::fs::read_to_string(&self.config).unwrap().replace(
-            "metrics_listen = \"\"",
-            &format!("metrics_listen = \"127.0.0.1:{port}\""),
-        );
-        std::fs::write(&self.config, text).unwrap();
-        port
+        serve_metrics(&self.config)
     }
 }
 

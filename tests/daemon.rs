@@ -100,7 +100,6 @@ async fn sighup_reloads_the_watch_list_and_metrics_move() {
     let dir = tempfile::tempdir().unwrap();
     let watch_file = dir.path().join("watch.txt");
     std::fs::write(&watch_file, ids("user", 10).join("\n")).unwrap();
-    let metrics_port = free_port();
     let config = write_daemon_config(
         dir.path(),
         &sim.base_url(),
@@ -109,11 +108,7 @@ async fn sighup_reloads_the_watch_list_and_metrics_move() {
             watch_file.display()
         ),
     );
-    let text = std::fs::read_to_string(&config).unwrap().replace(
-        "metrics_listen = \"\"",
-        &format!("metrics_listen = \"127.0.0.1:{metrics_port}\""),
-    );
-    std::fs::write(&config, text).unwrap();
+    let metrics_port = serve_metrics(&config);
     let db = dir.path().join("presence.db");
     let mut child = presenced()
         .args(["run", "--config"])

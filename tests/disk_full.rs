@@ -46,18 +46,11 @@ async fn wait_for_gauge(port: u16, name: &str, value: f64, timeout: Duration) {
     }
 }
 
-fn query_i64(db: &std::path::Path, sql: &str) -> i64 {
-    let conn = rusqlite::Connection::open(db).unwrap();
-    conn.busy_timeout(Duration::from_secs(5)).unwrap();
-    conn.query_row(sql, [], |r| r.get(0)).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_database_is_waited_out_and_nothing_is_lost() {
     let sim = SimProcess::start(&["--population", "3000", "--churn", "0.3"]);
     let control = sim.control();
     let dir = tempfile::tempdir().unwrap();
-    let metrics_port = free_port();
     let watch = dir.path().join("watch.txt");
     std::fs::write(&watch, ids("user", 3000).join("\n")).unwrap();
     let config = write_daemon_config(
@@ -68,12 +61,9 @@ async fn a_full_database_is_waited_out_and_nothing_is_lost() {
             watch.display()
         ),
     );
+    let metrics_port = serve_metrics(&config);
     let text = std::fs::read_to_string(&config)
         .unwrap()
-        .replace(
-            "metrics_listen = \"\"",
-            &format!("metrics_listen = \"127.0.0.1:{metrics_port}\""),
-        )
         .replace("[store]\n", "[store]\nmax_size_mb = 8\n");
     std::fs::write(&config, text).unwrap();
     // 6 MiB of the 8 taken by a table an operator can empty later: the room to free.

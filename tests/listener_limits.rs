@@ -35,14 +35,6 @@ fn spawn_limited(config: &std::path::Path, nofile: u64, log: &std::path::Path) -
     command.spawn().unwrap()
 }
 
-fn wait_listening(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "port {port} never answered");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// A GET of `/metrics` on a fresh connection, with a deadline: the body, or why not.
 fn scrape(port: u16) -> Result<String, String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
@@ -71,7 +63,7 @@ fn sample(text: &str, name: &str) -> f64 {
 fn idle_connections_cannot_take_the_daemons_descriptors() {
     let sim = SimProcess::start(&["--population", "50", "--churn", "0"]);
     let dir = tempfile::tempdir().unwrap();
-    let (callback_port, metrics_port) = (free_port(), free_port());
+    let callback_port = free_port();
     let watch = dir.path().join("watch.txt");
     std::fs::write(&watch, ids("user", 50).join("\n")).unwrap();
     let config = write_daemon_config(
@@ -82,11 +74,7 @@ fn idle_connections_cannot_take_the_daemons_descriptors() {
             watch.display()
         ),
     );
-    let text = std::fs::read_to_string(&config).unwrap().replace(
-        "metrics_listen = \"\"",
-        &format!("metrics_listen = \"127.0.0.1:{metrics_port}\""),
-    );
-    std::fs::write(&config, text).unwrap();
+    let metrics_port = serve_metrics(&config);
     let log = dir.path().join("daemon.log");
     let mut daemon = Reaped(spawn_limited(&config, 256, &log));
     wait_listening(callback_port);

@@ -30,6 +30,25 @@ pub fn daemon(config: &std::path::Path) -> Proc {
     )
 }
 
+/// The simulator as its own process, so the client's CPU time is the client's alone.
+pub fn sim_process(population: usize, rate: f64, latency_ms: f64) -> (Proc, String) {
+    let port = free_port();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_presenced"))
+        .args(["sim", "--listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "--population",
+            &population.to_string(),
+            "--rate",
+            &rate.to_string(),
+        ])
+        .args(["--latency-ms", &latency_ms.to_string(), "--churn", "0"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_port(port);
+    (Proc(child), format!("http://127.0.0.1:{port}/"))
+}
+
 /// A port free at the moment of asking.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -25,11 +25,7 @@ pub fn measure(path: &Path, cap: Option<(u64, u64)>) -> std::io::Result<Space> {
     let mut wal = path.as_os_str().to_owned();
     wal.push("-wal");
     let size_bytes = size(path) + size(Path::new(&wal));
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut free_bytes = available_bytes(dir)?;
+    let mut free_bytes = available_beside(path)?;
     if let Some((max_bytes, used_bytes)) = cap {
         free_bytes = free_bytes.min(max_bytes.saturating_sub(used_bytes));
     }
@@ -39,9 +35,14 @@ pub fn measure(path: &Path, cap: Option<(u64, u64)>) -> std::io::Result<Space> {
     })
 }
 
-/// The filesystem's bytes available to this (unprivileged) user at `dir`.
-fn available_bytes(dir: &Path) -> std::io::Result<u64> {
+/// The bytes available to this (unprivileged) user on the filesystem of the database at `path`
+/// (where its WAL grows too).
+fn available_beside(path: &Path) -> std::io::Result<u64> {
     use std::os::unix::ffi::OsStrExt;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let c_path = std::ffi::CString::new(dir.as_os_str().as_bytes())
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     // SAFETY: statvfs reads the NUL-terminated path and writes only into the struct given.
@@ -59,7 +60,7 @@ impl Db {
         if max_bytes == 0 {
             return Ok(());
         }
-        let page: u64 = self.conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        let page = self.pragma("page_size")?;
         let pages = (max_bytes / page.max(1)).max(1);
         // SQLite keeps a cap under the current size at the current size.
         let set: u64 =
@@ -79,50 +80,38 @@ impl Db {
 
     /// The bytes the database's pages hold (its pages less the free ones), WAL included.
     pub fn used_bytes(&self) -> Result<u64, StoreError> {
-        let pragma = |name: &str| -> Result<u64, StoreError> {
-            Ok(self
-                .conn
-                .query_row(&format!("PRAGMA {name}"), [], |r| r.get::<_, i64>(0))?
-                as u64)
-        };
-        let pages = pragma("page_count")?.saturating_sub(pragma("freelist_count")?);
-        Ok(pages.saturating_mul(pragma("page_size")?))
+        let pages = self
+            .pragma("page_count")?
+            .saturating_sub(self.pragma("freelist_count")?);
+        Ok(pages.saturating_mul(self.pragma("page_size")?))
+    }
+
+    /// A numeric pragma's value.
+    fn pragma(&self, name: &str) -> Result<u64, StoreError> {
+        let value: i64 = self
+            .conn
+            .query_row(&format!("PRAGMA {name}"), [], |r| r.get(0))?;
+        Ok(value.max(0) as u64)
     }
 
     /// Whether a write fits again: `min_bytes` are free inside the size cap (pages on the
     /// freelist count) and on the filesystem, and a small write commits. `Ok(false)` while not.
     pub fn has_room(&mut self, min_bytes: u64) -> Result<bool, StoreError> {
-        let (page, max_pages, pages, free_pages): (u64, u64, u64, u64) = {
-            let pragma = |name: &str| -> Result<u64, StoreError> {
-                Ok(self
-                    .conn
-                    .query_row(&format!("PRAGMA {name}"), [], |r| r.get::<_, i64>(0))?
-                    as u64)
-            };
-            (
-                pragma("page_size")?,
-                pragma("max_page_count")?,
-                pragma("page_count")?,
-                pragma("freelist_count")?,
-            )
-        };
+        let page = self.pragma("page_size")?;
+        let max_pages = self.pragma("max_page_count")?;
+        let pages = self.pragma("page_count")?;
+        let free_pages = self.pragma("freelist_count")?;
         let cap_room = (max_pages.saturating_sub(pages) + free_pages).saturating_mul(page);
         if cap_room < min_bytes {
             return Ok(false);
         }
         if let Some(path) = self.conn.path().filter(|p| !p.is_empty()) {
-            let dir = Path::new(path)
-                .parent()
-                .filter(|d| !d.as_os_str().is_empty())
-                .unwrap_or(Path::new("."));
-            if available_bytes(dir).is_ok_and(|free| free < min_bytes) {
+            if available_beside(Path::new(path)).is_ok_and(|free| free < min_bytes) {
                 return Ok(false);
             }
         }
         // Rewriting the header's user_version is a real commit: a WAL frame and a sync.
-        let version: i64 = self
-            .conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        let version = self.pragma("user_version")?;
         match self
             .conn
             .execute_batch(&format!("PRAGMA user_version = {version}"))

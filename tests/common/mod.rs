@@ -407,3 +407,37 @@ pub async fn assert_matches_truth(db_path: &std::path::Path, control: &Control) 
         &mismatched[..mismatched.len().min(5)]
     );
 }
+
+/// Waits until something listens on `port` (a daemon or proxy the test started).
+pub fn wait_listening(port: u16) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "port {port} never answered"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Makes the daemon configuration at `config` serve `/metrics` on a free port, which it returns.
+pub fn serve_metrics(config: &std::path::Path) -> u16 {
+    let port = free_port();
+    let text = std::fs::read_to_string(config).unwrap().replace(
+        "metrics_listen = \"\"",
+        &format!("metrics_listen = \"127.0.0.1:{port}\""),
+    );
+    std::fs::write(config, text).unwrap();
+    port
+}
+
+/// One number from the database at `db` (opened plainly, beside a running daemon), or -1 while
+/// it cannot be read.
+pub fn query_i64(db: &std::path::Path, sql: &str) -> i64 {
+    let Ok(conn) = rusqlite::Connection::open(db) else {
+        return -1;
+    };
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .unwrap();
+    conn.query_row(sql, [], |r| r.get(0)).unwrap_or(-1)
+}
