@@ -438,12 +438,15 @@ async fn a_callback_change_is_committed_long_before_the_next_sweep_and_repeats_a
     let (sim, port, config, db) = (&rig.sim, rig.port, &rig.config, &rig.db);
     // One sweep an hour: whatever arrives after the first is the callback's doing.
     set_sweep(config, 3_600.0, "");
+    // The population starts in random states: user7 must be offline when first swept, or
+    // bringing it online below would change nothing (a fresh-clone run failed that way).
+    let control = sim.control();
+    control.set("user7", &[]).await;
     let mut daemon = spawn_daemon(config, None);
     wait_for("the first sweep", Duration::from_secs(30), || {
         completed_sweeps(db) == 1
     })
     .await;
-    let control = sim.control();
     control
         .callbacks(serde_json::json!({"url": callback_url(port), "token": TOKEN}))
         .await;
