@@ -16,6 +16,7 @@ pub mod logging;
 pub mod metrics;
 pub mod model;
 pub mod publish;
+pub mod schedule;
 pub mod secret;
 pub mod service;
 pub mod sim;

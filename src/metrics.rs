@@ -127,6 +127,14 @@ pub struct Metrics {
     pub callback_detection: Histogram,
     /// `presenced_stale_answers_total`: answers older than an applied re-query, skipped.
     pub stale_answers: Counter,
+    /// `presenced_poll_interval_seconds`: time between two observations of an account (the
+    /// adaptive schedule).
+    pub poll_interval: Histogram,
+    /// `presenced_oldest_observation_age_seconds`: how long ago the watched account observed
+    /// longest ago was observed, at the end of the last sweep.
+    pub oldest_observation_age: FloatGauge,
+    /// `presenced_max_staleness_seconds`: `sweep.max_staleness_secs`.
+    pub max_staleness: FloatGauge,
     /// `presenced_store_full`: 1 while the database has no room to write.
     pub store_full: Gauge,
     /// `presenced_db_size_bytes`: the database file and its WAL.
@@ -184,6 +192,9 @@ impl Metrics {
             ]),
             callback_detection: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
             stale_answers: Counter::default(),
+            poll_interval: Histogram::new(exponential_buckets(0.5, 2.0, 16)),
+            oldest_observation_age: FloatGauge::default(),
+            max_staleness: FloatGauge::default(),
             store_full: Gauge::default(),
             db_size_bytes: Gauge::default(),
             db_free_bytes: Gauge::default(),
@@ -358,6 +369,21 @@ impl Metrics {
             "stale_answers",
             "Answers skipped because a newer re-query of the account was already applied",
             m.stale_answers.clone(),
+        );
+        registry.register(
+            "poll_interval_seconds",
+            "Time between two observations of an account (adaptive schedule)",
+            m.poll_interval.clone(),
+        );
+        registry.register(
+            "oldest_observation_age_seconds",
+            "Age of the oldest observation of a watched account, at the end of the last sweep",
+            m.oldest_observation_age.clone(),
+        );
+        registry.register(
+            "max_staleness_seconds",
+            "sweep.max_staleness_secs: every account is to be observed at least this often",
+            m.max_staleness.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -116,22 +116,6 @@ async fn scrape(port: u16) -> String {
         .unwrap()
 }
 
-fn completed_sweeps(db: &std::path::Path) -> i64 {
-    query_i64(
-        db,
-        "SELECT COUNT(*) FROM sweeps WHERE outcome = 'completed'",
-    )
-}
-
-/// A transition that changes nothing (same state, same platforms) is an extra one.
-fn no_op_transitions(db: &std::path::Path) -> i64 {
-    query_i64(
-        db,
-        "SELECT COUNT(*) FROM presence_history
-         WHERE from_state IS to_state AND from_platforms IS to_platforms",
-    )
-}
-
 fn signed_url(port: u16, sdkappid: u64, time: i64, sign: Option<&str>, command: &str) -> String {
     let sign = sign
         .map(str::to_owned)

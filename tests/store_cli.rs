@@ -227,11 +227,11 @@ fn migrate_upgrades_a_version_2_database_and_says_so() {
     let first = migrate();
     assert!(
         first.contains(
-            "applying 0003_append_only_commits.sql, 0004_tombstone_order.sql, 0005_prune_cursor.sql, 0006_state_since_and_known_until.sql, 0007_callback_cause.sql, 0008_topic_identity.sql (1 history rows"
+            "applying 0003_append_only_commits.sql, 0004_tombstone_order.sql, 0005_prune_cursor.sql, 0006_state_since_and_known_until.sql, 0007_callback_cause.sql, 0008_topic_identity.sql, 0009_poll_estimates.sql (1 history rows"
         ),
         "{first}"
     );
-    assert!(first.contains("schema version 8"), "{first}");
+    assert!(first.contains("schema version 9"), "{first}");
     assert!(migrate().contains("schema up to date"));
     let db = Db::open(&path, Duration::from_secs(5)).unwrap();
     let history = db.history("a", None, None).unwrap();

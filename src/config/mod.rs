@@ -298,6 +298,7 @@ impl Config {
             .flat_map(|s| s.ranges())
             .try_for_each(|r| r.check())
             .and_then(|()| self.im.check())
+            .and_then(|()| self.sweep.check())
             .and_then(|()| match self.sink.kind {
                 SinkKind::Kafka => self.kafka.check_for_sink(),
                 _ => Ok(()),

@@ -1,5 +1,6 @@
-//! What a reload (SIGHUP) changes: the watch list, the log filter, retention, the Kafka
-//! producer's settings and the callback token (and clock skew). Everything else takes a restart.
+//! What a reload (SIGHUP) changes: the watch list, the log filter, retention, the sweep's
+//! schedule, the Kafka producer's settings and the callback token (and clock skew). Everything
+//! else takes a restart.
 
 use super::start::load_watch_list;
 use super::{RunOptions, ServiceError};
@@ -31,6 +32,7 @@ pub(super) async fn reload(
                 live.store.retention_days = new.store.retention_days;
                 reload_kafka(live, new.kafka, kafka);
                 reload_callback(live, new.callback, callbacks);
+                reload_schedule(live, &new.sweep, sweeper).await?;
             }
             Err(e) => {
                 tracing::error!(error = %e, "configuration not reloaded; keeping the running one")
@@ -46,6 +48,39 @@ pub(super) async fn reload(
         forgotten = removed,
         "watch list reloaded"
     );
+    Ok(())
+}
+
+/// Switches the sweep's schedule, or its adaptive settings, from the next sweep on. The
+/// history is untouched: only the order of polls changes.
+async fn reload_schedule(
+    live: &mut Config,
+    new: &crate::sweep::config::SweepConfig,
+    sweeper: &mut Sweeper,
+) -> Result<(), ServiceError> {
+    let mut next = live.sweep.clone();
+    next.schedule = new.schedule;
+    next.max_staleness_secs = new.max_staleness_secs;
+    next.prior_change_interval_secs = new.prior_change_interval_secs;
+    if next.schedule_settings() == live.sweep.schedule_settings()
+        && next.schedule == live.sweep.schedule
+    {
+        return Ok(());
+    }
+    // Checked against the running interval, which a reload does not change.
+    if let Err(e) = crate::validation::Section::check(&next) {
+        tracing::error!(key = e.key, "{}; keeping the running schedule", e.message);
+        return Ok(());
+    }
+    sweeper
+        .set_schedule(next.schedule, next.schedule_settings())
+        .await?;
+    tracing::info!(
+        schedule = next.schedule.as_str(),
+        max_staleness_secs = next.max_staleness_secs,
+        "sweep schedule reloaded"
+    );
+    live.sweep = next;
     Ok(())
 }
 

@@ -105,10 +105,14 @@ pub(super) async fn start(
     };
     let watch = load_watch_list(&config, &store).await?;
     let removed = sweeper.set_watch_list(watch).await?;
+    sweeper
+        .set_schedule(config.sweep.schedule, config.sweep.schedule_settings())
+        .await?;
     tracing::info!(
         watched = sweeper.watch_list().len(),
         known = sweeper.snapshot().len(),
         forgotten = removed,
+        schedule = config.sweep.schedule.as_str(),
         db = %config.store.path.display(),
         "state loaded"
     );
@@ -273,6 +277,11 @@ impl Running {
         if let Some(callbacks) = &self.callbacks {
             callbacks.queue.close();
         }
+        // What the adaptive schedule learned since its last save (a crash loses only that).
+        let mut sweeper = self.sweeper;
+        if let Err(e) = sweeper.save_estimates().await {
+            tracing::warn!(error = %e, "the adaptive schedule's estimates were not saved");
+        }
         tracing::info!("stopping: flushing events");
         self.publisher_stop.cancel();
         if let Some(p) = self.publisher {
@@ -292,14 +301,14 @@ impl Running {
             // Nothing is published without a sink: nothing waits to be.
             self.store.call(|db| db.mark_all_published()).await?;
             self.store.checkpoint().await?;
-            drop(self.sweeper);
+            drop(sweeper);
             drop(self.store);
             tracing::info!("stopped cleanly (sink.kind = \"none\": nothing is published)");
             return Ok(());
         }
         let backlog = self.store.call(|db| db.outbox_backlog()).await?.0;
         self.store.checkpoint().await?;
-        drop(self.sweeper);
+        drop(sweeper);
         drop(self.store);
         tracing::info!(backlog, "stopped cleanly");
         Ok(())

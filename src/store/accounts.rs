@@ -118,10 +118,13 @@ impl Db {
                  ON CONFLICT (user_id) DO UPDATE SET removed_at = excluded.removed_at,
                      after_history_id = excluded.after_history_id",
             )?;
+            let mut estimates =
+                tx.prepare_cached("DELETE FROM poll_estimates WHERE user_id = ?1")?;
             let now = crate::model::now_millis();
             for id in ids {
                 stmt.execute([id])?;
                 tombstone.execute(params![id, now])?;
+                estimates.execute([id])?;
             }
         }
         tx.commit()?;

@@ -45,6 +45,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "0008_topic_identity.sql",
         include_str!("../../migrations/0008_topic_identity.sql"),
     ),
+    (
+        9,
+        "0009_poll_estimates.sql",
+        include_str!("../../migrations/0009_poll_estimates.sql"),
+    ),
 ];
 
 /// What opening a database would migrate: the names of the pending migrations and the size of

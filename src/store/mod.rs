@@ -14,6 +14,7 @@
 mod accounts;
 mod checkpoint;
 pub mod config;
+mod estimates;
 mod history;
 pub mod migrate;
 mod outbox;

@@ -1,6 +1,7 @@
 //! `[sweep]`: how often the watch list is swept and how answers are committed.
 
-use crate::validation::{Range, Section};
+use crate::schedule::{ScheduleKind, Settings};
+use crate::validation::{Invalid, Range, Section};
 use serde::{Deserialize, Serialize};
 
 /// `[sweep]`.
@@ -15,6 +16,24 @@ pub struct SweepConfig {
     pub platform_changes_are_transitions: bool,
     /// Batches whose results are written in one SQLite transaction.
     pub batches_per_transaction: usize,
+    /// Which accounts go in each call: `round-robin` or `adaptive`.
+    pub schedule: ScheduleKind,
+    /// Adaptive: every account is observed at least this often.
+    pub max_staleness_secs: f64,
+    /// Adaptive: what an account is assumed to change every before it has been polled, until
+    /// the population's mean is known.
+    pub prior_change_interval_secs: f64,
+}
+
+impl SweepConfig {
+    /// What the adaptive schedule takes from this section.
+    pub fn schedule_settings(&self) -> Settings {
+        Settings {
+            interval_secs: self.interval_secs,
+            max_staleness_secs: self.max_staleness_secs,
+            prior_change_interval_secs: self.prior_change_interval_secs,
+        }
+    }
 }
 
 impl Default for SweepConfig {
@@ -24,6 +43,9 @@ impl Default for SweepConfig {
             jitter_secs: 1.0,
             platform_changes_are_transitions: true,
             batches_per_transaction: 8,
+            schedule: ScheduleKind::RoundRobin,
+            max_staleness_secs: 900.0,
+            prior_change_interval_secs: 3_600.0,
         }
     }
 }
@@ -39,6 +61,34 @@ impl Section for SweepConfig {
                 1.0,
                 10_000.0,
             ),
+            Range::new(
+                "sweep.max_staleness_secs",
+                self.max_staleness_secs,
+                1.0,
+                30.0 * 86_400.0,
+            ),
+            Range::new(
+                "sweep.prior_change_interval_secs",
+                self.prior_change_interval_secs,
+                1.0,
+                365.0 * 86_400.0,
+            ),
         ]
+    }
+
+    fn check(&self) -> Result<(), Invalid> {
+        // A poll due between sweeps waits for the next one: the bound needs a period in hand.
+        if self.schedule == ScheduleKind::Adaptive
+            && self.max_staleness_secs < 2.0 * self.interval_secs
+        {
+            return Err(Invalid::new(
+                "sweep.max_staleness_secs",
+                format!(
+                    "must be at least twice sweep.interval_secs ({} s) with schedule = \"adaptive\", got {}",
+                    self.interval_secs, self.max_staleness_secs
+                ),
+            ));
+        }
+        Ok(())
     }
 }

@@ -143,18 +143,35 @@ pub enum Idle {
 
 impl Sweeper {
     /// A sweep's batches, in watch-list order, pulled lazily, one each time a call slot frees.
+    /// The schedule picks each call's accounts; a sweep polls as many accounts as are watched
+    /// (an account the adaptive schedule polls twice counts twice), and accounts polled twice
+    /// are contested, so that an older answer never undoes a newer one.
     pub(super) fn sweep_batches(&self) -> impl Iterator<Item = Query> + Send + 'static {
-        let watch = self.watch.clone();
         let size = self.settings.batch_size.max(1);
         let issued = self.queries_issued.clone();
-        let mut at = 0;
+        let schedule = self.schedule.clone();
+        let contested = self.applied.contested.clone();
+        let mut left = self.watch.len();
+        let mut repeats = Vec::new();
         std::iter::from_fn(move || {
-            if at >= watch.len() {
+            if left == 0 {
                 return None;
             }
-            let end = (at + size).min(watch.len());
-            let ids = watch[at..end].to_vec();
-            at = end;
+            let ids = schedule.lock().expect("schedule").next_call(
+                size.min(left),
+                now_millis(),
+                &mut repeats,
+            );
+            if ids.is_empty() {
+                return None;
+            }
+            left -= ids.len();
+            if !repeats.is_empty() {
+                contested
+                    .lock()
+                    .expect("contested")
+                    .extend(repeats.drain(..));
+            }
             Some(Query {
                 ids,
                 number: issued.fetch_add(1, Ordering::Relaxed),

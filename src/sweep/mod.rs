@@ -12,13 +12,14 @@ use crate::callback::HintQueue;
 use crate::im::{AccountOutcome, BatchAnswer, ImClient, QueryError};
 use crate::metrics::{Metrics, TransitionLabels};
 use crate::model::{now_millis, Cause};
+use crate::schedule::{Adaptive, Schedule, ScheduleKind, Settings as ScheduleSettings};
 use crate::store::{Store, StoreError, SweepCounts, WriteSet};
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 pub use snapshot::{Decision, Snapshot};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
@@ -106,7 +107,17 @@ pub struct Sweeper {
     /// Re-queried accounts and the newest query applied for each: an older answer (a sweep's
     /// batch issued before the re-query) is stale and skipped.
     applied: Applied,
+    /// Which accounts go in the next call (shared with the sweep's query task).
+    schedule: Arc<Mutex<Schedule>>,
+    /// When the adaptive schedule's estimates were last saved (Unix ms).
+    estimates_saved_at: i64,
 }
+
+/// How often the adaptive schedule's estimates are saved while it runs (and at a clean stop):
+/// they are soft state, and a crash loses at most this much learning.
+const SAVE_ESTIMATES_EVERY_MS: i64 = 300_000;
+/// Estimates saved per store job, so that other work interleaves.
+const SAVE_CHUNK: usize = 20_000;
 
 impl Sweeper {
     /// Loads the snapshot from the store and closes sweeps a crash left open.
@@ -139,7 +150,65 @@ impl Sweeper {
             last_sweep_id: None,
             queries_issued: Arc::new(AtomicU64::new(0)),
             applied: Applied::default(),
+            schedule: Arc::new(Mutex::new(Schedule::round_robin(Arc::default()))),
+            estimates_saved_at: now_millis(),
         })
+    }
+
+    fn schedule(&self) -> std::sync::MutexGuard<'_, Schedule> {
+        self.schedule.lock().expect("schedule")
+    }
+
+    /// Polls by `kind` from now on (between sweeps). The adaptive schedule starts from the
+    /// estimates saved in the store; leaving it saves them.
+    pub async fn set_schedule(
+        &mut self,
+        kind: ScheduleKind,
+        settings: ScheduleSettings,
+    ) -> Result<(), StoreError> {
+        self.save_estimates().await?;
+        self.metrics.max_staleness.set(settings.max_staleness_secs);
+        let next = match kind {
+            ScheduleKind::RoundRobin => Schedule::round_robin(self.watch.clone()),
+            ScheduleKind::Adaptive => {
+                let saved = self.store.call(|db| db.load_estimates()).await?;
+                tracing::info!(
+                    "adaptive schedule: {} estimates loaded, the other watched accounts start from the prior",
+                    saved.len()
+                );
+                Schedule::Adaptive(Box::new(Adaptive::new(
+                    self.watch.clone(),
+                    settings,
+                    now_millis(),
+                    saved,
+                )))
+            }
+        };
+        *self.schedule() = next;
+        Ok(())
+    }
+
+    /// Which schedule is in force.
+    pub fn schedule_kind(&self) -> ScheduleKind {
+        self.schedule().kind()
+    }
+
+    /// Saves what the adaptive schedule learned since its last save; returns how many accounts.
+    pub async fn save_estimates(&mut self) -> Result<usize, StoreError> {
+        let now = now_millis();
+        let rows = match &mut *self.schedule() {
+            Schedule::Adaptive(a) => a.take_unsaved(now),
+            Schedule::RoundRobin(_) => return Ok(0),
+        };
+        self.estimates_saved_at = now;
+        let saved = rows.len();
+        let mut rows = rows.into_iter().peekable();
+        while rows.peek().is_some() {
+            let chunk: Vec<_> = rows.by_ref().take(SAVE_CHUNK).collect();
+            self.store.call(move |db| db.save_estimates(&chunk)).await?;
+            self.progress.store(now_millis(), Ordering::Relaxed);
+        }
+        Ok(saved)
     }
 
     /// Pokes `notify` after every commit that added events (the publisher's wake).
@@ -189,6 +258,10 @@ impl Sweeper {
         }
         self.metrics.watched_accounts.set(ids.len() as i64);
         self.watch = Arc::new(ids);
+        self.schedule
+            .lock()
+            .expect("schedule")
+            .set_watch_list(self.watch.clone(), now_millis());
         if let Some(hints) = &self.hints {
             hints.set_watch_list(self.watch.clone());
         }
@@ -206,6 +279,7 @@ impl Sweeper {
         self.last_sweep_id = Some(sweep_id);
         // No query from before this sweep is still out: none of them can be outrun any more.
         self.applied.clear();
+        self.schedule().begin_sweep(started_at);
         let mut counts = SweepCounts {
             asked,
             ..Default::default()
@@ -231,6 +305,9 @@ impl Sweeper {
         };
 
         let mut group = WriteSet::default();
+        // Accounts with a decision waiting in `group`: an account the schedule polls twice in
+        // one sweep must have its first decision committed before the second is made.
+        let mut pending: HashSet<String> = HashSet::new();
         let mut group_batches = 0;
         let mut fatal = None;
         let mut first_failure: Option<String> = None;
@@ -242,6 +319,7 @@ impl Sweeper {
                 // Then the hinted change, committed at once rather than with a later group.
                 self.commit(std::mem::take(&mut group)).await?;
                 group_batches = 0;
+                pending.clear();
                 let mut hinted = WriteSet::default();
                 self.apply_hinted(&query, result, sweep_id, &mut hinted);
                 self.commit(hinted).await?;
@@ -258,6 +336,12 @@ impl Sweeper {
                                 u64::from(matches!(outcome, AccountOutcome::Observed(_)));
                             continue;
                         }
+                        if pending.contains(user_id) {
+                            self.commit(std::mem::take(&mut group)).await?;
+                            group_batches = 0;
+                            pending.clear();
+                        }
+                        let decided = group.transitions.len() + group.not_found.len();
                         self.note(
                             user_id,
                             outcome,
@@ -267,6 +351,9 @@ impl Sweeper {
                             &mut group,
                             &mut counts,
                         );
+                        if group.transitions.len() + group.not_found.len() > decided {
+                            pending.insert(user_id.clone());
+                        }
                     }
                     let ids = answer.outcomes.iter().map(|(id, _)| id.as_str());
                     self.applied.record_contested(ids, query.number);
@@ -286,6 +373,7 @@ impl Sweeper {
             if group_batches >= self.settings.batches_per_transaction {
                 self.commit(std::mem::take(&mut group)).await?;
                 group_batches = 0;
+                pending.clear();
             }
         }
         self.commit(group).await?;
@@ -326,6 +414,13 @@ impl Sweeper {
         {
             self.progress.store(now_millis(), Ordering::Relaxed);
         }
+        if let Some(oldest) = self.snapshot.oldest_observation() {
+            let age = (now_millis() - oldest).max(0) as f64 / 1000.0;
+            self.metrics.oldest_observation_age.set(age);
+        }
+        if now_millis() - self.estimates_saved_at >= SAVE_ESTIMATES_EVERY_MS {
+            self.save_estimates().await?;
+        }
         if let Some(e) = fatal {
             return Err(SweepError::Configuration(e));
         }
@@ -365,6 +460,15 @@ impl Sweeper {
             sweep_id,
             self.settings.platform_changes_are_transitions,
         );
+        let changed = !matches!(decision, Decision::Unchanged | Decision::Nothing);
+        match outcome {
+            AccountOutcome::Failed(_) => self.schedule().failed(user_id, observed_at),
+            _ => {
+                if let Some(interval) = self.schedule().observed(user_id, changed, observed_at) {
+                    self.metrics.poll_interval.observe(interval);
+                }
+            }
+        }
         match decision {
             Decision::Transition(mut t) => {
                 counts.transitions += 1;

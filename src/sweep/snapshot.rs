@@ -190,6 +190,16 @@ impl Snapshot {
         }
     }
 
+    /// When the account observed longest ago was last observed (Unix ms), of those with a
+    /// state (accounts IM says do not exist are not observed again in that sense).
+    pub fn oldest_observation(&self) -> Option<i64> {
+        self.accounts
+            .values()
+            .filter(|e| e.state.is_some() && !e.not_found && e.observed_at > 0)
+            .map(|e| e.observed_at)
+            .min()
+    }
+
     /// Records a successful observation that changed nothing durable.
     pub fn touch(&mut self, user_id: &str, observed_at: i64) {
         if let Some(e) = self.accounts.get_mut(user_id) {

@@ -433,6 +433,23 @@ pub fn serve_metrics(config: &std::path::Path) -> u16 {
 
 /// One number from the database at `db` (opened plainly, beside a running daemon), or -1 while
 /// it cannot be read.
+/// Sweeps recorded as completed.
+pub fn completed_sweeps(db: &std::path::Path) -> i64 {
+    query_i64(
+        db,
+        "SELECT COUNT(*) FROM sweeps WHERE outcome = 'completed'",
+    )
+}
+
+/// A transition that changes nothing (same state, same platforms) is an extra one.
+pub fn no_op_transitions(db: &std::path::Path) -> i64 {
+    query_i64(
+        db,
+        "SELECT COUNT(*) FROM presence_history
+         WHERE from_state IS to_state AND from_platforms IS to_platforms",
+    )
+}
+
 pub fn query_i64(db: &std::path::Path, sql: &str) -> i64 {
     let Ok(conn) = rusqlite::Connection::open(db) else {
         return -1;

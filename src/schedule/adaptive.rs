@@ -1,0 +1,315 @@
+//! The adaptive schedule: each account polled at the rate [`Allocation`] gives its estimated
+//! change rate, calls filled with the accounts whose next poll is soonest due.
+//!
+//! State per account is 24 bytes (times in tenths of a second since a base, the estimate's
+//! three counts) plus its entries in a heap of `(due, index)` pairs; a heap entry whose due no
+//! longer matches its account's is stale and skipped, and the heap is rebuilt when stale
+//! entries outnumber the accounts.
+
+use super::allocation::{Allocation, Histogram};
+use super::estimate::Estimate;
+use super::Settings;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashSet};
+use std::sync::Arc;
+
+/// Times are tenths of a second since `base_ms`, which lies this far before the schedule was
+/// made, so that observations restored from the store still fit.
+const BASE_BEFORE_MS: i64 = 400 * 86_400_000;
+
+#[derive(Debug, Clone, Copy)]
+struct Account {
+    /// When its next poll is due.
+    due: u32,
+    /// When it was last put in a call.
+    issued: u32,
+    /// When it was last observed; 0 for never.
+    observed: u32,
+    estimate: Estimate,
+}
+
+/// What is kept of an account across restarts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Saved {
+    /// The account.
+    pub user_id: String,
+    /// Its last observation (Unix ms).
+    pub observed_at: i64,
+    /// Its estimate.
+    pub estimate: Estimate,
+}
+
+/// The adaptive schedule of one watch list.
+#[derive(Debug)]
+pub struct Adaptive {
+    watch: Arc<Vec<String>>,
+    accounts: Vec<Account>,
+    heap: BinaryHeap<Reverse<(u32, u32)>>,
+    base_ms: i64,
+    settings: Settings,
+    allocation: Allocation,
+    /// What an account with few polls is assumed to change at (changes/s): the configured prior
+    /// until the population's mean is known.
+    prior: f64,
+    /// Seconds from one sweep's start to the next, smoothed.
+    period: f64,
+    last_sweep_start: Option<i64>,
+    sweep_start: u32,
+    /// The last save: accounts observed since are saved next time.
+    saved_up_to: u32,
+}
+
+impl Adaptive {
+    /// A schedule for `watch` (sorted), starting from what was `saved` of it.
+    pub fn new(
+        watch: Arc<Vec<String>>,
+        settings: Settings,
+        now_ms: i64,
+        saved: impl IntoIterator<Item = Saved>,
+    ) -> Self {
+        let base_ms = now_ms - BASE_BEFORE_MS;
+        let mut s = Adaptive {
+            accounts: vec![
+                Account {
+                    due: 0,
+                    issued: 0,
+                    observed: 0,
+                    estimate: Estimate::default(),
+                };
+                watch.len()
+            ],
+            watch,
+            heap: BinaryHeap::new(),
+            base_ms,
+            allocation: Allocation {
+                scale: 0.0,
+                floor: 1.0 / settings.max_staleness_secs,
+                ceiling: 1.0,
+            },
+            period: settings.interval_secs,
+            prior: 1.0 / settings.prior_change_interval_secs,
+            settings,
+            last_sweep_start: None,
+            sweep_start: 0,
+            saved_up_to: 0,
+        };
+        for row in saved {
+            if let Ok(i) = s.watch.binary_search(&row.user_id) {
+                let observed = s.tick(row.observed_at);
+                s.accounts[i].observed = observed;
+                s.accounts[i].issued = observed;
+                s.accounts[i].estimate = row.estimate;
+            }
+        }
+        s.saved_up_to = s.tick(now_ms);
+        s.reallocate();
+        // First polls: never-observed accounts at once, the rest one interval after their last
+        // observation.
+        for i in 0..s.accounts.len() {
+            let a = s.accounts[i];
+            s.accounts[i].due = match a.observed {
+                0 => 0,
+                at => at.saturating_add(s.interval_ticks(&a.estimate)),
+            };
+        }
+        s.rebuild_heap();
+        s
+    }
+
+    /// The same schedule for a new watch list: what is known of the accounts that stay is kept.
+    pub fn with_watch_list(&self, watch: Arc<Vec<String>>, now_ms: i64) -> Self {
+        let kept = self.saved_since(0).into_iter();
+        let mut next = Adaptive::new(watch, self.settings.clone(), now_ms, kept);
+        next.period = self.period;
+        next.last_sweep_start = self.last_sweep_start;
+        next
+    }
+
+    fn tick(&self, ms: i64) -> u32 {
+        ((ms - self.base_ms) / 100).clamp(1, i64::from(u32::MAX)) as u32
+    }
+
+    fn ms(&self, tick: u32) -> i64 {
+        self.base_ms + i64::from(tick) * 100
+    }
+
+    fn interval_ticks(&self, estimate: &Estimate) -> u32 {
+        let secs = self
+            .allocation
+            .interval(estimate.rate(self.prior))
+            .min(self.staleness_room());
+        (secs * 10.0).round().clamp(1.0, f64::from(u32::MAX / 2)) as u32
+    }
+
+    /// The longest interval that keeps the staleness bound: a poll due between sweeps waits for
+    /// the next one, so a period is kept in hand.
+    fn staleness_room(&self) -> f64 {
+        (self.settings.max_staleness_secs - self.period).max(self.period)
+    }
+
+    fn rebuild_heap(&mut self) {
+        self.heap = self
+            .accounts
+            .iter()
+            .enumerate()
+            .map(|(i, a)| Reverse((a.due, i as u32)))
+            .collect();
+    }
+
+    /// Solves the allocation for the current estimates: the budget is the watch list once per
+    /// sweep period.
+    fn reallocate(&mut self) {
+        // The prior follows the population's mean once some of it has been polled.
+        let (mut sum, mut polled) = (0.0, 0usize);
+        for a in self.accounts.iter().filter(|a| a.estimate.polls > 0.0) {
+            sum += a.estimate.own_rate();
+            polled += 1;
+        }
+        if polled * 10 >= self.accounts.len() && polled > 0 {
+            self.prior = sum / polled as f64;
+        }
+        let mut histogram = Histogram::default();
+        for a in &self.accounts {
+            histogram.add(a.estimate.rate(self.prior));
+        }
+        let n = self.accounts.len().max(1) as f64;
+        let budget = n / self.period.max(1e-3);
+        self.allocation = Allocation::solve(&histogram, budget, 1.0 / self.staleness_room());
+    }
+
+    /// A sweep starts: the period is measured and the allocation solved anew.
+    pub fn begin_sweep(&mut self, now_ms: i64) {
+        if let Some(last) = self.last_sweep_start {
+            let measured = ((now_ms - last) as f64 / 1000.0).max(0.001);
+            self.period = 0.5 * self.period + 0.5 * measured.max(self.settings.interval_secs);
+        }
+        self.last_sweep_start = Some(now_ms);
+        self.sweep_start = self.tick(now_ms);
+        self.reallocate();
+    }
+
+    /// Up to `max` accounts for the next call, soonest due first, each once. Those already put
+    /// in a call during this sweep go to `repeats` too.
+    pub fn next_call(&mut self, max: usize, now_ms: i64, repeats: &mut Vec<String>) -> Vec<String> {
+        let now = self.tick(now_ms);
+        let max = max.min(self.accounts.len());
+        let mut taken: HashSet<u32> = HashSet::with_capacity(max);
+        let mut deferred = Vec::new();
+        let mut ids = Vec::with_capacity(max);
+        while ids.len() < max {
+            let Some(Reverse((due, i))) = self.heap.pop() else {
+                break;
+            };
+            let a = self.accounts[i as usize];
+            if a.due != due {
+                continue;
+            }
+            if !taken.insert(i) {
+                deferred.push(Reverse((due, i)));
+                continue;
+            }
+            let id = &self.watch[i as usize];
+            if a.issued >= self.sweep_start && a.issued > 0 {
+                repeats.push(id.clone());
+            }
+            let next_due = now.saturating_add(self.interval_ticks(&a.estimate));
+            let account = &mut self.accounts[i as usize];
+            account.issued = now;
+            account.due = next_due;
+            self.heap.push(Reverse((next_due, i)));
+            ids.push(id.clone());
+        }
+        self.heap.extend(deferred);
+        if self.heap.len() > 2 * self.accounts.len() + 1024 {
+            self.rebuild_heap();
+        }
+        ids
+    }
+
+    /// Notes an observation of `user_id` at `at_ms` that found a change or not. Returns the
+    /// seconds since its previous observation, if it had one.
+    pub fn observed(&mut self, user_id: &str, changed: bool, at_ms: i64) -> Option<f64> {
+        let i = self
+            .watch
+            .binary_search_by(|w| w.as_str().cmp(user_id))
+            .ok()?;
+        let at = self.tick(at_ms);
+        let a = self.accounts[i];
+        let interval = (a.observed > 0).then(|| f64::from(at.saturating_sub(a.observed)) / 10.0);
+        let account = &mut self.accounts[i];
+        account.observed = at;
+        // A first observation says nothing of the rate.
+        if let Some(interval) = interval {
+            account.estimate.observe(interval, changed);
+        }
+        // An account found livelier than thought is due sooner.
+        let sooner = a
+            .issued
+            .saturating_add(self.interval_ticks(&self.accounts[i].estimate));
+        if sooner < self.accounts[i].due {
+            self.accounts[i].due = sooner;
+            self.heap.push(Reverse((sooner, i as u32)));
+        }
+        interval
+    }
+
+    /// A poll of `user_id` yielded nothing: it is due again at once.
+    pub fn failed(&mut self, user_id: &str, now_ms: i64) {
+        if let Ok(i) = self.watch.binary_search_by(|w| w.as_str().cmp(user_id)) {
+            let now = self.tick(now_ms);
+            if now < self.accounts[i].due {
+                self.accounts[i].due = now;
+                self.heap.push(Reverse((now, i as u32)));
+            }
+        }
+    }
+
+    /// Accounts observed since tick `since`, to be saved.
+    fn saved_since(&self, since: u32) -> Vec<Saved> {
+        self.accounts
+            .iter()
+            .zip(self.watch.iter())
+            .filter(|(a, _)| a.observed > since)
+            .map(|(a, id)| Saved {
+                user_id: id.clone(),
+                observed_at: self.ms(a.observed),
+                estimate: a.estimate,
+            })
+            .collect()
+    }
+
+    /// What changed since the last call, to be saved; from now on only what changes after.
+    pub fn take_unsaved(&mut self, now_ms: i64) -> Vec<Saved> {
+        let rows = self.saved_since(self.saved_up_to.saturating_sub(1));
+        self.saved_up_to = self.tick(now_ms);
+        rows
+    }
+
+    /// The current estimate of `user_id` (changes a second).
+    pub fn rate(&self, user_id: &str) -> Option<f64> {
+        let i = self
+            .watch
+            .binary_search_by(|w| w.as_str().cmp(user_id))
+            .ok()?;
+        Some(self.accounts[i].estimate.rate(self.prior))
+    }
+
+    /// The poll counts of `user_id`.
+    pub fn estimate(&self, user_id: &str) -> Option<Estimate> {
+        let i = self
+            .watch
+            .binary_search_by(|w| w.as_str().cmp(user_id))
+            .ok()?;
+        Some(self.accounts[i].estimate)
+    }
+
+    /// What an account never polled is assumed to change at (changes/s).
+    pub fn prior(&self) -> f64 {
+        self.prior
+    }
+
+    /// The allocation in force.
+    pub fn allocation(&self) -> Allocation {
+        self.allocation
+    }
+}

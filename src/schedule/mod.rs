@@ -1,0 +1,107 @@
+//! Which accounts go in the next call: the seam between the sweep (pacing, diff, commit,
+//! hinted calls) and the order accounts are polled in.
+//!
+//! - **round-robin**: every account once per sweep, in watch-list order.
+//! - **adaptive**: the same number of polls per sweep, spent where changes happen: each account
+//!   at a rate that grows with the square root of its estimated change rate
+//!   ([`allocation`], [`estimate`]), and every account at least once per
+//!   `sweep.max_staleness_secs`. An account may then be polled several times in one sweep.
+
+pub mod adaptive;
+pub mod allocation;
+pub mod config;
+pub mod estimate;
+#[cfg(test)]
+mod tests;
+
+pub use adaptive::{Adaptive, Saved};
+pub use config::ScheduleKind;
+use std::sync::Arc;
+
+/// What the adaptive schedule needs of the configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// `sweep.interval_secs`: the shortest sweep period.
+    pub interval_secs: f64,
+    /// `sweep.max_staleness_secs`.
+    pub max_staleness_secs: f64,
+    /// `sweep.prior_change_interval_secs`: what a new account is assumed to change every.
+    pub prior_change_interval_secs: f64,
+}
+
+/// The schedule in force.
+#[derive(Debug)]
+pub enum Schedule {
+    /// Every account once per sweep, in order.
+    RoundRobin(RoundRobin),
+    /// Polls where changes happen.
+    Adaptive(Box<Adaptive>),
+}
+
+/// Every account once per sweep, in watch-list order.
+#[derive(Debug, Default)]
+pub struct RoundRobin {
+    watch: Arc<Vec<String>>,
+    at: usize,
+}
+
+impl Schedule {
+    /// Round-robin over `watch`.
+    pub fn round_robin(watch: Arc<Vec<String>>) -> Self {
+        Schedule::RoundRobin(RoundRobin { watch, at: 0 })
+    }
+
+    /// Which kind this is.
+    pub fn kind(&self) -> ScheduleKind {
+        match self {
+            Schedule::RoundRobin(_) => ScheduleKind::RoundRobin,
+            Schedule::Adaptive(_) => ScheduleKind::Adaptive,
+        }
+    }
+
+    /// The same schedule over a new watch list.
+    pub fn set_watch_list(&mut self, watch: Arc<Vec<String>>, now_ms: i64) {
+        match self {
+            Schedule::RoundRobin(r) => *r = RoundRobin { watch, at: 0 },
+            Schedule::Adaptive(a) => **a = a.with_watch_list(watch, now_ms),
+        }
+    }
+
+    /// A sweep starts.
+    pub fn begin_sweep(&mut self, now_ms: i64) {
+        match self {
+            Schedule::RoundRobin(r) => r.at = 0,
+            Schedule::Adaptive(a) => a.begin_sweep(now_ms),
+        }
+    }
+
+    /// Up to `max` accounts for the next call; accounts already called for in this sweep are
+    /// added to `repeats` too (round-robin has none).
+    pub fn next_call(&mut self, max: usize, now_ms: i64, repeats: &mut Vec<String>) -> Vec<String> {
+        match self {
+            Schedule::RoundRobin(r) => {
+                let end = (r.at + max).min(r.watch.len());
+                let ids = r.watch[r.at..end].to_vec();
+                r.at = end;
+                ids
+            }
+            Schedule::Adaptive(a) => a.next_call(max, now_ms, repeats),
+        }
+    }
+
+    /// An observation of `user_id` that found a change or not; the seconds since its previous
+    /// one when the schedule keeps them.
+    pub fn observed(&mut self, user_id: &str, changed: bool, at_ms: i64) -> Option<f64> {
+        match self {
+            Schedule::RoundRobin(_) => None,
+            Schedule::Adaptive(a) => a.observed(user_id, changed, at_ms),
+        }
+    }
+
+    /// A poll of `user_id` yielded nothing.
+    pub fn failed(&mut self, user_id: &str, now_ms: i64) {
+        if let Schedule::Adaptive(a) = self {
+            a.failed(user_id, now_ms);
+        }
+    }
+}
