@@ -7,9 +7,9 @@
 #[allow(dead_code)]
 mod support;
 
-use std::collections::HashMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use support::changes::{detections, quantile, read_changes, Changes};
 use support::{
     completed_sweeps, daemon, free_port, metric, sim_calls, wait_port, Http, Proc, SIM_KEY,
 };
@@ -158,12 +158,7 @@ fn run(s: &Scenario) {
 
     let changes = read_changes(&change_log, started, stopped);
     let (all, by_callback, missed, in_sweeps) = latencies(&db, &changes, started);
-    let pct = |v: &[i64], p: f64| -> f64 {
-        match v.is_empty() {
-            true => f64::NAN,
-            false => v[((v.len() - 1) as f64 * p).round() as usize] as f64 / 1000.0,
-        }
-    };
+    let pct = quantile;
     println!(
         "{}: {} changes, detection p50 {:.2} s, p99 {:.2} s; found through a callback: {} (p50 {:.3} s, p99 {:.3} s); not matched {}; API calls {} of which hinted {} = {:.1}% of the sweeps' {}; refused for frequency (60011) {}",
         s.name,
@@ -190,39 +185,6 @@ fn run(s: &Scenario) {
     }
 }
 
-/// (at, state, platforms) per account, in order.
-type Changes = HashMap<String, Vec<(i64, String, String)>>;
-
-fn normalize(platforms: &serde_json::Value) -> String {
-    let mut p: Vec<String> = platforms
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|d| format!("{}:{}", d["platform"], d["status"]))
-        .collect();
-    p.sort();
-    p.join(",")
-}
-
-fn read_changes(path: &std::path::Path, from: i64, until: i64) -> Changes {
-    let mut out: Changes = HashMap::new();
-    for line in std::fs::read_to_string(path).unwrap().lines() {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap();
-        let at = v["at"].as_i64().unwrap();
-        if at < from || at > until {
-            continue;
-        }
-        out.entry(v["user_id"].as_str().unwrap().to_owned())
-            .or_default()
-            .push((
-                at,
-                v["state"].as_str().unwrap().to_owned(),
-                normalize(&v["platforms"]),
-            ));
-    }
-    out
-}
-
 /// Detection latencies (ms, sorted): of every change, and of those found through a callback;
 /// how many changes no history row matched before the account's next change; and the latencies
 /// of callback-found changes observed while a sweep ran.
@@ -231,7 +193,6 @@ fn latencies(
     changes: &Changes,
     from: i64,
 ) -> (Vec<i64>, Vec<i64>, usize, Vec<i64>) {
-    // One pass over the rows observed since `from` (indexed by time), grouped by account.
     let conn = rusqlite::Connection::open(db).unwrap();
     let sweeps: Vec<(i64, i64)> = conn
         .prepare("SELECT started_at, finished_at FROM sweeps WHERE finished_at IS NOT NULL")
@@ -241,49 +202,18 @@ fn latencies(
         .map(Result::unwrap)
         .collect();
     let during_sweep = |t: i64| sweeps.iter().any(|(s, f)| t >= *s && t <= *f);
-    let mut in_sweeps = Vec::new();
-    let mut stmt = conn
-        .prepare(
-            "SELECT user_id, observed_at, to_state, to_platforms, cause FROM presence_history
-             WHERE observed_at >= ?1 ORDER BY history_id",
-        )
-        .unwrap();
-    let mut by_user: HashMap<String, Vec<(i64, String, String, String)>> = HashMap::new();
-    let rows = stmt
-        .query_map([from], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?),
-            ))
-        })
-        .unwrap();
-    for row in rows {
-        let (user, row) = row.unwrap();
-        by_user.entry(user).or_default().push(row);
-    }
-    let none = Vec::new();
-    let (mut all, mut by_callback, mut missed) = (Vec::new(), Vec::new(), 0);
-    for (user, list) in changes {
-        let rows = by_user.get(user).unwrap_or(&none);
-        for (i, (at, state, platforms)) in list.iter().enumerate() {
-            let next = list.get(i + 1).map_or(i64::MAX, |c| c.0);
-            let found = rows.iter().find(|(observed, to, to_platforms, _)| {
-                *observed >= *at
-                    && *observed < next
-                    && to == state
-                    && normalize(&serde_json::from_str(to_platforms).unwrap()) == *platforms
-            });
-            match found {
-                Some((observed, _, _, cause)) => {
-                    all.push(observed - at);
-                    if cause == "callback" {
-                        by_callback.push(observed - at);
-                        if during_sweep(*observed) {
-                            in_sweeps.push(observed - at);
-                        }
-                    }
-                }
-                None => missed += 1,
+    let (mut all, mut by_callback, mut missed, mut in_sweeps) =
+        (Vec::new(), Vec::new(), 0, Vec::new());
+    for found in detections(db, changes, from) {
+        let (Some(observed), Some(delay)) = (found.observed, found.delay()) else {
+            missed += 1;
+            continue;
+        };
+        all.push(delay);
+        if found.cause == "callback" {
+            by_callback.push(delay);
+            if during_sweep(observed) {
+                in_sweeps.push(delay);
             }
         }
     }

@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
 # Every benchmark, with its output kept in target/bench-results.txt. Starts a local Apache Kafka
 # broker (scripts/kafka.sh) for the Kafka scenarios.
-# Usage: scripts/bench.sh [SCENARIO ...]   (client-rate client-ceiling store prune kafka kafka-memory e2e import diff publish migrate detection pacing hint-flood)
+# Usage: scripts/bench.sh [SCENARIO ...]   (client-rate client-ceiling store prune kafka kafka-memory e2e import diff publish migrate detection pacing hint-flood schedule adaptive)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 out=target/bench-results.txt
 mkdir -p target
 scenarios=("$@")
-[ ${#scenarios[@]} -gt 0 ] || scenarios=(client-rate client-ceiling store prune kafka kafka-memory e2e import diff publish migrate detection pacing hint-flood)
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(client-rate client-ceiling store prune kafka kafka-memory e2e import diff publish migrate detection pacing hint-flood schedule adaptive)
 
 cargo build --release --quiet
-cargo bench --no-run --quiet --bench throughput --bench diff --bench publish --bench detection --bench edges
+cargo bench --no-run --quiet --bench throughput --bench diff --bench publish --bench detection --bench edges --bench schedule --bench adaptive
 
 tmp=$(mktemp -d)
 trap 'scripts/kafka.sh stop "$tmp/kafka" >/dev/null 2>&1 || true; rm -rf "$tmp"' EXIT
@@ -28,9 +28,10 @@ fi
   echo "# $(date -u +%FT%TZ) on $(nproc) cores, $(git rev-parse --short HEAD)${PRESENCED_BENCH_KAFKA_VERSION:+, Apache Kafka $PRESENCED_BENCH_KAFKA_VERSION}"
   for s in "${scenarios[@]}"; do
     case "$s" in
-      diff | publish) cargo bench --quiet --bench "$s" 2>&1 | grep -E '^[a-z_]+/|time:|thrpt:' ;;
+      diff | publish | schedule) cargo bench --quiet --bench "$s" 2>&1 | grep -E '^[a-z_-]+/|time:|thrpt:' ;;
       migrate) echo; echo "## migrate"; python3 scripts/bench-migration.py ;;
       detection) echo; echo "## detection"; cargo bench --quiet --bench detection ;;
+      adaptive) echo; echo "## adaptive"; cargo bench --quiet --bench adaptive ;;
       pacing | hint-flood) cargo bench --quiet --bench edges -- "$s" ;;
       import)
         echo; echo "## import"

@@ -131,7 +131,8 @@ pub struct Metrics {
     /// adaptive schedule).
     pub poll_interval: Histogram,
     /// `presenced_oldest_observation_age_seconds`: how long ago the watched account observed
-    /// longest ago was observed, at the end of the last sweep.
+    /// longest ago was observed, at the start of the last sweep (the most any account has gone
+    /// unobserved).
     pub oldest_observation_age: FloatGauge,
     /// `presenced_max_staleness_seconds`: `sweep.max_staleness_secs`.
     pub max_staleness: FloatGauge,
@@ -377,7 +378,7 @@ impl Metrics {
         );
         registry.register(
             "oldest_observation_age_seconds",
-            "Age of the oldest observation of a watched account, at the end of the last sweep",
+            "Age of the oldest observation of a watched account, at the start of the last sweep",
             m.oldest_observation_age.clone(),
         );
         registry.register(

@@ -174,8 +174,7 @@ async fn adaptive_polling_loses_nothing_through_faults_and_kills_and_keeps_the_b
     stop(daemon);
     assert_matches_truth(&db, &control).await;
     assert_eq!(no_op_transitions(&db), 0, "no transition is invented");
-    // Every account observed within the bound (a sweep's length on top: the gauge is set at
-    // a sweep's end).
+    // Every account observed within the bound (the gauge is set as a sweep starts).
     let oldest = metric(&text, "presenced_oldest_observation_age_seconds");
     assert!(
         oldest <= MAX_STALENESS + 1.0,

@@ -2,6 +2,8 @@
 //! with the benchmark, free ports, blocking HTTP, and reading the simulator's and the
 //! daemon's counts.
 
+pub mod changes;
+
 use std::process::Child;
 use std::time::{Duration, Instant};
 

@@ -57,6 +57,8 @@ pub struct Adaptive {
     sweep_start: u32,
     /// The last save: accounts observed since are saved next time.
     saved_up_to: u32,
+    /// When the schedule was made.
+    created: u32,
 }
 
 impl Adaptive {
@@ -85,6 +87,7 @@ impl Adaptive {
                 scale: 0.0,
                 floor: 1.0 / settings.max_staleness_secs,
                 ceiling: 1.0,
+                boost: 1.0,
             },
             period: settings.interval_secs,
             prior: 1.0 / settings.prior_change_interval_secs,
@@ -92,16 +95,19 @@ impl Adaptive {
             last_sweep_start: None,
             sweep_start: 0,
             saved_up_to: 0,
+            created: 0,
         };
         for row in saved {
             if let Ok(i) = s.watch.binary_search(&row.user_id) {
-                let observed = s.tick(row.observed_at);
+                // A restored time past now (a clock stepped back) would starve the account.
+                let observed = s.tick(row.observed_at.min(now_ms));
                 s.accounts[i].observed = observed;
                 s.accounts[i].issued = observed;
                 s.accounts[i].estimate = row.estimate;
             }
         }
         s.saved_up_to = s.tick(now_ms);
+        s.created = s.saved_up_to;
         s.reallocate();
         // First polls: never-observed accounts at once, the rest one interval after their last
         // observation.
@@ -122,11 +128,13 @@ impl Adaptive {
         let mut next = Adaptive::new(watch, self.settings.clone(), now_ms, kept);
         next.period = self.period;
         next.last_sweep_start = self.last_sweep_start;
+        // What was not saved yet still is, at the next save.
+        next.saved_up_to = self.saved_up_to;
         next
     }
 
     fn tick(&self, ms: i64) -> u32 {
-        ((ms - self.base_ms) / 100).clamp(1, i64::from(u32::MAX)) as u32
+        (ms.saturating_sub(self.base_ms) / 100).clamp(1, i64::from(u32::MAX)) as u32
     }
 
     fn ms(&self, tick: u32) -> i64 {
@@ -212,7 +220,16 @@ impl Adaptive {
             if a.issued >= self.sweep_start && a.issued > 0 {
                 repeats.push(id.clone());
             }
-            let next_due = now.saturating_add(self.interval_ticks(&a.estimate));
+            // Spaced from when it was due, not from now: calls are filled with the soonest due
+            // even before they are due, and spacing from now would then hand every spare poll
+            // to the accounts with the shortest intervals (and to failed ones); this way spare
+            // polls are shared in proportion, as the allocation meant.
+            // Never further ahead than the staleness bound allows.
+            let room = (self.staleness_room() * 10.0) as u32;
+            let next_due = due
+                .max(now)
+                .saturating_add(self.interval_ticks(&a.estimate))
+                .min(now.saturating_add(room));
             let account = &mut self.accounts[i as usize];
             account.issued = now;
             account.due = next_due;
@@ -226,9 +243,17 @@ impl Adaptive {
         ids
     }
 
-    /// Notes an observation of `user_id` at `at_ms` that found a change or not. Returns the
-    /// seconds since its previous observation, if it had one.
-    pub fn observed(&mut self, user_id: &str, changed: bool, at_ms: i64) -> Option<f64> {
+    /// Notes an observation of `user_id` at `at_ms` that found a change or not. `counts` is
+    /// false for a hinted re-query: it follows a change a callback announced, and the sweep's
+    /// polls are for the changes callbacks do not announce, so only the time is kept. Returns
+    /// the seconds since its previous observation, if it had one.
+    pub fn observed(
+        &mut self,
+        user_id: &str,
+        changed: bool,
+        at_ms: i64,
+        counts: bool,
+    ) -> Option<f64> {
         let i = self
             .watch
             .binary_search_by(|w| w.as_str().cmp(user_id))
@@ -236,16 +261,23 @@ impl Adaptive {
         let at = self.tick(at_ms);
         let a = self.accounts[i];
         let interval = (a.observed > 0).then(|| f64::from(at.saturating_sub(a.observed)) / 10.0);
-        let account = &mut self.accounts[i];
-        account.observed = at;
-        // A first observation says nothing of the rate.
-        if let Some(interval) = interval {
-            account.estimate.observe(interval, changed);
+        self.accounts[i].observed = at;
+        // A first observation says nothing of the rate, and neither does a gap this schedule
+        // did not plan (the daemon down, or round-robin polling): one huge interval would
+        // swamp the mean interval for a hundred polls.
+        let planned = 2.0 * self.staleness_room() + self.period;
+        if let Some(interval) = interval.filter(|i| counts && *i <= planned) {
+            self.accounts[i].estimate.observe(interval, changed);
         }
-        // An account found livelier than thought is due sooner.
-        let sooner = a
-            .issued
-            .saturating_add(self.interval_ticks(&self.accounts[i].estimate));
+        // An account found livelier than thought is due sooner: by as much as its interval
+        // shrank.
+        let (before, after) = (
+            self.interval_ticks(&a.estimate),
+            self.interval_ticks(&self.accounts[i].estimate),
+        );
+        let sooner = self.accounts[i]
+            .due
+            .saturating_sub(before.saturating_sub(after));
         if sooner < self.accounts[i].due {
             self.accounts[i].due = sooner;
             self.heap.push(Reverse((sooner, i as u32)));
@@ -253,15 +285,34 @@ impl Adaptive {
         interval
     }
 
-    /// A poll of `user_id` yielded nothing: it is due again at once.
-    pub fn failed(&mut self, user_id: &str, now_ms: i64) {
+    /// A poll of `user_id` yielded nothing: it is due again half an interval sooner than its
+    /// next poll. Not at once: the calls are filled with the soonest due, so an account failing
+    /// every time would be in every call; this way it costs at most its own share again.
+    pub fn failed(&mut self, user_id: &str, _now_ms: i64) {
         if let Ok(i) = self.watch.binary_search_by(|w| w.as_str().cmp(user_id)) {
-            let now = self.tick(now_ms);
-            if now < self.accounts[i].due {
-                self.accounts[i].due = now;
-                self.heap.push(Reverse((now, i as u32)));
+            let half = self.interval_ticks(&self.accounts[i].estimate) / 2;
+            let retry = self.accounts[i].due.saturating_sub(half).max(1);
+            if retry < self.accounts[i].due {
+                self.accounts[i].due = retry;
+                self.heap.push(Reverse((retry, i as u32)));
             }
         }
+    }
+
+    /// Seconds since the account observed longest ago was observed (one never observed counts
+    /// from when the schedule was made).
+    pub fn oldest_observation_age(&self, now_ms: i64) -> f64 {
+        let now = self.tick(now_ms);
+        let oldest = self
+            .accounts
+            .iter()
+            .map(|a| match a.observed {
+                0 => self.created,
+                at => at,
+            })
+            .min()
+            .unwrap_or(now);
+        f64::from(now.saturating_sub(oldest)) / 10.0
     }
 
     /// Accounts observed since tick `since`, to be saved.
@@ -278,11 +329,16 @@ impl Adaptive {
             .collect()
     }
 
-    /// What changed since the last call, to be saved; from now on only what changes after.
-    pub fn take_unsaved(&mut self, now_ms: i64) -> Vec<Saved> {
+    /// What was observed since the last save, and the mark to pass to [`Adaptive::saved`]
+    /// once it is written.
+    pub fn unsaved(&self, now_ms: i64) -> (Vec<Saved>, u32) {
         let rows = self.saved_since(self.saved_up_to.saturating_sub(1));
-        self.saved_up_to = self.tick(now_ms);
-        rows
+        (rows, self.tick(now_ms))
+    }
+
+    /// The rows [`Adaptive::unsaved`] gave with `mark` are written.
+    pub fn saved(&mut self, mark: u32) {
+        self.saved_up_to = self.saved_up_to.max(mark);
     }
 
     /// The current estimate of `user_id` (changes a second).
@@ -292,6 +348,11 @@ impl Adaptive {
             .binary_search_by(|w| w.as_str().cmp(user_id))
             .ok()?;
         Some(self.accounts[i].estimate.rate(self.prior))
+    }
+
+    /// The settings it runs with.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
     }
 
     /// The poll counts of `user_id`.

@@ -72,6 +72,9 @@ pub struct Allocation {
     pub floor: f64,
     /// The most polls a second any account gets.
     pub ceiling: f64,
+    /// What every rate is multiplied by when the bounds leave budget unspent (every account at
+    /// the floor or the ceiling, or changing at rate 0): spare polls are shared in proportion.
+    pub boost: f64,
 }
 
 impl Allocation {
@@ -100,6 +103,7 @@ impl Allocation {
                 scale: 0.0,
                 floor: equal,
                 ceiling,
+                boost: 1.0,
             };
         }
         // The total grows with the scale: bisect on its logarithm.
@@ -112,17 +116,23 @@ impl Allocation {
                 lo = mid;
             }
         }
+        let scale = lo.exp2();
+        let spent = total(scale);
         Allocation {
-            scale: lo.exp2(),
+            scale,
             floor,
             ceiling,
+            boost: match spent > 0.0 && spent < budget {
+                true => budget / spent,
+                false => 1.0,
+            },
         }
     }
 
     /// Seconds between polls of an account changing `rate` times a second.
     pub fn interval(&self, rate: f64) -> f64 {
         let polls = (self.scale * rate.max(0.0).sqrt()).clamp(self.floor, self.ceiling);
-        1.0 / polls.max(1e-9)
+        1.0 / (polls * self.boost).min(self.ceiling).max(1e-9)
     }
 }
 
@@ -169,6 +179,14 @@ mod tests {
         let a = Allocation::solve(&histogram(&rates), 10.0, 1.0);
         assert_eq!(a.interval(0.0), a.interval(1.0));
         assert!((a.interval(1.0) - 100.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn budget_the_bounds_leave_is_shared_in_proportion() {
+        // Nothing ever changes: every account at the floor spends a tenth of the budget.
+        let rates = [(900, 0.0), (100, 0.0)];
+        let a = Allocation::solve(&histogram(&rates), 100.0, 0.01);
+        assert!((a.interval(0.0) - 10.0).abs() < 1e-6, "{}", a.interval(0.0));
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! - **adaptive**: the same number of polls per sweep, spent where changes happen: each account
 //!   at a rate that grows with the square root of its estimated change rate
 //!   ([`allocation`], [`estimate`]), and every account at least once per
-//!   `sweep.max_staleness_secs`. An account may then be polled several times in one sweep.
+//!   `sweep.max_staleness_secs`. An account may then be polled several times in one sweep, and
+//!   the sweep's calls are spread over its interval rather than sent in a burst.
 
 pub mod adaptive;
 pub mod allocation;
@@ -89,12 +90,32 @@ impl Schedule {
         }
     }
 
-    /// An observation of `user_id` that found a change or not; the seconds since its previous
-    /// one when the schedule keeps them.
-    pub fn observed(&mut self, user_id: &str, changed: bool, at_ms: i64) -> Option<f64> {
+    /// How far apart a sweep of `calls` calls should start them: the adaptive schedule spreads
+    /// them over nine tenths of `sweep.interval_secs`, so that an account due between two sweeps
+    /// does not wait for the next one (round-robin sends them as fast as the pacing allows).
+    pub fn call_spacing(&self, calls: usize) -> Option<std::time::Duration> {
         match self {
             Schedule::RoundRobin(_) => None,
-            Schedule::Adaptive(a) => a.observed(user_id, changed, at_ms),
+            Schedule::Adaptive(a) => {
+                let spread = 0.9 * a.settings().interval_secs / calls.max(1) as f64;
+                Some(std::time::Duration::from_secs_f64(spread))
+            }
+        }
+    }
+
+    /// An observation of `user_id` that found a change or not (`counts`: false for a hinted
+    /// re-query, see [`Adaptive::observed`]); the seconds since its previous one when the
+    /// schedule keeps them.
+    pub fn observed(
+        &mut self,
+        user_id: &str,
+        changed: bool,
+        at_ms: i64,
+        counts: bool,
+    ) -> Option<f64> {
+        match self {
+            Schedule::RoundRobin(_) => None,
+            Schedule::Adaptive(a) => a.observed(user_id, changed, at_ms, counts),
         }
     }
 

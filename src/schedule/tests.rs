@@ -59,7 +59,7 @@ fn run(
                 }
                 rng.random_bool(1.0 - (-current[i] * gap).exp())
             };
-            schedule.observed(&id, changed, now_ms);
+            schedule.observed(&id, changed, now_ms, true);
             last[i] = t;
         }
         call += 1;
@@ -235,7 +235,7 @@ fn a_watch_list_change_keeps_what_was_learned() {
         for c in 0..20 {
             let at = sweep_at + c * 500;
             for id in schedule.next_call(BATCH, at, &mut repeats) {
-                schedule.observed(&id, id == "u00000" && c % 2 == 0, at);
+                schedule.observed(&id, id == "u00000" && c % 2 == 0, at, true);
             }
         }
     }
@@ -258,4 +258,52 @@ fn a_watch_list_change_keeps_what_was_learned() {
         Some(a.prior()),
         "a new account is the prior"
     );
+}
+
+#[test]
+fn accounts_that_keep_failing_do_not_take_the_calls() {
+    // 2,000 accounts, 100 of which fail every poll: they are asked again after half their
+    // interval, not at the head of every call.
+    let mut schedule = adaptive(2_000, 10.0, 120.0);
+    let mut repeats = Vec::new();
+    let mut polls_of_failing = 0;
+    for k in 0..30 {
+        let sweep_at = 1_800_000_000_000 + k * 10_000;
+        schedule.begin_sweep(sweep_at);
+        for c in 0..20 {
+            let at = sweep_at + c * 450;
+            for id in schedule.next_call(BATCH, at, &mut repeats) {
+                let i: usize = id[1..].parse().unwrap();
+                if i < 100 {
+                    polls_of_failing += 1;
+                    schedule.failed(&id, at);
+                } else {
+                    schedule.observed(&id, false, at, true);
+                }
+            }
+        }
+    }
+    // Twice their share at most (30 sweeps of polls for 2,000), against every call (600) if due
+    // at once.
+    assert!(polls_of_failing <= 2 * 100 * 31, "{polls_of_failing}");
+}
+
+#[test]
+fn hinted_answers_and_unplanned_gaps_leave_the_estimate_alone() {
+    let Schedule::Adaptive(mut a) = adaptive(10, 10.0, 120.0) else {
+        unreachable!()
+    };
+    let t = 1_800_000_000_000;
+    a.observed("u00001", false, t, true);
+    a.observed("u00001", true, t + 10_000, true);
+    let learned = a.estimate("u00001").unwrap();
+    // A hinted re-query right after a callback: only its time is kept.
+    a.observed("u00001", true, t + 10_100, false);
+    assert_eq!(a.estimate("u00001"), Some(learned));
+    // A week without polls (the daemon down, or round-robin in between).
+    a.observed("u00001", true, t + 7 * 86_400_000, true);
+    assert_eq!(a.estimate("u00001"), Some(learned));
+    // Polls again as planned count again.
+    a.observed("u00001", false, t + 7 * 86_400_000 + 10_000, true);
+    assert_ne!(a.estimate("u00001"), Some(learned));
 }

@@ -78,14 +78,13 @@ impl Section for SweepConfig {
 
     fn check(&self) -> Result<(), Invalid> {
         // A poll due between sweeps waits for the next one: the bound needs a period in hand.
-        if self.schedule == ScheduleKind::Adaptive
-            && self.max_staleness_secs < 2.0 * self.interval_secs
-        {
+        let period = self.interval_secs + self.jitter_secs;
+        if self.schedule == ScheduleKind::Adaptive && self.max_staleness_secs < 2.0 * period {
             return Err(Invalid::new(
                 "sweep.max_staleness_secs",
                 format!(
-                    "must be at least twice sweep.interval_secs ({} s) with schedule = \"adaptive\", got {}",
-                    self.interval_secs, self.max_staleness_secs
+                    "must be at least twice sweep.interval_secs + sweep.jitter_secs ({period} s) with schedule = \"adaptive\", got {}",
+                    self.max_staleness_secs
                 ),
             ));
         }

@@ -111,6 +111,8 @@ pub struct Sweeper {
     schedule: Arc<Mutex<Schedule>>,
     /// When the adaptive schedule's estimates were last saved (Unix ms).
     estimates_saved_at: i64,
+    /// Sweeps started since the daemon started.
+    sweeps_started: u64,
 }
 
 /// How often the adaptive schedule's estimates are saved while it runs (and at a clean stop):
@@ -152,11 +154,36 @@ impl Sweeper {
             applied: Applied::default(),
             schedule: Arc::new(Mutex::new(Schedule::round_robin(Arc::default()))),
             estimates_saved_at: now_millis(),
+            sweeps_started: 0,
         })
     }
 
     fn schedule(&self) -> std::sync::MutexGuard<'_, Schedule> {
         self.schedule.lock().expect("schedule")
+    }
+
+    /// Before a sweep polls anything: the longest any account has gone unobserved. Round-robin
+    /// reads the snapshot, whose times are only those of changes until a first sweep since the
+    /// start has touched every account; the adaptive schedule keeps every observation's time.
+    fn record_staleness(&mut self, now: i64) {
+        let age = match &*self.schedule() {
+            Schedule::Adaptive(a) => Some(a.oldest_observation_age(now)),
+            Schedule::RoundRobin(_) if self.sweeps_started == 0 => None,
+            Schedule::RoundRobin(_) => self
+                .snapshot
+                .oldest_observation()
+                .map(|oldest| (now - oldest).max(0) as f64 / 1000.0),
+        };
+        self.sweeps_started += 1;
+        if let Some(age) = age {
+            self.metrics.oldest_observation_age.set(age);
+        }
+    }
+
+    /// How far apart a sweep's calls start, if the schedule spreads them over the interval.
+    fn call_spacing(&self) -> Option<std::time::Duration> {
+        let calls = self.watch.len().div_ceil(self.settings.batch_size.max(1));
+        self.schedule().call_spacing(calls)
     }
 
     /// Polls by `kind` from now on (between sweeps). The adaptive schedule starts from the
@@ -167,7 +194,11 @@ impl Sweeper {
         settings: ScheduleSettings,
     ) -> Result<(), StoreError> {
         self.save_estimates().await?;
-        self.metrics.max_staleness.set(settings.max_staleness_secs);
+        // Round-robin keeps no bound of its own: its sweeps are the bound.
+        self.metrics.max_staleness.set(match kind {
+            ScheduleKind::Adaptive => settings.max_staleness_secs,
+            ScheduleKind::RoundRobin => f64::INFINITY,
+        });
         let next = match kind {
             ScheduleKind::RoundRobin => Schedule::round_robin(self.watch.clone()),
             ScheduleKind::Adaptive => {
@@ -196,8 +227,8 @@ impl Sweeper {
     /// Saves what the adaptive schedule learned since its last save; returns how many accounts.
     pub async fn save_estimates(&mut self) -> Result<usize, StoreError> {
         let now = now_millis();
-        let rows = match &mut *self.schedule() {
-            Schedule::Adaptive(a) => a.take_unsaved(now),
+        let (rows, mark) = match &*self.schedule() {
+            Schedule::Adaptive(a) => a.unsaved(now),
             Schedule::RoundRobin(_) => return Ok(0),
         };
         self.estimates_saved_at = now;
@@ -207,6 +238,10 @@ impl Sweeper {
             let chunk: Vec<_> = rows.by_ref().take(SAVE_CHUNK).collect();
             self.store.call(move |db| db.save_estimates(&chunk)).await?;
             self.progress.store(now_millis(), Ordering::Relaxed);
+        }
+        // Only what was written counts as saved (the schedule may have been replaced since).
+        if let Schedule::Adaptive(a) = &mut *self.schedule() {
+            a.saved(mark);
         }
         Ok(saved)
     }
@@ -271,6 +306,7 @@ impl Sweeper {
     /// Runs one sweep over the current watch list.
     pub async fn sweep(&mut self, shutdown: &CancellationToken) -> Result<SweepReport, SweepError> {
         let started_at = now_millis();
+        self.record_staleness(started_at);
         let asked = self.watch.len() as u64;
         let sweep_id = self
             .store
@@ -296,6 +332,8 @@ impl Sweeper {
             handle: Some(tokio::spawn(run_queries(
                 self.client.clone(),
                 self.sweep_batches(),
+                self.call_spacing(),
+                self.progress.clone(),
                 self.hinted_calls(),
                 self.settings.max_in_flight,
                 stop_queries.clone(),
@@ -355,7 +393,12 @@ impl Sweeper {
                             pending.insert(user_id.clone());
                         }
                     }
-                    let ids = answer.outcomes.iter().map(|(id, _)| id.as_str());
+                    // A failure says nothing newer than an older answer's observation.
+                    let ids = answer
+                        .outcomes
+                        .iter()
+                        .filter(|(_, o)| !matches!(o, AccountOutcome::Failed(_)))
+                        .map(|(id, _)| id.as_str());
                     self.applied.record_contested(ids, query.number);
                 }
                 Err(QueryError::Configuration { code, message }) => {
@@ -366,6 +409,11 @@ impl Sweeper {
                 Err(e) => {
                     counts.failed += ids.len() as u64;
                     tracing::debug!(error = %e, accounts = ids.len(), "batch yielded no observations");
+                    let now = now_millis();
+                    let mut schedule = self.schedule();
+                    for id in &ids {
+                        schedule.failed(id, now);
+                    }
                     first_failure.get_or_insert_with(|| e.to_string());
                 }
             }
@@ -414,12 +462,11 @@ impl Sweeper {
         {
             self.progress.store(now_millis(), Ordering::Relaxed);
         }
-        if let Some(oldest) = self.snapshot.oldest_observation() {
-            let age = (now_millis() - oldest).max(0) as f64 / 1000.0;
-            self.metrics.oldest_observation_age.set(age);
-        }
         if now_millis() - self.estimates_saved_at >= SAVE_ESTIMATES_EVERY_MS {
-            self.save_estimates().await?;
+            // Soft state: a failed save is tried again at the next sweep's end.
+            if let Err(e) = self.save_estimates().await {
+                tracing::warn!(error = %e, "the adaptive schedule's estimates were not saved");
+            }
         }
         if let Some(e) = fatal {
             return Err(SweepError::Configuration(e));
@@ -464,7 +511,11 @@ impl Sweeper {
         match outcome {
             AccountOutcome::Failed(_) => self.schedule().failed(user_id, observed_at),
             _ => {
-                if let Some(interval) = self.schedule().observed(user_id, changed, observed_at) {
+                let counts = !matches!(cause, Cause::Callback(_));
+                let observed = self
+                    .schedule()
+                    .observed(user_id, changed, observed_at, counts);
+                if let Some(interval) = observed {
                     self.metrics.poll_interval.observe(interval);
                 }
             }
@@ -533,9 +584,32 @@ impl Drop for QueryTask {
 
 /// Runs a sweep's batches, `max_in_flight` at a time, and beside them the hinted calls that
 /// become ready (each in its own lane of the pacing), until the batches are done.
+/// Sleeps until `until` or a stop, telling the watchdog every few seconds that the sweep is
+/// alive (spaced calls of a long interval are minutes apart).
+async fn wait_feeding_watchdog(
+    until: tokio::time::Instant,
+    stop: &CancellationToken,
+    progress: &AtomicI64,
+) {
+    loop {
+        let step = until.min(tokio::time::Instant::now() + std::time::Duration::from_secs(5));
+        tokio::select! {
+            _ = tokio::time::sleep_until(step) => {}
+            _ = stop.cancelled() => return,
+        }
+        progress.store(now_millis(), Ordering::Relaxed);
+        if step >= until {
+            return;
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn run_queries(
     client: Arc<ImClient>,
     batches: impl Iterator<Item = Query> + Send + 'static,
+    spacing: Option<std::time::Duration>,
+    progress: Arc<AtomicI64>,
     hinted: Option<HintedCalls>,
     max_in_flight: usize,
     stop: CancellationToken,
@@ -552,10 +626,24 @@ async fn run_queries(
         }
     };
     let stop_for_filter = stop.clone();
-    let mut sweep = futures_util::stream::iter(batches)
-        .take_while(move |_| std::future::ready(!stop_for_filter.is_cancelled()))
-        .map(call)
-        .buffer_unordered(max_in_flight.max(1));
+    // Spaced calls start no sooner than their place in the sweep (the pacing still applies).
+    // A call's accounts are picked (and its query numbered) only when it is to go out, so
+    // that a hinted call issued meanwhile is numbered before it.
+    let started = tokio::time::Instant::now();
+    let stop_spacing = stop.clone();
+    let mut sweep = futures_util::stream::unfold((batches, 0u32), move |(mut batches, k)| {
+        let (stop, progress) = (stop_spacing.clone(), progress.clone());
+        async move {
+            if let Some(spacing) = spacing {
+                wait_feeding_watchdog(started + spacing * k, &stop, &progress).await;
+            }
+            batches.next().map(|query| (query, (batches, k + 1)))
+        }
+    })
+    .take_while(move |_| std::future::ready(!stop_for_filter.is_cancelled()))
+    .map(call)
+    .buffer_unordered(max_in_flight.max(1))
+    .boxed();
     let mut hinted_calls = FuturesUnordered::new();
     let mut batches_done = false;
     // After a stop, calls already in flight get a grace period to come back (a retrying batch

@@ -1,0 +1,287 @@
+//! Adaptive polling against round-robin (`scripts/bench.sh adaptive`): 1,000,000 accounts,
+//! the daemon binary against the simulator process (200 calls/s, 20 ms latency), both
+//! schedules sweeping back to back at the same interval, so both make the same calls. The
+//! simulator logs each visible change; a change's detection delay runs from it to the first
+//! history row in the changed-to state. Three populations (10% of accounts making 90% of the
+//! changes, 1% making 90%, uniform), then the first with callbacks on and 30% of them dropped.
+//!
+//! `ADAPTIVE_ACCOUNTS`, `ADAPTIVE_CHURN` (the share of accounts changing per second, default
+//! 0.005) and `ADAPTIVE_SECS` (the learning and the measured time each, default 90) change it.
+
+#[allow(dead_code)]
+mod support;
+
+use std::collections::HashSet;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use support::changes::{detections, mean, quantile, read_changes};
+use support::{
+    completed_sweeps, daemon, free_port, metric, sim_calls, wait_port, Http, Proc, SIM_KEY,
+};
+
+/// 5,000 changes a second at a million accounts: the hot accounts of "10% make 90%" change
+/// about every 22 s, often enough to be learned within the learning time.
+/// A million accounts at 200 calls of 500 take 10 s: sweeps run back to back.
+const INTERVAL_SECS: f64 = 10.0;
+const MAX_STALENESS_SECS: f64 = 60.0;
+/// What the daemon does once after the first sweep of a new database takes this long at most.
+const SETTLE: Duration = Duration::from_secs(15);
+
+struct Population {
+    name: &'static str,
+    hot_share: f64,
+    hot_steps: f64,
+}
+
+struct Run {
+    mean: f64,
+    p50: f64,
+    p99: f64,
+    hot_p99: f64,
+    cold_p99: f64,
+    /// Changes found by sweeps when callbacks are on (the silent ones): mean, p99.
+    silent: Option<(f64, f64)>,
+    changes: usize,
+    missed: usize,
+    calls: u64,
+    longest_unobserved: f64,
+    rss_per_account: f64,
+}
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        return; // `cargo test --benches` builds this; only `cargo bench` runs it
+    }
+    let accounts = env_or("ADAPTIVE_ACCOUNTS", 1_000_000) as usize;
+    let secs = env_or("ADAPTIVE_SECS", 90);
+    let churn: f64 = std::env::var("ADAPTIVE_CHURN")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.005);
+    println!(
+        "{accounts} accounts, {} changes/s, sweeps every {INTERVAL_SECS} s (back to back), 200 calls/s, max_staleness_secs {MAX_STALENESS_SECS}; {secs} s of learning, then {secs} s measured",
+        (accounts as f64 * churn) as u64
+    );
+    let populations = [
+        Population {
+            name: "10% of accounts make 90% of changes",
+            hot_share: 0.1,
+            hot_steps: 0.9,
+        },
+        Population {
+            name: "1% make 90%",
+            hot_share: 0.01,
+            hot_steps: 0.9,
+        },
+        Population {
+            name: "uniform",
+            hot_share: 0.0,
+            hot_steps: 0.0,
+        },
+    ];
+    for (i, p) in populations.iter().enumerate() {
+        let callbacks: &[bool] = if i == 0 { &[false, true] } else { &[false] };
+        for &with_callbacks in callbacks {
+            let label = match with_callbacks {
+                true => format!("{}, callbacks on, 30% dropped", p.name),
+                false => p.name.to_owned(),
+            };
+            println!("\n### {label}");
+            let rr = run(p, "round-robin", with_callbacks, accounts, churn, secs);
+            report("round-robin", &rr);
+            let ad = run(p, "adaptive", with_callbacks, accounts, churn, secs);
+            report("adaptive", &ad);
+            println!(
+                "adaptive over round-robin: mean {:.2}x lower, p50 {:.2}x, p99 {:.2}x{}",
+                rr.mean / ad.mean,
+                rr.p50 / ad.p50,
+                rr.p99 / ad.p99,
+                match (rr.silent, ad.silent) {
+                    (Some(r), Some(a)) => format!(
+                        "; silent changes mean {:.2}x lower ({:.2} s against {:.2} s)",
+                        r.0 / a.0,
+                        a.0,
+                        r.0
+                    ),
+                    _ => String::new(),
+                }
+            );
+        }
+    }
+}
+
+fn report(mode: &str, r: &Run) {
+    println!(
+        "{mode}: {} changes ({} not matched), mean {:.2} s, p50 {:.2} s, p99 {:.2} s; hot p99 {:.2} s, cold p99 {:.2} s{}; calls {}; longest unobserved {:.1} s; RSS {:.0} B/account",
+        r.changes,
+        r.missed,
+        r.mean,
+        r.p50,
+        r.p99,
+        r.hot_p99,
+        r.cold_p99,
+        r.silent
+            .map(|(m, p)| format!("; found by sweeps: mean {m:.2} s, p99 {p:.2} s"))
+            .unwrap_or_default(),
+        r.calls,
+        r.longest_unobserved,
+        r.rss_per_account
+    );
+}
+
+fn rss_bytes(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .unwrap()
+        * 1024.0
+}
+
+fn run(
+    p: &Population,
+    schedule: &str,
+    callbacks: bool,
+    accounts: usize,
+    churn: f64,
+    secs: u64,
+) -> Run {
+    let dir = tempfile::tempdir().unwrap();
+    let (sim_port, cb_port, metrics_port) = (free_port(), free_port(), free_port());
+    let change_log = dir.path().join("changes.jsonl");
+    let sim_callback = match callbacks {
+        true => format!(
+            "[callback]\nurl = \"http://127.0.0.1:{cb_port}/im/callback\"\ndrop_rate = 0.3\n"
+        ),
+        false => String::new(),
+    };
+    let sim_config = dir.path().join("sim.toml");
+    std::fs::write(
+        &sim_config,
+        format!(
+            "population = {accounts}\nchurn_per_second = 0.0\ncalls_per_second = 200.0\nchange_log = \"{}\"\n[faults]\nlatency_ms = 20.0\n[activity]\nhot_share = {}\nhot_step_share = {}\n{sim_callback}",
+            change_log.display(),
+            p.hot_share,
+            p.hot_steps
+        ),
+    )
+    .unwrap();
+    let sim = Proc(
+        Command::new(env!("CARGO_BIN_EXE_presenced"))
+            .args(["sim", "--listen", &format!("127.0.0.1:{sim_port}")])
+            .arg("--config")
+            .arg(&sim_config)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_port(sim_port);
+    let ids: Vec<String> = (0..accounts).map(|i| format!("user{i}")).collect();
+    let watch = dir.path().join("watch.txt");
+    std::fs::write(&watch, ids.join("\n")).unwrap();
+    let db = dir.path().join("presence.db");
+    let daemon_callback = match callbacks {
+        true => format!("[callback]\nlisten = \"127.0.0.1:{cb_port}\"\nallow_unsigned = true\n"),
+        false => String::new(),
+    };
+    let config = dir.path().join("presenced.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[im]\nsdkappid = 1400000000\nsecret_key = \"{SIM_KEY}\"\nbase_url = \"http://127.0.0.1:{sim_port}/\"\n[watch]\nfile = \"{}\"\n[store]\npath = \"{}\"\n[sweep]\ninterval_secs = {INTERVAL_SECS}\njitter_secs = 0.0\nschedule = \"{schedule}\"\nmax_staleness_secs = {MAX_STALENESS_SECS}\n[sink]\nkind = \"none\"\n[service]\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n{daemon_callback}",
+            watch.display(),
+            db.display()
+        ),
+    )
+    .unwrap();
+    let daemon = daemon(&config);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while completed_sweeps(&db) < 1 {
+        assert!(Instant::now() < deadline, "the first sweep never completed");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(SETTLE);
+    let rss_per_account = rss_bytes(daemon.0.id()) / accounts as f64;
+    let http = Http::new();
+    let control = format!("http://127.0.0.1:{sim_port}/control");
+    let activity: serde_json::Value =
+        serde_json::from_str(&http.text(&format!("{control}/activity"))).unwrap();
+    let hot: HashSet<String> = activity["hot"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect();
+    http.put(
+        &format!("{control}/churn"),
+        serde_json::json!({"churn_per_second": churn}),
+    );
+    // Learning, then the measured time, then long enough for every change to be found.
+    let mut longest_unobserved = 0.0f64;
+    let mut watch_staleness = |until: Instant| {
+        while Instant::now() < until {
+            std::thread::sleep(Duration::from_secs(2));
+            let age = metric(
+                &http,
+                metrics_port,
+                "presenced_oldest_observation_age_seconds",
+            );
+            longest_unobserved = longest_unobserved.max(age);
+        }
+    };
+    watch_staleness(Instant::now() + Duration::from_secs(secs));
+    let started = presenced::model::now_millis();
+    let calls_before = sim_calls(&http, &control).0;
+    watch_staleness(Instant::now() + Duration::from_secs(secs));
+    let calls = sim_calls(&http, &control).0 - calls_before;
+    http.put(
+        &format!("{control}/churn"),
+        serde_json::json!({"churn_per_second": 0.0}),
+    );
+    let stopped = presenced::model::now_millis();
+    watch_staleness(
+        Instant::now() + Duration::from_secs_f64(MAX_STALENESS_SECS + 2.0 * INTERVAL_SECS),
+    );
+    drop(daemon);
+    drop(sim);
+
+    let changes = read_changes(&change_log, started, stopped);
+    let found = detections(&db, &changes, started);
+    let sorted = |keep: &dyn Fn(&support::changes::Found) -> bool| {
+        let mut v: Vec<i64> = found
+            .iter()
+            .filter(|f| keep(f))
+            .filter_map(|f| f.delay())
+            .collect();
+        v.sort_unstable();
+        v
+    };
+    let all = sorted(&|_| true);
+    let hot_delays = sorted(&|f| hot.contains(&f.user));
+    let cold_delays = sorted(&|f| !hot.contains(&f.user));
+    let silent = callbacks.then(|| {
+        let v = sorted(&|f| f.cause == "sweep");
+        (mean(&v), quantile(&v, 0.99))
+    });
+    Run {
+        mean: mean(&all),
+        p50: quantile(&all, 0.5),
+        p99: quantile(&all, 0.99),
+        hot_p99: quantile(&hot_delays, 0.99),
+        cold_p99: quantile(&cold_delays, 0.99),
+        silent,
+        changes: found.len(),
+        missed: found.iter().filter(|f| f.observed.is_none()).count(),
+        calls,
+        longest_unobserved,
+        rss_per_account,
+    }
+}
