@@ -12,12 +12,10 @@
 mod support;
 
 use std::collections::HashSet;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use support::changes::{detections, mean, quantile, read_changes};
-use support::{
-    completed_sweeps, daemon, free_port, metric, sim_calls, wait_port, Http, Proc, SIM_KEY,
-};
+use support::rig::Rig;
+use support::{metric, sim_calls, Http};
 
 /// 5,000 changes a second at a million accounts: the hot accounts of "10% make 90%" change
 /// about every 22 s, often enough to be learned within the learning time.
@@ -154,64 +152,36 @@ fn run(
     churn: f64,
     secs: u64,
 ) -> Run {
-    let dir = tempfile::tempdir().unwrap();
-    let (sim_port, cb_port, metrics_port) = (free_port(), free_port(), free_port());
-    let change_log = dir.path().join("changes.jsonl");
-    let sim_callback = match callbacks {
-        true => format!(
-            "[callback]\nurl = \"http://127.0.0.1:{cb_port}/im/callback\"\ndrop_rate = 0.3\n"
-        ),
-        false => String::new(),
-    };
-    let sim_config = dir.path().join("sim.toml");
-    std::fs::write(
-        &sim_config,
+    let mut rig = Rig::new(accounts, |cb_port| {
+        let callback = match callbacks {
+            true => format!(
+                "[callback]\nurl = \"http://127.0.0.1:{cb_port}/im/callback\"\ndrop_rate = 0.3\n"
+            ),
+            false => String::new(),
+        };
         format!(
-            "population = {accounts}\nchurn_per_second = 0.0\ncalls_per_second = 200.0\nchange_log = \"{}\"\n[faults]\nlatency_ms = 20.0\n[activity]\nhot_share = {}\nhot_step_share = {}\n{sim_callback}",
-            change_log.display(),
-            p.hot_share,
-            p.hot_steps
-        ),
-    )
-    .unwrap();
-    let sim = Proc(
-        Command::new(env!("CARGO_BIN_EXE_presenced"))
-            .args(["sim", "--listen", &format!("127.0.0.1:{sim_port}")])
-            .arg("--config")
-            .arg(&sim_config)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_port(sim_port);
-    let ids: Vec<String> = (0..accounts).map(|i| format!("user{i}")).collect();
-    let watch = dir.path().join("watch.txt");
-    std::fs::write(&watch, ids.join("\n")).unwrap();
-    let db = dir.path().join("presence.db");
+            "[activity]\nhot_share = {}\nhot_step_share = {}\n{callback}",
+            p.hot_share, p.hot_steps
+        )
+    });
     let daemon_callback = match callbacks {
-        true => format!("[callback]\nlisten = \"127.0.0.1:{cb_port}\"\nallow_unsigned = true\n"),
+        true => format!(
+            "[callback]\nlisten = \"127.0.0.1:{}\"\nallow_unsigned = true\n",
+            rig.cb_port
+        ),
         false => String::new(),
     };
-    let config = dir.path().join("presenced.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[im]\nsdkappid = 1400000000\nsecret_key = \"{SIM_KEY}\"\nbase_url = \"http://127.0.0.1:{sim_port}/\"\n[watch]\nfile = \"{}\"\n[store]\npath = \"{}\"\n[sweep]\ninterval_secs = {INTERVAL_SECS}\njitter_secs = 0.0\nschedule = \"{schedule}\"\nmax_staleness_secs = {MAX_STALENESS_SECS}\n[sink]\nkind = \"none\"\n[service]\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n{daemon_callback}",
-            watch.display(),
-            db.display()
-        ),
-    )
-    .unwrap();
-    let daemon = daemon(&config);
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while completed_sweeps(&db) < 1 {
-        assert!(Instant::now() < deadline, "the first sweep never completed");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    std::thread::sleep(SETTLE);
-    let rss_per_account = rss_bytes(daemon.0.id()) / accounts as f64;
+    rig.start_daemon(
+        accounts,
+        &format!("interval_secs = {INTERVAL_SECS}\nschedule = \"{schedule}\"\nmax_staleness_secs = {MAX_STALENESS_SECS}"),
+        &daemon_callback,
+        SETTLE,
+    );
+    let (db, metrics_port) = (rig.db.clone(), rig.metrics_port);
+    let daemon_pid = rig.daemon.as_ref().unwrap().0.id();
+    let rss_per_account = rss_bytes(daemon_pid) / accounts as f64;
     let http = Http::new();
-    let control = format!("http://127.0.0.1:{sim_port}/control");
+    let control = rig.control();
     let activity: serde_json::Value =
         serde_json::from_str(&http.text(&format!("{control}/activity"))).unwrap();
     let hot: HashSet<String> = activity["hot"]
@@ -250,9 +220,8 @@ fn run(
     watch_staleness(
         Instant::now() + Duration::from_secs_f64(MAX_STALENESS_SECS + 2.0 * INTERVAL_SECS),
     );
-    drop(daemon);
-    drop(sim);
-
+    let change_log = rig.change_log.clone();
+    drop(rig.daemon.take());
     let changes = read_changes(&change_log, started, stopped);
     let found = detections(&db, &changes, started);
     let sorted = |keep: &dyn Fn(&support::changes::Found) -> bool| {

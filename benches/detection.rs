@@ -7,12 +7,10 @@
 #[allow(dead_code)]
 mod support;
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::changes::{detections, quantile, read_changes, Changes};
-use support::{
-    completed_sweeps, daemon, free_port, metric, sim_calls, wait_port, Http, Proc, SIM_KEY,
-};
+use support::rig::Rig;
+use support::{metric, sim_calls, Http};
 
 const ACCOUNTS: usize = 1_000_000;
 /// 200 changes a second.
@@ -70,68 +68,29 @@ fn main() {
 }
 
 fn run(s: &Scenario) {
-    let dir = tempfile::tempdir().unwrap();
-    let (sim_port, cb_port, metrics_port) = (free_port(), free_port(), free_port());
-    let change_log = dir.path().join("changes.jsonl");
-    let callback = match s.callbacks {
+    let mut rig = Rig::new(ACCOUNTS, |cb_port| match s.callbacks {
         true => format!(
             "[callback]\nurl = \"http://127.0.0.1:{cb_port}/im/callback\"\ndrop_rate = {}\n",
             s.drop_rate
         ),
         false => String::new(),
-    };
-    let sim_config = dir.path().join("sim.toml");
-    std::fs::write(
-        &sim_config,
-        format!(
-            "population = {ACCOUNTS}\nchurn_per_second = 0.0\ncalls_per_second = 200.0\nchange_log = \"{}\"\n[faults]\nlatency_ms = 20.0\n{callback}",
-            change_log.display()
-        ),
-    )
-    .unwrap();
-    let sim = Proc(
-        Command::new(env!("CARGO_BIN_EXE_presenced"))
-            .args(["sim", "--listen", &format!("127.0.0.1:{sim_port}")])
-            .arg("--config")
-            .arg(&sim_config)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_port(sim_port);
-    let ids: Vec<String> = (0..ACCOUNTS).map(|i| format!("user{i}")).collect();
-    let watch = dir.path().join("watch.txt");
-    std::fs::write(&watch, ids.join("\n")).unwrap();
-    let db = dir.path().join("presence.db");
+    });
     let daemon_callback = match s.callbacks {
         true => format!(
-            "[callback]\nlisten = \"127.0.0.1:{cb_port}\"\nallow_unsigned = true\ncoalesce_ms = {}\n",
-            s.coalesce_ms
+            "[callback]\nlisten = \"127.0.0.1:{}\"\nallow_unsigned = true\ncoalesce_ms = {}\n",
+            rig.cb_port, s.coalesce_ms
         ),
         false => String::new(),
     };
-    let config = dir.path().join("presenced.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[im]\nsdkappid = 1400000000\nsecret_key = \"{SIM_KEY}\"\nbase_url = \"http://127.0.0.1:{sim_port}/\"\n[watch]\nfile = \"{}\"\n[store]\npath = \"{}\"\n[sweep]\ninterval_secs = {INTERVAL_SECS}\njitter_secs = 0.0\n[sink]\nkind = \"none\"\n[service]\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n{daemon_callback}",
-            watch.display(),
-            db.display()
-        ),
-    )
-    .unwrap();
-    let daemon = daemon(&config);
-    // The first sweep records every account; the churn starts once it is done and the daemon
-    // has folded those million first rows into current state and walked them for retention
-    // (once per database: the measure is of the steady state after it).
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while completed_sweeps(&db) < 1 {
-        assert!(Instant::now() < deadline, "the first sweep never completed");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    std::thread::sleep(SETTLE);
+    rig.start_daemon(
+        ACCOUNTS,
+        &format!("interval_secs = {INTERVAL_SECS}"),
+        &daemon_callback,
+        SETTLE,
+    );
+    let (db, change_log, metrics_port) = (rig.db.clone(), rig.change_log.clone(), rig.metrics_port);
+    let control = rig.control();
     let http = Http::new();
-    let control = format!("http://127.0.0.1:{sim_port}/control");
     http.put(
         &format!("{control}/churn"),
         serde_json::json!({"churn_per_second": CHURN}),
@@ -153,8 +112,7 @@ fn run(s: &Scenario) {
         throttled_after - calls_before.1,
     );
     let hinted = metric(&http, metrics_port, "presenced_hinted_calls_total") - hinted_before;
-    drop(daemon);
-    drop(sim);
+    drop(rig);
 
     let changes = read_changes(&change_log, started, stopped);
     let (all, by_callback, missed, in_sweeps) = latencies(&db, &changes, started);

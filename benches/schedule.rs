@@ -40,8 +40,29 @@ fn adaptive(watch: Arc<Vec<String>>) -> Schedule {
     s
 }
 
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap()
+        * 1024
+}
+
 fn per_call(c: &mut Criterion) {
     let watch = watch();
+    // What the adaptive schedule adds to the daemon's memory (the watch list it shares is the
+    // sweeper's already).
+    let before = rss_bytes();
+    let s = adaptive(watch.clone());
+    let added = rss_bytes().saturating_sub(before);
+    println!(
+        "adaptive schedule state: {:.0} bytes per watched account ({} MiB at {ACCOUNTS})",
+        added as f64 / ACCOUNTS as f64,
+        added >> 20
+    );
+    drop(s);
     let mut group = c.benchmark_group("schedule");
     group.throughput(Throughput::Elements(BATCH as u64));
     let mut s = adaptive(watch.clone());

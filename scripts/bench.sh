@@ -28,7 +28,7 @@ fi
   echo "# $(date -u +%FT%TZ) on $(nproc) cores, $(git rev-parse --short HEAD)${PRESENCED_BENCH_KAFKA_VERSION:+, Apache Kafka $PRESENCED_BENCH_KAFKA_VERSION}"
   for s in "${scenarios[@]}"; do
     case "$s" in
-      diff | publish | schedule) cargo bench --quiet --bench "$s" 2>&1 | grep -E '^[a-z_-]+/|time:|thrpt:' ;;
+      diff | publish | schedule) cargo bench --quiet --bench "$s" 2>&1 | grep -E '^[a-z_-]+/|time:|thrpt:|bytes per' ;;
       migrate) echo; echo "## migrate"; python3 scripts/bench-migration.py ;;
       detection) echo; echo "## detection"; cargo bench --quiet --bench detection ;;
       adaptive) echo; echo "## adaptive"; cargo bench --quiet --bench adaptive ;;

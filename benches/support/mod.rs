@@ -3,6 +3,7 @@
 //! daemon's counts.
 
 pub mod changes;
+pub mod rig;
 
 use std::process::Child;
 use std::time::{Duration, Instant};
