@@ -368,9 +368,4 @@ impl Adaptive {
     pub fn prior(&self) -> f64 {
         self.prior
     }
-
-    /// The allocation in force.
-    pub fn allocation(&self) -> Allocation {
-        self.allocation
-    }
 }

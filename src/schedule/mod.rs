@@ -52,14 +52,6 @@ impl Schedule {
         Schedule::RoundRobin(RoundRobin { watch, at: 0 })
     }
 
-    /// Which kind this is.
-    pub fn kind(&self) -> ScheduleKind {
-        match self {
-            Schedule::RoundRobin(_) => ScheduleKind::RoundRobin,
-            Schedule::Adaptive(_) => ScheduleKind::Adaptive,
-        }
-    }
-
     /// The same schedule over a new watch list.
     pub fn set_watch_list(&mut self, watch: Arc<Vec<String>>, now_ms: i64) {
         match self {

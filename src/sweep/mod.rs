@@ -219,11 +219,6 @@ impl Sweeper {
         Ok(())
     }
 
-    /// Which schedule is in force.
-    pub fn schedule_kind(&self) -> ScheduleKind {
-        self.schedule().kind()
-    }
-
     /// Saves what the adaptive schedule learned since its last save; returns how many accounts.
     pub async fn save_estimates(&mut self) -> Result<usize, StoreError> {
         let now = now_millis();
