@@ -50,6 +50,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "0009_poll_estimates.sql",
         include_str!("../../migrations/0009_poll_estimates.sql"),
     ),
+    (
+        10,
+        "0010_standby.sql",
+        include_str!("../../migrations/0010_standby.sql"),
+    ),
 ];
 
 /// What opening a database would migrate: the names of the pending migrations and the size of

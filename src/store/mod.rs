@@ -19,6 +19,7 @@ mod history;
 pub mod migrate;
 mod outbox;
 mod position;
+mod replica;
 pub mod space;
 mod sweeps;
 #[cfg(test)]
@@ -26,6 +27,7 @@ mod tests;
 mod thread;
 mod write;
 
+pub use replica::{Replicated, ReplicatedEvent, RoleChange};
 pub use thread::{Store, Submitted};
 
 use crate::model::{

@@ -284,3 +284,104 @@ fn version_5_databases_get_state_since_and_last_online_from_their_history() {
         ]
     );
 }
+
+fn replicated(history_id: i64, record: TransitionRecord) -> ReplicatedEvent {
+    ReplicatedEvent { history_id, record }
+}
+
+#[test]
+fn replicated_events_apply_once_with_their_position_and_fold_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = Db::open(&dir.path().join("p.db"), Duration::from_secs(1)).unwrap();
+    let first = record("alice", 1, None, State::Online, 1_000);
+    let second = record("alice", 2, Some(State::Online), State::Offline, 2_000);
+    let batch = vec![replicated(7, first.clone()), replicated(9, second.clone())];
+    let done = db.apply_replicated("t", &batch, &[(0, 12)]).unwrap();
+    assert_eq!((done.applied, done.already_held), (2, 0));
+    assert!(done.seq_gaps.is_empty());
+    assert_eq!(db.replica_positions("t").unwrap()[&0], 12);
+    // The same events read again (a restart from an older position) change nothing.
+    let again = db.apply_replicated("t", &batch, &[(0, 12)]).unwrap();
+    assert_eq!((again.applied, again.already_held), (0, 2));
+    assert_eq!(current(&db, "alice").state, Some(State::Offline));
+    assert_eq!(folded_seq(&db, "alice"), Some(2));
+    assert_eq!(
+        db.published_mark().unwrap(),
+        9,
+        "replicated rows are on the topic"
+    );
+    // A gap in seq is applied (the topic is the log of record) and reported.
+    let fourth = record("alice", 4, Some(State::Online), State::Offline, 4_000);
+    let gap = db
+        .apply_replicated("t", &[replicated(11, fourth)], &[])
+        .unwrap();
+    assert_eq!(gap.seq_gaps, vec![("alice".to_owned(), 3, 4)]);
+}
+
+#[test]
+fn a_replicated_event_that_contradicts_the_history_is_refused_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = Db::open(&dir.path().join("p.db"), Duration::from_secs(1)).unwrap();
+    let ours = record("bob", 1, None, State::Online, 1_000);
+    db.apply_replicated("t", &[replicated(1, ours)], &[(0, 1)])
+        .unwrap();
+    let theirs = record("bob", 1, None, State::Offline, 1_000);
+    let other = record("carol", 1, None, State::Online, 1_000);
+    let err = db
+        .apply_replicated(
+            "t",
+            &[replicated(2, other), replicated(3, theirs)],
+            &[(0, 3)],
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("bob"), "{err}");
+    assert_eq!(
+        db.replica_positions("t").unwrap()[&0],
+        1,
+        "nothing of the batch applied"
+    );
+    assert_eq!(
+        folded_seq(&db, "carol"),
+        None,
+        "nothing of the batch applied"
+    );
+}
+
+#[test]
+fn dropping_unpublished_rows_rewinds_current_state_to_what_the_topic_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = db_with_sweep(&dir);
+    commit(&mut db, vec![record("dave", 1, None, State::Online, 1_000)]);
+    let published = db.newest_history_id().unwrap();
+    db.mark_published(published).unwrap();
+    commit(
+        &mut db,
+        vec![
+            record("dave", 2, Some(State::Online), State::Offline, 2_000),
+            record("erin", 1, None, State::PushOnline, 2_000),
+        ],
+    );
+    db.fold_all().unwrap();
+    assert_eq!(current(&db, "dave").state, Some(State::Offline));
+    assert_eq!(db.drop_unpublished().unwrap(), 2);
+    assert_eq!(current(&db, "dave").state, Some(State::Online));
+    assert_eq!(current(&db, "dave").seq, 1);
+    assert!(db
+        .load_current()
+        .unwrap()
+        .iter()
+        .all(|r| r.user_id != "erin" || r.state.is_none()));
+    // The next transition of dave is seq 2 again, and folds.
+    commit(
+        &mut db,
+        vec![record(
+            "dave",
+            2,
+            Some(State::Online),
+            State::PushOnline,
+            3_000,
+        )],
+    );
+    db.fold_all().unwrap();
+    assert_eq!(current(&db, "dave").state, Some(State::PushOnline));
+}

@@ -4,6 +4,42 @@
 use super::outbox::mark;
 use super::*;
 
+/// Indexes the history rows that `$rows` selects by account.
+macro_rules! fold_by_account_sql {
+    ($rows:literal) => {
+        concat!(
+            "INSERT INTO presence_history_by_account (user_id, seq, history_id)
+             SELECT user_id, seq, history_id FROM presence_history
+             WHERE ",
+            $rows,
+            " ORDER BY user_id, seq"
+        )
+    };
+}
+
+/// Folds the history rows that `$rows` selects into current state, each account's in seq order.
+macro_rules! fold_current_sql {
+    ($rows:literal) => {
+        concat!(
+            "INSERT INTO presence_current_folded (user_id, state, platforms, seq, observed_at, changed_at,
+                 not_found_since, state_since, left_online_at)
+             SELECT user_id, to_state, to_platforms, seq, observed_at, observed_at, NULL, observed_at,
+                    CASE WHEN from_state = 'Online' AND to_state != 'Online' THEN previous_observed_at END
+             FROM presence_history WHERE ", $rows, " ORDER BY user_id, seq
+             ON CONFLICT (user_id) DO UPDATE SET state = excluded.state, platforms = excluded.platforms,
+                 seq = excluded.seq, observed_at = excluded.observed_at, changed_at = excluded.changed_at,
+                 not_found_since = CASE WHEN presence_current_folded.not_found_since > excluded.observed_at
+                                        THEN presence_current_folded.not_found_since END,
+                 state_since = CASE WHEN presence_current_folded.state IS excluded.state
+                                    THEN COALESCE(presence_current_folded.state_since, excluded.state_since)
+                                    ELSE excluded.state_since END,
+                 left_online_at = COALESCE(excluded.left_online_at, presence_current_folded.left_online_at)
+             WHERE excluded.seq > presence_current_folded.seq"
+        )
+    };
+}
+pub(super) use {fold_by_account_sql, fold_current_sql};
+
 impl Db {
     /// Makes a group of batches durable in one transaction: appends their history rows (the
     /// outbox is the history after the sink's mark) and records not-found marks. Current state
@@ -77,36 +113,19 @@ impl Db {
             };
             // In account order, so each page of the account-keyed tables is visited once.
             let folded = tx
-                .prepare_cached(
-                    "INSERT INTO presence_history_by_account (user_id, seq, history_id)
-                     SELECT user_id, seq, history_id FROM presence_history
-                     WHERE history_id > ?1 AND history_id <= ?2 ORDER BY user_id, seq",
-                )?
+                .prepare_cached(fold_by_account_sql!("history_id > ?1 AND history_id <= ?2"))?
                 .execute([from, through]);
             let folded = match folded {
                 Ok(n) => n,
-                Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation) => {
+                Err(e)
+                    if e.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation) =>
+                {
                     return Ok(Err(duplicate_seq(&tx, from, through)?));
                 }
                 Err(e) => return Err(e),
             };
-            tx.prepare_cached(
-                "INSERT INTO presence_current_folded (user_id, state, platforms, seq, observed_at, changed_at,
-                     not_found_since, state_since, left_online_at)
-                 SELECT user_id, to_state, to_platforms, seq, observed_at, observed_at, NULL, observed_at,
-                        CASE WHEN from_state = 'Online' AND to_state != 'Online' THEN previous_observed_at END
-                 FROM presence_history WHERE history_id > ?1 AND history_id <= ?2 ORDER BY user_id, seq
-                 ON CONFLICT (user_id) DO UPDATE SET state = excluded.state, platforms = excluded.platforms,
-                     seq = excluded.seq, observed_at = excluded.observed_at, changed_at = excluded.changed_at,
-                     not_found_since = CASE WHEN presence_current_folded.not_found_since > excluded.observed_at
-                                            THEN presence_current_folded.not_found_since END,
-                     state_since = CASE WHEN presence_current_folded.state IS excluded.state
-                                        THEN COALESCE(presence_current_folded.state_since, excluded.state_since)
-                                        ELSE excluded.state_since END,
-                     left_online_at = COALESCE(excluded.left_online_at, presence_current_folded.left_online_at)
-                 WHERE excluded.seq > presence_current_folded.seq",
-            )?
-            .execute([from, through])?;
+            tx.prepare_cached(fold_current_sql!("history_id > ?1 AND history_id <= ?2"))?
+                .execute([from, through])?;
             tx.prepare_cached("UPDATE store_marks SET history_id = ?1 WHERE mark = 'folded'")?
                 .execute([through])?;
             tx.commit()?;
