@@ -2,13 +2,14 @@
 
 use super::codes::{self, ErrorClass};
 use super::config::{Command, ImConfig};
+use super::lease::CallLease;
 use super::ratelimit::{Grant, Lane, RateLimiter};
 use super::usersig;
 use super::wire::{self, AccountOutcome, AnswerError, QueryRequest};
 use crate::metrics::Metrics;
 use crate::secret::Secret;
 use rand::Rng;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Everything the client needs, resolved from configuration.
@@ -132,6 +133,10 @@ pub enum QueryError {
         /// What is wrong.
         message: String,
     },
+    /// This instance may not call IM now: it is a standby active whose lease ran out (it could
+    /// not commit a heartbeat in time), and a follower may be taking over.
+    #[error("not called: this instance's standby lease ran out")]
+    Withheld,
 }
 
 /// The per-account outcomes of one successful call, in the order asked.
@@ -159,6 +164,8 @@ pub struct ImClient {
     /// Unix ms of the last moment a deliberate wait (a backoff, 70050's lock) was still on
     /// schedule: a sweep waiting a minute for IM is alive, not hung, for the watchdog.
     waiting: Arc<std::sync::atomic::AtomicI64>,
+    /// Set in standby mode: no call goes out while it is not held.
+    lease: OnceLock<Arc<CallLease>>,
 }
 
 impl ImClient {
@@ -197,6 +204,7 @@ impl ImClient {
             metrics,
             settings,
             waiting: Arc::new(std::sync::atomic::AtomicI64::new(0)),
+            lease: OnceLock::new(),
         })
     }
 
@@ -219,6 +227,11 @@ impl ImClient {
             }
             tokio::time::sleep(left.min(Duration::from_secs(1))).await;
         }
+    }
+
+    /// Calls go out only while `lease` is held (standby mode).
+    pub fn require_lease(&self, lease: Arc<CallLease>) {
+        let _ = self.lease.set(lease);
     }
 
     /// The settings it runs with.
@@ -257,6 +270,9 @@ impl ImClient {
         loop {
             attempt += 1;
             let grant = self.pace(lane, reserved.take()).await;
+            if self.lease.get().is_some_and(|l| !l.held()) {
+                return Err(QueryError::Withheld);
+            }
             let err = match self.call_once(ids).await {
                 Ok(answer) => return Ok(answer),
                 Err(e) => e,

@@ -3,12 +3,14 @@
 pub mod client;
 pub(crate) mod codes;
 pub mod config;
+pub mod lease;
 pub mod ratelimit;
 pub mod usersig;
 pub mod wire;
 
 pub use client::{BatchAnswer, ClientSettings, ImClient, QueryError};
 pub use codes::ErrorClass;
+pub use lease::CallLease;
 pub use wire::{AccountFailure, AccountOutcome};
 
 /// Region names accepted by `im.region`, in the reference's order.

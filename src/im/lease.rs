@@ -1,0 +1,79 @@
+//! A permit to call IM that runs out unless renewed: a standby active renews it with each
+//! heartbeat it commits, so that cut off from Kafka (or paused) it stops calling IM before a
+//! follower can take over.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Until when calls may go out, on the monotonic clock (which runs on while a process is
+/// stopped, so a paused active finds its lease gone when it resumes).
+#[derive(Debug)]
+pub struct CallLease {
+    /// Microseconds since [`epoch`] until which calls may go out; 0: none.
+    until_micros: AtomicU64,
+    length: Duration,
+}
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn micros(at: Instant) -> u64 {
+    at.saturating_duration_since(epoch()).as_micros() as u64
+}
+
+impl CallLease {
+    /// A lease of `length` a renewal, not held yet.
+    pub fn new(length: Duration) -> Self {
+        epoch();
+        CallLease {
+            until_micros: AtomicU64::new(0),
+            length,
+        }
+    }
+
+    /// Holds the lease until `length` after `from` (when the proof of liveness began, not when
+    /// it succeeded: the follower counts from no later than that). Never moves it back.
+    pub fn renew(&self, from: Instant) {
+        self.until_micros
+            .fetch_max(micros(from + self.length), Ordering::AcqRel);
+    }
+
+    /// Gives the lease up at once.
+    pub fn revoke(&self) {
+        self.until_micros.store(0, Ordering::Release);
+    }
+
+    /// Whether calls may go out now.
+    pub fn held(&self) -> bool {
+        micros(Instant::now()) < self.until_micros.load(Ordering::Acquire)
+    }
+
+    /// How long it is still held.
+    pub fn left(&self) -> Duration {
+        let until = self.until_micros.load(Ordering::Acquire);
+        Duration::from_micros(until.saturating_sub(micros(Instant::now())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_runs_out_and_never_moves_back() {
+        let lease = CallLease::new(Duration::from_millis(200));
+        assert!(!lease.held(), "not held before the first renewal");
+        lease.renew(Instant::now());
+        assert!(lease.held());
+        lease.renew(Instant::now() - Duration::from_secs(10));
+        assert!(lease.held(), "an older renewal does not shorten it");
+        std::thread::sleep(Duration::from_millis(250));
+        assert!(!lease.held(), "it runs out");
+        lease.renew(Instant::now());
+        lease.revoke();
+        assert!(!lease.held(), "revoked");
+    }
+}
