@@ -20,6 +20,7 @@ pub mod schedule;
 pub mod secret;
 pub mod service;
 pub mod sim;
+pub mod standby;
 pub mod store;
 pub mod sweep;
 pub mod validation;

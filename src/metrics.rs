@@ -149,6 +149,29 @@ pub struct Metrics {
     pub http_max_connections: Family<ListenerLabels, Gauge>,
     /// `presenced_http_accept_errors_total`: failed accepts (out of descriptors) per listener.
     pub http_accept_errors: Family<ListenerLabels, Counter>,
+    /// `presenced_standby_active`: 1 while this instance is the standby active, 0 while it
+    /// follows (and without `[standby]`).
+    pub standby_active: Gauge,
+    /// `presenced_standby_lag_events`: events committed on the topic that this follower has not
+    /// applied yet.
+    pub standby_lag_events: Gauge,
+    /// `presenced_standby_lag_seconds`: age of the newest event this follower applied, while
+    /// it lags (0 when caught up).
+    pub standby_lag_seconds: FloatGauge,
+    /// `presenced_standby_heartbeat_age_seconds`: since this follower last saw the active's
+    /// heartbeat (0 on the active).
+    pub standby_heartbeat_age: FloatGauge,
+    /// `presenced_standby_replicated_events_total`: events a follower applied from the topic.
+    pub standby_replicated_events: Counter,
+    /// `presenced_standby_seq_gaps_total`: replicated events whose seq did not follow on.
+    pub standby_seq_gaps: Counter,
+    /// `presenced_standby_takeovers_total`: times this instance became the active.
+    pub standby_takeovers: Counter,
+    /// `presenced_standby_last_takeover_timestamp_seconds`: when it last did.
+    pub standby_last_takeover: FloatGauge,
+    /// `presenced_standby_stand_downs_total`: times it stopped being the active, by reason
+    /// (fenced, lease, handover, error).
+    pub standby_stand_downs: Family<KindLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -202,6 +225,15 @@ impl Metrics {
             http_open_connections: Family::default(),
             http_max_connections: Family::default(),
             http_accept_errors: Family::default(),
+            standby_active: Gauge::default(),
+            standby_lag_events: Gauge::default(),
+            standby_lag_seconds: FloatGauge::default(),
+            standby_heartbeat_age: FloatGauge::default(),
+            standby_replicated_events: Counter::default(),
+            standby_seq_gaps: Counter::default(),
+            standby_takeovers: Counter::default(),
+            standby_last_takeover: FloatGauge::default(),
+            standby_stand_downs: Family::default(),
             registry: Registry::default(),
         };
         registry.register("sweeps", "Sweeps by result", m.sweeps.clone());
@@ -385,6 +417,51 @@ impl Metrics {
             "max_staleness_seconds",
             "sweep.max_staleness_secs: every account is to be observed at least this often",
             m.max_staleness.clone(),
+        );
+        registry.register(
+            "standby_active",
+            "1 while this instance is the standby active, 0 while it follows (and without [standby])",
+            m.standby_active.clone(),
+        );
+        registry.register(
+            "standby_lag_events",
+            "Events committed on the topic that this follower has not applied yet",
+            m.standby_lag_events.clone(),
+        );
+        registry.register(
+            "standby_lag_seconds",
+            "Age of the newest event this follower applied while it lags (0 when caught up)",
+            m.standby_lag_seconds.clone(),
+        );
+        registry.register(
+            "standby_heartbeat_age_seconds",
+            "Since this follower last saw the active's heartbeat (0 on the active)",
+            m.standby_heartbeat_age.clone(),
+        );
+        registry.register(
+            "standby_replicated_events",
+            "Events this follower applied from the topic",
+            m.standby_replicated_events.clone(),
+        );
+        registry.register(
+            "standby_seq_gaps",
+            "Replicated events whose per-account seq did not follow on from the one before",
+            m.standby_seq_gaps.clone(),
+        );
+        registry.register(
+            "standby_takeovers",
+            "Times this instance became the standby active",
+            m.standby_takeovers.clone(),
+        );
+        registry.register(
+            "standby_last_takeover_timestamp_seconds",
+            "When this instance last became the standby active",
+            m.standby_last_takeover.clone(),
+        );
+        registry.register(
+            "standby_stand_downs",
+            "Times this instance stopped being the active, by reason (fenced, lease, handover, error)",
+            m.standby_stand_downs.clone(),
         );
         Metrics { registry, ..m }
     }

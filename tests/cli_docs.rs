@@ -12,7 +12,7 @@ fn presenced(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-const SUBCOMMANDS: [&str; 10] = [
+const SUBCOMMANDS: [&str; 11] = [
     "run",
     "demo",
     "sim",
@@ -23,6 +23,7 @@ const SUBCOMMANDS: [&str; 10] = [
     "migrate",
     "replay",
     "kafka",
+    "standby",
 ];
 
 #[test]

@@ -15,6 +15,7 @@ pub fn run(path: &Path) -> Result<(), CliError> {
     let handle = presenced::logging::init(&config.service.log_filter, config.service.log_format);
     runtime().block_on(async move {
         let (shutdown, reloads) = signals()?;
+        let handovers = handover_requests()?;
         let options = RunOptions {
             reload_log_filter: Some(Box::new(move |f: &str| {
                 let filter =
@@ -23,6 +24,7 @@ pub fn run(path: &Path) -> Result<(), CliError> {
             })),
             config_path: Some(path.to_owned()),
             reloads: Some(reloads),
+            handovers: Some(handovers),
             ..Default::default()
         };
         Ok(service::run(config, options, shutdown).await?)
@@ -60,4 +62,17 @@ pub fn signals() -> Result<(CancellationToken, mpsc::Receiver<()>), CliError> {
         }
     });
     Ok((shutdown, rx))
+}
+
+/// Each SIGUSR2 asks a standby active for a clean hand-over (`presenced standby handover`).
+fn handover_requests() -> Result<mpsc::Receiver<()>, CliError> {
+    let mut usr2 = signal(SignalKind::user_defined2())
+        .map_err(|e| CliError::Failed(format!("signal handling: {e}")))?;
+    let (tx, rx) = mpsc::channel(1);
+    tokio::spawn(async move {
+        while usr2.recv().await.is_some() {
+            let _ = tx.try_send(());
+        }
+    });
+    Ok(rx)
 }

@@ -9,6 +9,7 @@ mod kafka;
 mod replay;
 mod report;
 mod sim;
+mod standby;
 mod users;
 
 use clap::{Args, Parser, Subcommand};
@@ -108,6 +109,19 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 config: ConfigArg { config },
             },
         } => kafka::adopt(&config),
+        Command::Standby {
+            action:
+                StandbyAction::Status {
+                    config: ConfigArg { config },
+                    json,
+                },
+        } => standby::status(&config, json),
+        Command::Standby {
+            action:
+                StandbyAction::Handover {
+                    config: ConfigArg { config },
+                },
+        } => standby::handover(&config),
     }
 }
 
@@ -210,6 +224,31 @@ pub enum Command {
     Kafka {
         #[command(subcommand)]
         action: KafkaAction,
+    },
+    /// Several instances sharing the events topic (`[standby]`): which one is active, and a
+    /// clean hand-over.
+    Standby {
+        #[command(subcommand)]
+        action: StandbyAction,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum StandbyAction {
+    /// This host's instance: its role, the active it follows, its lag, its last takeover
+    /// (asked of the running daemon at service.metrics_listen), and its recent role changes.
+    Status {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// On the active's host: finish the sweep's commits, publish them, and hand over to a
+    /// follower at once (for a kernel update without a gap). Waits until a follower is active.
+    Handover {
+        #[command(flatten)]
+        config: ConfigArg,
     },
 }
 

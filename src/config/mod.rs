@@ -9,9 +9,10 @@
 pub use crate::callback::CallbackConfig;
 pub use crate::im::config::{Command, ImConfig};
 pub use crate::logging::LogFormat;
-pub use crate::publish::kafka::{is_secret_property, KafkaConfig};
+pub use crate::publish::kafka::{is_secret_property, Delivery, KafkaConfig};
 pub use crate::publish::{SinkConfig, SinkKind};
 pub use crate::service::config::ServiceConfig;
+pub use crate::standby::StandbyConfig;
 pub use crate::store::config::{StoreConfig, MAX_RETENTION_DAYS};
 pub use crate::sweep::config::SweepConfig;
 pub use crate::watchlist::WatchConfig;
@@ -80,6 +81,8 @@ pub struct Config {
     pub service: ServiceConfig,
     /// `[callback]`: IM's state-change callbacks, off by default.
     pub callback: CallbackConfig,
+    /// `[standby]`: several instances sharing the events topic, one active; off by default.
+    pub standby: StandbyConfig,
 }
 
 /// Says where an invalid value came from: the environment variable that set it, or the line of
@@ -284,7 +287,7 @@ impl Config {
     /// Checks every section: all numeric ranges first, then each section's own rules. `origin`
     /// names the file in errors; [`Config::load`] adds the line or the variable.
     pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
-        let sections: [&dyn Section; 7] = [
+        let sections: [&dyn Section; 8] = [
             &self.im,
             &self.sweep,
             &self.store,
@@ -292,6 +295,7 @@ impl Config {
             &self.service,
             &self.sink,
             &self.callback,
+            &self.standby,
         ];
         let checked = sections
             .iter()
@@ -307,7 +311,8 @@ impl Config {
             .and_then(|()| self.service.check())
             .and_then(|()| self.sink.check())
             .and_then(|()| self.callback.check())
-            .and_then(|()| self.check_listeners());
+            .and_then(|()| self.check_listeners())
+            .and_then(|()| self.check_standby());
         checked.map_err(|Invalid { key, message }| ConfigError::Invalid {
             origin: origin.to_owned(),
             key,
@@ -321,6 +326,28 @@ impl Config {
             return Err(Invalid::new(
                 "callback.listen",
                 "is service.metrics_listen's address too; give the callback endpoint its own",
+            ));
+        }
+        Ok(())
+    }
+
+    /// `[standby]` needs the events topic as a log of record: Kafka, exactly-once.
+    fn check_standby(&self) -> Result<(), Invalid> {
+        if !self.standby.enabled {
+            return Ok(());
+        }
+        self.standby.check()?;
+        if self.sink.kind != SinkKind::Kafka || self.kafka.delivery != Delivery::ExactlyOnce {
+            return Err(Invalid::new(
+                "standby.enabled",
+                "needs sink.kind = \"kafka\" and kafka.delivery = \"exactly-once\": the events topic is the log the instances share, and fencing through the transactional id is what keeps two from publishing",
+            ));
+        }
+        let heartbeats = self.standby.heartbeat_topic_for(&self.kafka.topic);
+        if heartbeats == self.kafka.topic || heartbeats == self.kafka.state_topic {
+            return Err(Invalid::new(
+                "standby.heartbeat_topic",
+                format!("{heartbeats:?} is the events or state topic; heartbeats need a topic of their own"),
             ));
         }
         Ok(())

@@ -5,7 +5,6 @@ mod recovery;
 
 use super::config::SinkConfig;
 use super::kafka::health::BrokerHealth;
-use super::kafka::KafkaConfig;
 use super::settle::published_through;
 use super::sink::{encode_batch, Batch, EncodeBatch, Sink};
 use super::DeliveryError;
@@ -52,7 +51,7 @@ pub struct Publisher<S: Sink> {
     /// The Kafka producer's view of its brokers; a delivery after an outage is logged.
     broker_health: Option<Arc<BrokerHealth>>,
     /// New Kafka settings from a reload (SIGHUP), applied by re-creating the producer.
-    reconfigure: Option<watch::Receiver<KafkaConfig>>,
+    reconfigure: Option<watch::Receiver<S::Settings>>,
 }
 
 /// What a round did.
@@ -83,17 +82,17 @@ const HELD_RETRY: Duration = Duration::from_secs(10);
 const FULL_RETRY: Duration = Duration::from_secs(10);
 
 /// What ended a wait of the run loop.
-enum Next {
+enum Next<T> {
     /// A round finished.
     Round(Result<Drained, StoreError>),
     /// A stop: the round in progress finished in time (`Some`) or was cut short.
     Stop(Option<Result<Drained, StoreError>>),
-    /// New Kafka settings.
-    Settings(KafkaConfig),
+    /// New sink settings.
+    Settings(T),
 }
 
-/// The next Kafka settings a reload sends; pending forever without a channel or a sender.
-async fn next_settings(rx: &mut Option<watch::Receiver<KafkaConfig>>) -> KafkaConfig {
+/// The next sink settings a reload sends; pending forever without a channel or a sender.
+async fn next_settings<T: Clone>(rx: &mut Option<watch::Receiver<T>>) -> T {
     if let Some(rx) = rx {
         if rx.changed().await.is_ok() {
             return rx.borrow_and_update().clone();
@@ -135,24 +134,25 @@ impl<S: Sink> Publisher<S> {
         self
     }
 
-    /// Re-creates the Kafka producer with the settings a reload sends on `settings`.
-    pub fn reconfigure_with(mut self, settings: watch::Receiver<KafkaConfig>) -> Self {
+    /// Reconfigures the sink (re-creates a Kafka producer) with the settings a reload sends
+    /// on `settings`.
+    pub fn reconfigure_with(mut self, settings: watch::Receiver<S::Settings>) -> Self {
         self.reconfigure = Some(settings);
         self
     }
 
     /// Applies reloaded Kafka settings between rounds: what was in flight is forgotten (it is
     /// still in the outbox) and the next round starts again from the mark with the new producer.
-    fn apply_settings(&mut self, settings: &KafkaConfig) {
+    fn apply_settings(&mut self, settings: &S::Settings) {
         // The new producer is made first: rejected settings leave the round as it was.
         match self.sink.reconfigure(settings) {
             Ok(()) => {
                 self.inflight.clear();
                 self.prefetch = None;
-                tracing::info!(brokers = %settings.brokers, "Kafka settings reloaded; unacknowledged events are sent again")
+                tracing::info!("sink settings reloaded; unacknowledged events are sent again")
             }
             Err(e) => {
-                tracing::error!(error = %e, "Kafka settings not reloaded; keeping the running producer")
+                tracing::error!(error = %e, "sink settings not reloaded; keeping the running sink")
             }
         }
     }

@@ -4,7 +4,7 @@
 
 use super::kafka::health::BrokerHealth;
 use super::DeliveryError;
-use crate::publish::kafka::{KafkaConfig, TopicPosition};
+use crate::publish::kafka::TopicPosition;
 use crate::store::OutboxEvent;
 use std::collections::HashMap;
 use std::future::Future;
@@ -46,6 +46,9 @@ pub trait Sink: Send + Sync + 'static {
     type Encoder: EncodeBatch;
     /// A started batch whose outcome may still be pending.
     type Pending: Send + Sync + 'static;
+    /// What a reload may change (a Kafka sink's `[kafka]`; `()` for sinks with nothing to
+    /// reload).
+    type Settings: Clone + Send + Sync + 'static;
 
     /// A new encoder for this sink's current settings.
     fn encoder(&self) -> Self::Encoder;
@@ -116,9 +119,8 @@ pub trait Sink: Send + Sync + 'static {
         true
     }
 
-    /// Applies reloaded Kafka settings; sinks that are not Kafka ignore them. On an error
-    /// nothing changed.
-    fn reconfigure(&mut self, _settings: &KafkaConfig) -> Result<(), String> {
+    /// Applies reloaded settings (a Kafka sink's `[kafka]`); on an error nothing changed.
+    fn reconfigure(&mut self, _settings: &Self::Settings) -> Result<(), String> {
         Ok(())
     }
 }

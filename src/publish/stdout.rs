@@ -35,6 +35,7 @@ impl EncodeBatch for StdoutSink {
 impl Sink for StdoutSink {
     type Encoder = StdoutSink;
     type Pending = Vec<Result<(), DeliveryError>>;
+    type Settings = ();
 
     fn encoder(&self) -> StdoutSink {
         *self

@@ -18,11 +18,14 @@ pub struct Health {
     /// Set once start-up finished and cleared when sweeping stops for a configuration error.
     pub ready: AtomicBool,
     /// The Kafka producer's view of its brokers: not ready while they refuse our credentials.
-    pub kafka: std::sync::OnceLock<Arc<BrokerHealth>>,
+    /// Replaced each time a standby instance becomes the active.
+    pub kafka: std::sync::Mutex<Option<Arc<BrokerHealth>>>,
     /// Set after `service.unready_after_failed_sweeps` sweeps in a row observed nothing.
     pub sweeps_failing: AtomicBool,
     /// Set while the database has no room to write.
     pub store_full: AtomicBool,
+    /// The standby role and where following stands (`GET /standby`); `None` without `[standby]`.
+    pub standby: std::sync::Mutex<Option<crate::standby::StandbyStatus>>,
 }
 
 impl Health {
@@ -31,7 +34,12 @@ impl Health {
         self.ready.load(Ordering::Relaxed)
             && !self.sweeps_failing.load(Ordering::Relaxed)
             && !self.store_full.load(Ordering::Relaxed)
-            && !self.kafka.get().is_some_and(|k| k.blocks_readiness())
+            && !self
+                .kafka
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .is_some_and(|k| k.blocks_readiness())
     }
 }
 
@@ -61,6 +69,7 @@ pub async fn serve(
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
+        .route("/standby", get(standby))
         .with_state(AppState {
             metrics: metrics.clone(),
             health,
@@ -100,5 +109,20 @@ async fn ready(State(s): State<AppState>) -> (StatusCode, &'static str) {
         (StatusCode::OK, "ready\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}
+
+/// The standby role, as JSON; 404 without `[standby]`.
+async fn standby(State(s): State<AppState>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let status = s
+        .health
+        .standby
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    match status {
+        Some(status) => axum::Json(status).into_response(),
+        None => (StatusCode::NOT_FOUND, "standby is not enabled\n").into_response(),
     }
 }

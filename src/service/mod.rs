@@ -14,6 +14,7 @@ mod disk;
 pub(crate) mod http;
 pub(crate) mod notify;
 mod reload;
+mod roles;
 mod start;
 mod sweeping;
 
@@ -51,6 +52,9 @@ pub enum ServiceError {
         /// Why binding failed.
         source: std::io::Error,
     },
+    /// Standby: following the topic or taking over failed.
+    #[error(transparent)]
+    Standby(#[from] crate::standby::StandbyError),
     /// The callback address could not be bound.
     #[error("cannot serve IM callbacks on {addr}: {source}")]
     Callback {
@@ -69,7 +73,9 @@ impl ServiceError {
             ServiceError::Store(e) => e.is_configuration(),
             ServiceError::Kafka(e) => e.is_configuration(),
             ServiceError::Client(_) | ServiceError::WatchList(_) => true,
-            ServiceError::Metrics { .. } | ServiceError::Callback { .. } => false,
+            ServiceError::Metrics { .. }
+            | ServiceError::Callback { .. }
+            | ServiceError::Standby(_) => false,
         }
     }
 }
@@ -92,6 +98,18 @@ pub struct RunOptions {
     pub max_sweeps: Option<u64>,
     /// Told the metrics address once it is bound.
     pub on_metrics_bound: Option<Box<dyn FnOnce(std::net::SocketAddr) + Send>>,
+    /// Clean hand-over requests (`[standby]`; the command line sends one per SIGUSR2).
+    pub handovers: Option<mpsc::Receiver<()>>,
+    /// Set by `[standby]` for its active phases; leave it `None`.
+    pub shared: Option<Shared>,
+}
+
+/// What a standby's active phase takes over from the roles around it: the metrics, the health
+/// and the lease IM calls need. Only the daemon makes one.
+pub struct Shared {
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+    health: std::sync::Arc<http::Health>,
+    lease: std::sync::Arc<crate::im::CallLease>,
 }
 
 /// Runs the daemon until `shutdown` is cancelled (or `max_sweeps` sweeps are done), then stops:
@@ -102,8 +120,20 @@ pub async fn run(
     mut options: RunOptions,
     shutdown: CancellationToken,
 ) -> Result<(), ServiceError> {
-    let mut running = start::start(config, &mut options, &shutdown).await?;
-    let result = sweeping::sweep_until_stopped(&mut running, &mut options, &shutdown).await;
+    if config.standby.enabled {
+        return roles::run(config, options, shutdown).await;
+    }
+    run_alone(config, &mut options, &shutdown).await
+}
+
+/// Sweeps and publishes until `shutdown`: the daemon alone, or a standby's active.
+async fn run_alone(
+    config: crate::config::Config,
+    options: &mut RunOptions,
+    shutdown: &CancellationToken,
+) -> Result<(), ServiceError> {
+    let mut running = start::start(config, options, shutdown).await?;
+    let result = sweeping::sweep_until_stopped(&mut running, options, shutdown).await;
     let stopped = running.stop().await;
     result.and(stopped)
 }

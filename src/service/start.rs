@@ -44,8 +44,11 @@ pub(super) async fn start(
     options: &mut RunOptions,
     shutdown: &CancellationToken,
 ) -> Result<Running, ServiceError> {
-    let metrics = Arc::new(Metrics::new());
-    let health = Arc::new(http::Health::default());
+    let (metrics, health) = match &options.shared {
+        Some(shared) => (shared.metrics.clone(), shared.health.clone()),
+        None => (Arc::new(Metrics::new()), Arc::new(http::Health::default())),
+    };
+    health.sweeps_failing.store(false, Ordering::Relaxed);
 
     announce_migrations(&config.store.path);
     let store = Store::open(
@@ -80,6 +83,9 @@ pub(super) async fn start(
 
     let settings = ClientSettings::from_config(&config.im).map_err(ServiceError::Client)?;
     let client = Arc::new(ImClient::new(settings, metrics.clone()).map_err(ServiceError::Client)?);
+    if let Some(shared) = &options.shared {
+        client.require_lease(shared.lease.clone());
+    }
     let client_waiting = client.waiting();
     let sweep_settings = SweepSettings {
         batch_size: config.im.batch_size,
@@ -127,7 +133,6 @@ pub(super) async fn start(
         config: &config,
         metrics: metrics.clone(),
         wake: wake.clone(),
-        kafka_reloads,
         stop: publisher_stop.clone(),
     };
     let publisher = match config.sink.kind {
@@ -135,21 +140,24 @@ pub(super) async fn start(
             Delivery::AtLeastOnce => {
                 let (sink, _) = KafkaSink::connect(&config.kafka, config.im.sdkappid).await?;
                 check_partitions(&store, sink.partition_counts().await).await?;
-                let _ = health.kafka.set(sink.health());
-                Some(publishing.spawn(sink))
+                *health.kafka.lock().unwrap_or_else(|e| e.into_inner()) = Some(sink.health());
+                Some(publishing.spawn(sink, Some(kafka_reloads)))
             }
             Delivery::ExactlyOnce => {
                 let (sink, _) =
                     TransactionalSink::connect(&config.kafka, config.im.sdkappid).await?;
                 check_partitions(&store, sink.partition_counts().await).await?;
-                let _ = health.kafka.set(sink.health());
-                Some(publishing.spawn(sink))
+                *health.kafka.lock().unwrap_or_else(|e| e.into_inner()) = Some(sink.health());
+                Some(publishing.spawn(sink, Some(kafka_reloads)))
             }
         },
-        SinkKind::Stdout => Some(publishing.spawn(StdoutSink {
-            style: options.stdout_style.unwrap_or(StdoutStyle::JsonLines),
-            sdkappid: config.im.sdkappid,
-        })),
+        SinkKind::Stdout => Some(publishing.spawn(
+            StdoutSink {
+                style: options.stdout_style.unwrap_or(StdoutStyle::JsonLines),
+                sdkappid: config.im.sdkappid,
+            },
+            None,
+        )),
         SinkKind::None => None,
     };
 
@@ -247,21 +255,26 @@ struct Publishing<'a> {
     config: &'a Config,
     metrics: Arc<Metrics>,
     wake: Arc<Notify>,
-    kafka_reloads: watch::Receiver<KafkaConfig>,
     stop: CancellationToken,
 }
 
 impl Publishing<'_> {
-    /// Spawns the publisher of `sink`.
-    fn spawn<S: Sink>(self, sink: S) -> JoinHandle<Result<(), StoreError>> {
+    /// Spawns the publisher of `sink`, reconfigured with what `reloads` sends.
+    fn spawn<S: Sink>(
+        self,
+        sink: S,
+        reloads: Option<watch::Receiver<S::Settings>>,
+    ) -> JoinHandle<Result<(), StoreError>> {
         let kafka = &self.config.kafka;
         let batch_size = match (self.config.sink.kind, kafka.delivery) {
             (SinkKind::Kafka, Delivery::ExactlyOnce) => kafka.transaction_events,
             _ => kafka.batch_size,
         };
-        let publisher = Publisher::new(self.store, sink, batch_size, self.metrics, self.wake)
-            .with_tuning(self.config.sink.clone())
-            .reconfigure_with(self.kafka_reloads);
+        let mut publisher = Publisher::new(self.store, sink, batch_size, self.metrics, self.wake)
+            .with_tuning(self.config.sink.clone());
+        if let Some(reloads) = reloads {
+            publisher = publisher.reconfigure_with(reloads);
+        }
         tokio::spawn(publisher.run(
             self.stop,
             Duration::from_secs_f64(self.config.kafka.flush_timeout_secs),

@@ -27,11 +27,24 @@ async fn reload_requested(reloads: &mut Option<tokio::sync::mpsc::Receiver<()>>)
     }
 }
 
-/// Sweeps until `shutdown` (or `max_sweeps`).
+/// Sweeps until `shutdown` (or `max_sweeps`). The reload requests go back to `options` after,
+/// for the next time this instance is a standby's active.
 pub(super) async fn sweep_until_stopped(
     running: &mut Running,
     options: &mut RunOptions,
     shutdown: &CancellationToken,
+) -> Result<(), ServiceError> {
+    let mut reloads = options.reloads.take();
+    let result = sweep_loop(running, options, shutdown, &mut reloads).await;
+    options.reloads = reloads;
+    result
+}
+
+async fn sweep_loop(
+    running: &mut Running,
+    options: &mut RunOptions,
+    shutdown: &CancellationToken,
+    reloads: &mut Option<tokio::sync::mpsc::Receiver<()>>,
 ) -> Result<(), ServiceError> {
     let Running {
         metrics,
@@ -44,7 +57,6 @@ pub(super) async fn sweep_until_stopped(
         callbacks,
         ..
     } = running;
-    let mut reloads = options.reloads.take();
     let progress = sweeper.progress();
     let interval = Duration::from_secs_f64(live_config.sweep.interval_secs);
     let mut sweeps_done = 0u64;
@@ -126,7 +138,7 @@ pub(super) async fn sweep_until_stopped(
             sweeper.progress().store(now_millis(), Ordering::Relaxed);
             let step = next.min(tokio::time::Instant::now() + Duration::from_secs(5));
             let idle = match sweeper
-                .idle(step, shutdown, reload_requested(&mut reloads))
+                .idle(step, shutdown, reload_requested(reloads))
                 .await
             {
                 Err(e) if e.is_full() => {

@@ -20,7 +20,7 @@ pub use adopt::{high_watermarks, own_event_ids_after};
 pub use config::{is_secret_property, Delivery, KafkaConfig};
 pub use encode::{KafkaEncoder, Records, HISTORY_ID_HEADER};
 pub use read_back::TopicPosition;
-pub use transactional::TransactionalSink;
+pub use transactional::{lane_ids, TransactionalSink};
 
 use super::sink::Sink;
 use super::DeliveryError;
@@ -412,6 +412,7 @@ const BATCHES_IN_FLIGHT: usize = 4;
 impl Sink for KafkaSink {
     type Encoder = KafkaEncoder;
     type Pending = Enqueued;
+    type Settings = KafkaConfig;
 
     fn encoder(&self) -> KafkaEncoder {
         KafkaSink::encoder(self)

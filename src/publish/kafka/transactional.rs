@@ -114,7 +114,7 @@ impl std::fmt::Debug for TransactionalSink {
 }
 
 /// The `transactional.id` of each lane: the configured one, and a second derived from it.
-fn lane_ids(base: &str) -> [String; 2] {
+pub fn lane_ids(base: &str) -> [String; 2] {
     [base.to_owned(), format!("{base}-b")]
 }
 
@@ -336,6 +336,7 @@ enum Enqueue<'a> {
 impl Sink for TransactionalSink {
     type Encoder = KafkaEncoder;
     type Pending = TransactionPending;
+    type Settings = KafkaConfig;
 
     fn encoder(&self) -> KafkaEncoder {
         self.lanes[0].sink.encoder().with_history_ids()

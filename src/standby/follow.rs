@@ -1,0 +1,588 @@
+//! Following: a `read_committed` consumer of the events topic (from where this database left
+//! off) and of the heartbeat topic (from its end), on a thread of its own; the events it reads
+//! are applied to the history in order, the position in the same transaction.
+
+use super::decode::{decode, Record};
+use super::heartbeat::{Beat, HeartbeatV1};
+use super::StandbyError;
+use crate::metrics::Metrics;
+use crate::publish::kafka::{client_config, KafkaConfig};
+use crate::store::{ReplicatedEvent, Store};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// What the reading thread hands over.
+enum Read {
+    /// Events read (maybe none) and each partition's position after them.
+    Events {
+        events: Vec<ReplicatedEvent>,
+        positions: Vec<(i32, i64)>,
+        /// Each partition's last stable offset as last fetched.
+        ends: Vec<(i32, i64)>,
+        /// The newest record's timestamp (Unix ms).
+        newest: Option<i64>,
+    },
+    /// A heartbeat of this app's active, when it arrived.
+    Heartbeat(HeartbeatV1, Instant),
+    /// A follower of this app is alive.
+    Peer(String, Instant),
+    /// The topics could not be read.
+    Failed(String),
+}
+
+/// Why following ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FollowEnd {
+    /// The daemon is stopping.
+    Stopped,
+    /// Time to take over: why.
+    TakeOver(String),
+}
+
+/// Where following stands, for `/standby` and `standby status`.
+#[derive(Debug, Clone, Default)]
+pub struct FollowState {
+    /// Events committed on the topic not applied yet.
+    pub lag_events: i64,
+    /// Age of the newest applied event while lagging, seconds.
+    pub lag_seconds: f64,
+    /// The instance whose heartbeat was seen last.
+    pub active: Option<String>,
+    /// Since that heartbeat, seconds.
+    pub heartbeat_age: Option<f64>,
+}
+
+/// A follower: the reading thread and what it applied.
+pub struct Follower {
+    rx: mpsc::Receiver<Read>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    store: Store,
+    topic: String,
+    metrics: Arc<Metrics>,
+    instance: String,
+    /// Per partition, the next offset applied.
+    applied: HashMap<i32, i64>,
+    ends: HashMap<i32, i64>,
+    newest: Option<i64>,
+    last_beat: Option<(HeartbeatV1, Instant)>,
+    /// The other followers, when each last said so.
+    peers: HashMap<String, Instant>,
+    started: Instant,
+    settings: KafkaConfig,
+    /// Says every `every` that this follower is alive.
+    announcer: Option<ThreadedProducer<DefaultProducerContext>>,
+    heartbeat_topic: String,
+    sdkappid: u64,
+    every: Duration,
+}
+
+impl Follower {
+    /// Starts reading `topic` from this database's positions (a partition it never read from
+    /// its beginning) and `heartbeat_topic` from its end.
+    pub async fn start(
+        settings: &KafkaConfig,
+        heartbeat_topic: &str,
+        sdkappid: u64,
+        instance: &str,
+        every: Duration,
+        store: Store,
+        metrics: Arc<Metrics>,
+    ) -> Result<Follower, StandbyError> {
+        let topic = settings.topic.clone();
+        let positions = {
+            let topic = topic.clone();
+            store.call(move |db| db.replica_positions(&topic)).await?
+        };
+        let (tx, rx) = mpsc::channel(4);
+        let stop = Arc::new(AtomicBool::new(false));
+        let reader = Reader {
+            settings: settings.clone(),
+            topic: topic.clone(),
+            heartbeat_topic: heartbeat_topic.to_owned(),
+            source: crate::publish::event::cloudevents_source(sdkappid),
+            sdkappid,
+            positions,
+            tx,
+            stop: stop.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("standby-follow".into())
+            .spawn(move || reader.run())
+            .expect("a thread starts");
+        metrics.standby_active.set(0);
+        Ok(Follower {
+            rx,
+            stop,
+            thread: Some(thread),
+            store,
+            topic,
+            metrics,
+            instance: instance.to_owned(),
+            applied: HashMap::new(),
+            ends: HashMap::new(),
+            newest: None,
+            last_beat: None,
+            peers: HashMap::new(),
+            started: Instant::now(),
+            settings: settings.clone(),
+            announcer: announcer(settings, every),
+            heartbeat_topic: heartbeat_topic.to_owned(),
+            sdkappid,
+            every,
+        })
+    }
+
+    /// Follows until the active is silent for `takeover_after` (or hands over), but not before
+    /// `eligible_at`; or until `shutdown`.
+    pub async fn until_takeover(
+        &mut self,
+        takeover_after: Duration,
+        eligible_at: Instant,
+        shutdown: &tokio_util::sync::CancellationToken,
+        state: &std::sync::Mutex<FollowState>,
+    ) -> Result<FollowEnd, StandbyError> {
+        let step = takeover_after / 2;
+        let mut next_announce = Instant::now();
+        loop {
+            if Instant::now() >= next_announce {
+                self.announce();
+                next_announce = Instant::now() + self.every;
+            }
+            // Followers that time out together claim one after another, in name order.
+            let rank = self.rank(takeover_after);
+            let silent_since = self.last_beat.as_ref().map_or(self.started, |(_, at)| *at);
+            let mut due = (silent_since + takeover_after + step * rank).max(eligible_at);
+            if let Some((beat, at)) = &self.last_beat {
+                if beat.beat == Beat::Handover && beat.instance != self.instance {
+                    let turn = (*at + step * rank).max(eligible_at);
+                    if Instant::now() >= turn {
+                        return Ok(FollowEnd::TakeOver(format!(
+                            "{} handed over",
+                            beat.instance
+                        )));
+                    }
+                    due = due.min(turn);
+                }
+            }
+            if Instant::now() >= due {
+                return Ok(FollowEnd::TakeOver(match &self.last_beat {
+                    Some((beat, at)) => format!(
+                        "no heartbeat from {} for {} ms",
+                        beat.instance,
+                        at.elapsed().as_millis()
+                    ),
+                    None => format!(
+                        "no active: no heartbeat for {} ms since following began",
+                        self.started.elapsed().as_millis()
+                    ),
+                }));
+            }
+            let wait = tokio::time::sleep_until(due.min(next_announce).into());
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(FollowEnd::Stopped),
+                _ = wait => {}
+                read = self.rx.recv() => self.take(read).await?,
+            }
+            self.report(state);
+        }
+    }
+
+    /// Whether other live followers are known (then claims go in name order).
+    pub fn knows_peers(&self, alive_within: Duration) -> bool {
+        self.peers.values().any(|at| at.elapsed() < alive_within)
+    }
+
+    /// How many live followers come before this one (by name).
+    fn rank(&self, alive_within: Duration) -> u32 {
+        self.peers
+            .iter()
+            .filter(|(name, at)| {
+                at.elapsed() < alive_within && name.as_str() < self.instance.as_str()
+            })
+            .count() as u32
+    }
+
+    /// Says that this follower is alive (best effort: a lost one only costs the order).
+    fn announce(&self) {
+        let Some(producer) = &self.announcer else {
+            return;
+        };
+        let value = serde_json::to_vec(&HeartbeatV1 {
+            schema: super::heartbeat::SCHEMA.into(),
+            sdkappid: self.sdkappid,
+            instance: self.instance.clone(),
+            beat: Beat::Following,
+            sent_at: crate::model::now_millis(),
+            pid: std::process::id(),
+        })
+        .expect("heartbeats serialize");
+        let key = self.sdkappid.to_string();
+        let _ = producer.send(
+            BaseRecord::to(&self.heartbeat_topic)
+                .key(&key)
+                .payload(&value),
+        );
+    }
+
+    /// Goes on following for `d`; whether another instance's heartbeat arrived meanwhile (then
+    /// someone else is the active, or is claiming the role).
+    pub async fn heard_from_another_within(
+        &mut self,
+        d: Duration,
+        state: &std::sync::Mutex<FollowState>,
+    ) -> Result<bool, StandbyError> {
+        let until = tokio::time::Instant::now() + d;
+        let before = self.last_beat.as_ref().map(|(_, at)| *at);
+        loop {
+            let heard = self.last_beat.as_ref().is_some_and(|(b, at)| {
+                Some(*at) != before && b.instance != self.instance && b.beat != Beat::Handover
+            });
+            if heard {
+                return Ok(true);
+            }
+            match tokio::time::timeout_at(until, self.rx.recv()).await {
+                Ok(read) => self.take(read).await?,
+                Err(_) => return Ok(false),
+            }
+            self.report(state);
+        }
+    }
+
+    /// After the old active was fenced: applies everything committed on the topic up to its
+    /// end now. Gives up (an error) after `bound`.
+    pub async fn catch_up(
+        &mut self,
+        bound: Duration,
+        state: &std::sync::Mutex<FollowState>,
+    ) -> Result<(), StandbyError> {
+        let settings = self.settings.clone();
+        let topic = self.topic.clone();
+        let ends = tokio::task::spawn_blocking(move || last_stable_offsets(&settings, &topic))
+            .await
+            .expect("reading offsets does not panic")
+            .map_err(StandbyError::Kafka)?;
+        let deadline = tokio::time::Instant::now() + bound;
+        loop {
+            let behind: Vec<_> = ends
+                .iter()
+                .filter(|(p, end)| self.applied.get(p).copied().unwrap_or(0) < *end)
+                .collect();
+            if behind.is_empty() {
+                return Ok(());
+            }
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(read) => self.take(read).await?,
+                Err(_) => {
+                    return Err(StandbyError::Kafka(format!(
+                        "could not read the events topic to its end within {} s (partitions behind: {behind:?})",
+                        bound.as_secs()
+                    )))
+                }
+            }
+            self.report(state);
+        }
+    }
+
+    /// Stops the reading thread.
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.rx.close();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
+    async fn take(&mut self, read: Option<Read>) -> Result<(), StandbyError> {
+        match read {
+            None => Err(StandbyError::Kafka("the reading thread stopped".into())),
+            Some(Read::Failed(e)) => Err(StandbyError::Kafka(e)),
+            Some(Read::Heartbeat(beat, at)) => {
+                self.last_beat = Some((beat, at));
+                Ok(())
+            }
+            Some(Read::Peer(name, at)) => {
+                if name != self.instance {
+                    self.peers.insert(name, at);
+                }
+                Ok(())
+            }
+            Some(Read::Events {
+                events,
+                positions,
+                ends,
+                newest,
+            }) => {
+                if !events.is_empty()
+                    || positions
+                        .iter()
+                        .any(|(p, o)| self.applied.get(p) != Some(o))
+                {
+                    let topic = self.topic.clone();
+                    let applied_positions = positions.clone();
+                    let done = self
+                        .store
+                        .call(move |db| db.apply_replicated(&topic, &events, &applied_positions))
+                        .await?;
+                    self.metrics
+                        .standby_replicated_events
+                        .inc_by(done.applied as u64);
+                    for (user, expected, got) in &done.seq_gaps {
+                        self.metrics.standby_seq_gaps.inc();
+                        tracing::warn!(account = %user, expected, got, "a replicated event's seq does not follow on from the one before (the topic lost events, or they expired before this follower read them)");
+                    }
+                }
+                self.applied.extend(positions);
+                self.ends.extend(ends);
+                if newest.is_some() {
+                    self.newest = newest;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn report(&self, state: &std::sync::Mutex<FollowState>) {
+        let lag: i64 = self
+            .ends
+            .iter()
+            .map(|(p, end)| (end - self.applied.get(p).copied().unwrap_or(0)).max(0))
+            .sum();
+        let lag_seconds = match (lag, self.newest) {
+            (0, _) | (_, None) => 0.0,
+            (_, Some(ms)) => ((crate::model::now_millis() - ms) as f64 / 1000.0).max(0.0),
+        };
+        let heartbeat_age = self
+            .last_beat
+            .as_ref()
+            .map(|(_, at)| at.elapsed().as_secs_f64());
+        self.metrics.standby_lag_events.set(lag);
+        self.metrics.standby_lag_seconds.set(lag_seconds);
+        self.metrics
+            .standby_heartbeat_age
+            .set(heartbeat_age.unwrap_or_else(|| self.started.elapsed().as_secs_f64()));
+        let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+        *s = FollowState {
+            lag_events: lag,
+            lag_seconds,
+            active: self.last_beat.as_ref().map(|(b, _)| b.instance.clone()),
+            heartbeat_age,
+        };
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The follower's own plain producer for its `Following` beats; none when it cannot be made
+/// (following goes on, only the order of claims is lost).
+fn announcer(
+    settings: &KafkaConfig,
+    every: Duration,
+) -> Option<ThreadedProducer<DefaultProducerContext>> {
+    client_config(settings)
+        .set("acks", "1")
+        .set("linger.ms", "0")
+        .set(
+            "message.timeout.ms",
+            (every.as_millis() * 4).max(1000).to_string(),
+        )
+        .create()
+        .map_err(|e| tracing::warn!(error = %e, "following: no producer for the follower's beats"))
+        .ok()
+}
+
+/// A `read_committed` consumer with no group offsets: positions live in the database.
+fn consumer(settings: &KafkaConfig) -> Result<BaseConsumer, String> {
+    client_config(settings)
+        .set("group.id", "presenced-standby")
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "50")
+        .create()
+        .map_err(|e| format!("creating the standby consumer: {e}"))
+}
+
+/// Each partition's end as a `read_committed` consumer sees it (the last stable offset).
+fn last_stable_offsets(settings: &KafkaConfig, topic: &str) -> Result<Vec<(i32, i64)>, String> {
+    let c = consumer(settings)?;
+    let wait = Duration::from_secs(10);
+    let partitions = partitions_of(&c, topic)?;
+    partitions
+        .into_iter()
+        .map(|p| {
+            c.fetch_watermarks(topic, p, wait)
+                .map(|(_, high)| (p, high))
+                .map_err(|e| format!("the end of {topic} partition {p}: {e}"))
+        })
+        .collect()
+}
+
+fn partitions_of(c: &BaseConsumer, topic: &str) -> Result<Vec<i32>, String> {
+    let metadata = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map_err(|e| format!("the partitions of {topic}: {e}"))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    match partitions.is_empty() {
+        true => Err(format!("topic {topic} has no partitions (does it exist?)")),
+        false => Ok(partitions),
+    }
+}
+
+/// The reading thread.
+struct Reader {
+    settings: KafkaConfig,
+    topic: String,
+    heartbeat_topic: String,
+    source: String,
+    sdkappid: u64,
+    positions: HashMap<i32, i64>,
+    tx: mpsc::Sender<Read>,
+    stop: Arc<AtomicBool>,
+}
+
+/// How many events at most go into one SQLite transaction.
+const BATCH_EVENTS: usize = 2_000;
+/// How long the thread collects before handing a batch over.
+const BATCH_WINDOW: Duration = Duration::from_millis(20);
+
+impl Reader {
+    fn run(self) {
+        if let Err(e) = self.read() {
+            let _ = self.tx.blocking_send(Read::Failed(e));
+        }
+    }
+
+    fn read(&self) -> Result<(), String> {
+        let c = consumer(&self.settings)?;
+        let (partitions, heartbeat_partitions) = loop {
+            match (
+                partitions_of(&c, &self.topic),
+                partitions_of(&c, &self.heartbeat_topic),
+            ) {
+                (Ok(p), Ok(h)) => break (p, h),
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::warn!(error = %e, "following: the topics cannot be described yet; retrying");
+                    if self.stop.load(Ordering::Relaxed) {
+                        return Ok(());
+                    }
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+        };
+        let mut assignment = TopicPartitionList::new();
+        for p in &partitions {
+            let offset = match self.positions.get(p) {
+                Some(o) => Offset::Offset(*o),
+                None => Offset::Beginning,
+            };
+            assignment
+                .add_partition_offset(&self.topic, *p, offset)
+                .map_err(|e| e.to_string())?;
+        }
+        for p in &heartbeat_partitions {
+            assignment
+                .add_partition_offset(&self.heartbeat_topic, *p, Offset::End)
+                .map_err(|e| e.to_string())?;
+        }
+        c.assign(&assignment)
+            .map_err(|e| format!("assigning the topics: {e}"))?;
+        let mut last_ends = Instant::now() - Duration::from_secs(2);
+        while !self.stop.load(Ordering::Relaxed) {
+            let mut events = Vec::new();
+            let mut newest = None;
+            let window = Instant::now() + BATCH_WINDOW;
+            while events.len() < BATCH_EVENTS {
+                let left = window.saturating_duration_since(Instant::now());
+                let Some(polled) = c.poll(left.max(Duration::from_millis(1))) else {
+                    break;
+                };
+                let m = match polled {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "following: consumer");
+                        continue;
+                    }
+                };
+                if m.topic() == self.heartbeat_topic {
+                    let beat = m
+                        .payload()
+                        .and_then(|v| serde_json::from_slice::<HeartbeatV1>(v).ok())
+                        .filter(|b| b.sdkappid == self.sdkappid);
+                    if let Some(beat) = beat {
+                        let read = match beat.beat {
+                            Beat::Following => Read::Peer(beat.instance, Instant::now()),
+                            _ => Read::Heartbeat(beat, Instant::now()),
+                        };
+                        if self.tx.blocking_send(read).is_err() {
+                            return Ok(());
+                        }
+                    }
+                    continue;
+                }
+                newest = m.timestamp().to_millis().or(newest);
+                match decode(&m, &self.source) {
+                    Ok(Record::Event(e)) => events.push(e),
+                    Ok(Record::Foreign) => {}
+                    Err(e) => {
+                        tracing::error!(error = %e, "following: an event of this app on the topic cannot be read; it is skipped (the replica lacks it)")
+                    }
+                }
+                if Instant::now() >= window {
+                    break;
+                }
+            }
+            let positions = c
+                .position()
+                .map_err(|e| e.to_string())?
+                .elements_for_topic(&self.topic)
+                .iter()
+                .filter_map(|e| match e.offset() {
+                    Offset::Offset(o) => Some((e.partition(), o)),
+                    _ => None,
+                })
+                .collect();
+            // The partitions' ends, asked of the brokers about once a second (for the lag).
+            let ends = if last_ends.elapsed() >= Duration::from_secs(1) {
+                last_ends = Instant::now();
+                partitions
+                    .iter()
+                    .filter_map(|p| {
+                        c.fetch_watermarks(&self.topic, *p, Duration::from_secs(1))
+                            .ok()
+                            .map(|(_, high)| (*p, high))
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let read = Read::Events {
+                events,
+                positions,
+                ends,
+                newest,
+            };
+            if self.tx.blocking_send(read).is_err() {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+}
