@@ -1,7 +1,10 @@
 -- Version 10: standby (`[standby]`). A follower replicates the events topic into this history;
 -- replica_positions is where it goes on reading (the next offset of each partition), written in
 -- the same transaction as the rows it applied. standby_roles is a log of this instance's role
--- changes (`presenced standby status`, analysts asking who was active when).
+-- changes (`presenced standby status`, analysts asking who was active when). A row in
+-- replica_incomplete says this replica lacks part of the log (an account whose first event here
+-- is not seq 1, events gone to retention before it read them, or an event it could not read): it
+-- goes on following but never becomes the active, which would number events again.
 
 CREATE TABLE replica_positions (
     topic       TEXT NOT NULL,
@@ -16,3 +19,8 @@ CREATE TABLE standby_roles (
     role       TEXT NOT NULL CHECK (role = 'follower' OR role = 'active'),
     reason     TEXT NOT NULL
 ) STRICT;
+
+CREATE TABLE replica_incomplete (
+    what     TEXT PRIMARY KEY,
+    found_at INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;

@@ -17,10 +17,30 @@ use std::time::{Duration, Instant};
 /// The simulator, the topic, and the instances' directories.
 struct Rig {
     sim: SimProcess,
-    dir: tempfile::TempDir,
+    /// Kept (and named) when the test fails, for its logs and databases.
+    dir: KeptOnFailure,
     topic: String,
     brokers: String,
     instances: Vec<Instance>,
+}
+
+/// A temporary directory that outlives a failing test.
+struct KeptOnFailure(Option<tempfile::TempDir>);
+
+impl KeptOnFailure {
+    fn path(&self) -> &std::path::Path {
+        self.0.as_ref().unwrap().path()
+    }
+}
+
+impl Drop for KeptOnFailure {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Some(dir) = self.0.take() {
+                eprintln!("kept for inspection: {}", dir.keep().display());
+            }
+        }
+    }
 }
 
 /// One instance: its configuration, database, metrics port, and the process when running.
@@ -49,7 +69,7 @@ impl Rig {
             "--rate",
             "0",
         ]);
-        let dir = tempfile::tempdir().unwrap();
+        let dir = KeptOnFailure(Some(tempfile::tempdir().unwrap()));
         let watch = dir.path().join("watch.txt");
         let ids: Vec<String> = (0..population).map(|i| format!("user{i}")).collect();
         std::fs::write(&watch, ids.join("\n")).unwrap();
@@ -308,8 +328,8 @@ async fn kill_actives(
                 break a;
             }
             assert!(
-                killed.elapsed() < Duration::from_secs(60),
-                "no follower took over within a minute of kill {i}; logs:\n{}",
+                killed.elapsed() < Duration::from_secs(90),
+                "no follower took over within 90 s of kill {i}; logs:\n{}",
                 rig.log_tails()
             );
             tokio::time::sleep(Duration::from_millis(25)).await;

@@ -80,6 +80,9 @@ pub fn status(path: &Path, json: bool) -> Result<(), CliError> {
                 if let Some(why) = field("last_stand_down").as_str() {
                     println!("last stood down: {why}");
                 }
+                if let Some(why) = field("ineligible").as_str() {
+                    println!("NOT ELIGIBLE:    {why}");
+                }
             }
             Err(e) => println!("not running here: {e}"),
         }

@@ -3,31 +3,43 @@
 //! follower can take over.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// Until when calls may go out, on the monotonic clock (which runs on while a process is
-/// stopped, so a paused active finds its lease gone when it resumes).
+/// Until when calls may go out, on the boot-time clock: it runs on while the process is
+/// stopped and while the machine or its VM is suspended (the monotonic clock, which `Instant`
+/// reads, stops then), so an active that was paused finds its lease gone when it resumes.
 #[derive(Debug)]
 pub struct CallLease {
-    /// Microseconds since [`epoch`] until which calls may go out; 0: none.
+    /// Boot-time microseconds until which calls may go out; 0: none.
     until_micros: AtomicU64,
     length: Duration,
 }
 
-fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
+/// Microseconds of `CLOCK_BOOTTIME`.
+fn boot_micros() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given; CLOCK_BOOTTIME exists on Linux.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    assert_eq!(rc, 0, "CLOCK_BOOTTIME is readable");
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
 }
 
+/// `at` on the boot-time clock (an `Instant` in the past: now less how long ago it was).
 fn micros(at: Instant) -> u64 {
-    at.saturating_duration_since(epoch()).as_micros() as u64
+    let now = Instant::now();
+    let boot = boot_micros();
+    match at <= now {
+        true => boot.saturating_sub(now.duration_since(at).as_micros() as u64),
+        false => boot + at.duration_since(now).as_micros() as u64,
+    }
 }
 
 impl CallLease {
     /// A lease of `length` a renewal, not held yet.
     pub fn new(length: Duration) -> Self {
-        epoch();
         CallLease {
             until_micros: AtomicU64::new(0),
             length,
@@ -48,13 +60,13 @@ impl CallLease {
 
     /// Whether calls may go out now.
     pub fn held(&self) -> bool {
-        micros(Instant::now()) < self.until_micros.load(Ordering::Acquire)
+        boot_micros() < self.until_micros.load(Ordering::Acquire)
     }
 
     /// How long it is still held.
     pub fn left(&self) -> Duration {
         let until = self.until_micros.load(Ordering::Acquire);
-        Duration::from_micros(until.saturating_sub(micros(Instant::now())))
+        Duration::from_micros(until.saturating_sub(boot_micros()))
     }
 }
 

@@ -13,12 +13,15 @@ use crate::standby::follow::{FollowEnd, FollowState, Follower};
 use crate::standby::heartbeat::{self, Beat};
 use crate::standby::takeover::{Claimant, Outcome};
 use crate::standby::{StandbyError, StandbyStatus};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+/// How long a stop waits to say it hands over (systemd's stop timeout is 30 s).
+const HANDOVER_BEAT_BOUND: Duration = Duration::from_secs(5);
 
 /// The instance's view of itself, shared with `/standby`.
 struct Roles {
@@ -34,6 +37,10 @@ struct Roles {
 
 impl Roles {
     fn set_role(&self, role: &str) {
+        if role == "follower" {
+            // What the last follow phase saw is stale (the active it followed, its lag).
+            *self.following.lock().unwrap_or_else(|e| e.into_inner()) = FollowState::default();
+        }
         let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
         s.role = role.to_owned();
         s.since = crate::model::now_millis();
@@ -54,6 +61,12 @@ impl Roles {
             s.heartbeat_age_seconds = f.heartbeat_age;
             s.lag_events = f.lag_events;
             s.lag_seconds = f.lag_seconds;
+            if s.role == "follower" {
+                s.ineligible = f.ineligible.clone();
+                self.health
+                    .ready
+                    .store(f.ineligible.is_none(), Ordering::Relaxed);
+            }
         } else {
             s.active = Some(self.instance.clone());
             s.heartbeat_age_seconds = None;
@@ -108,6 +121,7 @@ pub(super) async fn run(
             last_takeover: None,
             last_takeover_ms: None,
             last_stand_down: None,
+            ineligible: None,
         }),
         config,
     });
@@ -228,13 +242,28 @@ async fn take_turns(
         following.cancel();
         let why = match end {
             Ok(FollowEnd::Stopped) => {
-                follower.stop();
+                follower.stop().await;
                 return Ok(());
             }
             Ok(FollowEnd::TakeOver(why)) => why,
+            Err(StandbyError::Store(e @ StoreError::Corrupt { .. })) => {
+                // Reading the same events again would fail the same way: this replica went its
+                // own way and can neither follow nor take over until an operator decides.
+                follower.stop().await;
+                tracing::error!(error = %e, "this instance's history contradicts the events topic: it stops following and will not become the active (/readyz fails). Seed its database from another instance's (docs/OPERATIONS.md, \"Two hosts\")");
+                roles.health.ready.store(false, Ordering::Relaxed);
+                roles
+                    .status
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .ineligible = Some(e.to_string());
+                roles.set_role("diverged");
+                shutdown.cancelled().await;
+                return Ok(());
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "following failed; starting again in a second");
-                follower.stop();
+                follower.stop().await;
                 why_following = format!("following failed: {e}");
                 pause(Duration::from_secs(1), shutdown).await;
                 continue;
@@ -254,8 +283,14 @@ async fn take_turns(
             heartbeat_ms: s.heartbeat_ms,
             takeover_after,
         };
-        let outcome = claimant.take_over(&mut follower, &roles.following).await;
-        follower.stop();
+        let outcome = tokio::select! {
+            outcome = claimant.take_over(&mut follower, &roles.following) => outcome,
+            _ = shutdown.cancelled() => {
+                follower.stop().await;
+                return Ok(());
+            }
+        };
+        follower.stop().await;
         let (heartbeats, claim_ms, fence_ms, catch_up_ms) = match outcome {
             Outcome::Won {
                 heartbeats,
@@ -274,11 +309,14 @@ async fn take_turns(
         };
         roles.record_role("active", why.clone()).await?;
 
-        // Active.
+        // Active. Heartbeats go on until the run (with its last publishing) ended.
         let active_stop = shutdown.child_token();
+        let beating = CancellationToken::new();
         let keeper = tokio::spawn(heartbeat::keep_alive(
             heartbeats.clone(),
             Duration::from_millis(s.heartbeat_ms),
+            Duration::from_millis(s.lease_ms()),
+            beating.clone(),
             active_stop.clone(),
         ));
         roles.metrics.standby_takeovers.inc();
@@ -301,14 +339,26 @@ async fn take_turns(
             "this instance is the active: sweeping and publishing"
         );
         let mut handover = false;
+        let mut stopping = false;
         let ran = {
             let run = run_alone(active_config.clone(), options, &active_stop);
             tokio::pin!(run);
             loop {
                 tokio::select! {
                     ran = &mut run => break ran,
+                    _ = active_stop.cancelled(), if !stopping => {
+                        // Publishing what it has; no longer the active for anyone asking.
+                        stopping = true;
+                        roles.set_role("stopping");
+                    }
+                    _ = shutdown.cancelled(), if !handover => {
+                        // No more calls; what was observed is published, then handed over.
+                        heartbeats.stop_calls();
+                        handover = true;
+                    }
                     Some(()) = recv(&mut handovers), if !handover => {
-                        tracing::info!("hand-over asked for: finishing the sweep's commits and publishing them, then handing over");
+                        tracing::info!("hand-over asked for: no more IM calls; publishing what was observed, then handing over");
+                        heartbeats.stop_calls();
                         handover = true;
                         active_stop.cancel();
                     }
@@ -316,8 +366,9 @@ async fn take_turns(
             }
         };
         active_stop.cancel();
+        beating.cancel();
         let stood_down = keeper.await.unwrap_or(None);
-        roles.lease.revoke();
+        heartbeats.stop_calls();
         let ended = match (stood_down, &ran) {
             (Some((kind, why)), _) => Ended::StoodDown(kind, why),
             (None, Err(e)) if e.is_configuration() => return ran,
@@ -329,15 +380,16 @@ async fn take_turns(
         match ended {
             Ended::Shutdown | Ended::Handover => {
                 // Everything the publisher could flush is on the topic: a follower may go now.
+                // Bounded: a beat abandoned to an unreachable coordinator may hold the producer.
                 let h = heartbeats.clone();
-                let said = tokio::task::spawn_blocking(move || h.beat(Beat::Handover))
-                    .await
-                    .expect("a heartbeat does not panic");
+                let said = tokio::time::timeout(
+                    HANDOVER_BEAT_BOUND,
+                    tokio::task::spawn_blocking(move || h.beat(Beat::Handover)),
+                )
+                .await;
                 match said {
-                    Ok(()) => tracing::info!("handed over: a follower takes over now"),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "the hand-over could not be said; a follower takes over after standby.takeover_after_ms")
-                    }
+                    Ok(Ok(Ok(_))) => tracing::info!("handed over: a follower takes over now"),
+                    _ => tracing::warn!("the hand-over could not be said; a follower takes over after standby.takeover_after_ms"),
                 }
                 roles
                     .metrics

@@ -144,8 +144,11 @@ pub(super) async fn start(
                 Some(publishing.spawn(sink, Some(kafka_reloads)))
             }
             Delivery::ExactlyOnce => {
-                let (sink, _) =
+                let (mut sink, _) =
                     TransactionalSink::connect(&config.kafka, config.im.sdkappid).await?;
+                if let Some(shared) = &options.shared {
+                    sink.require_lease(shared.lease.clone());
+                }
                 check_partitions(&store, sink.partition_counts().await).await?;
                 *health.kafka.lock().unwrap_or_else(|e| e.into_inner()) = Some(sink.health());
                 Some(publishing.spawn(sink, Some(kafka_reloads)))

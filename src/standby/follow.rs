@@ -28,11 +28,15 @@ enum Read {
         ends: Vec<(i32, i64)>,
         /// The newest record's timestamp (Unix ms).
         newest: Option<i64>,
+        /// Partitions whose end the reader reached after these events.
+        at_end: Vec<i32>,
     },
     /// A heartbeat of this app's active, when it arrived.
     Heartbeat(HeartbeatV1, Instant),
     /// A follower of this app is alive.
     Peer(String, Instant),
+    /// An event of this app that cannot be read (skipped).
+    Unreadable(String),
     /// The topics could not be read.
     Failed(String),
 }
@@ -57,13 +61,24 @@ pub struct FollowState {
     pub active: Option<String>,
     /// Since that heartbeat, seconds.
     pub heartbeat_age: Option<f64>,
+    /// Why this replica may not become the active, if so.
+    pub ineligible: Option<String>,
 }
 
 /// A follower: the reading thread and what it applied.
 pub struct Follower {
     rx: mpsc::Receiver<Read>,
+    beats: mpsc::UnboundedReceiver<Read>,
+    /// Stops both threads.
     stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    /// Stops the events' reader alone (restarted by a catch-up).
+    reader_stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    /// Partitions whose end the events' reader reached since it (re)started, with nothing read
+    /// after.
+    at_end: std::collections::HashSet<i32>,
+    /// Why this replica may not become the active (it lacks part of the log), if so.
+    ineligible: Option<String>,
     store: Store,
     topic: String,
     metrics: Arc<Metrics>,
@@ -82,6 +97,8 @@ pub struct Follower {
     heartbeat_topic: String,
     sdkappid: u64,
     every: Duration,
+    /// `kafka.transactional_id` as the publisher uses it: the active's must be the same.
+    transactional_id: String,
 }
 
 impl Follower {
@@ -101,27 +118,43 @@ impl Follower {
             let topic = topic.clone();
             store.call(move |db| db.replica_positions(&topic)).await?
         };
-        let (tx, rx) = mpsc::channel(4);
+        let ineligible = store.call(|db| db.replica_incomplete()).await?;
+        if let Some(why) = &ineligible {
+            tracing::error!(reason = %why, "this replica lacks part of the events topic and will not become the active; seed its database from another instance's (docs/OPERATIONS.md, \"Two hosts\")");
+        }
+        let (beats_tx, beats) = mpsc::unbounded_channel();
         let stop = Arc::new(AtomicBool::new(false));
-        let reader = Reader {
-            settings: settings.clone(),
-            topic: topic.clone(),
-            heartbeat_topic: heartbeat_topic.to_owned(),
-            source: crate::publish::event::cloudevents_source(sdkappid),
+        let reader_stop = Arc::new(AtomicBool::new(false));
+        let (rx, reader) = spawn_reader(
+            settings,
             sdkappid,
             positions,
-            tx,
+            stop.clone(),
+            reader_stop.clone(),
+        );
+        let beat_reader = BeatReader {
+            settings: settings.clone(),
+            topic: heartbeat_topic.to_owned(),
+            sdkappid,
+            tx: beats_tx,
             stop: stop.clone(),
         };
-        let thread = std::thread::Builder::new()
-            .name("standby-follow".into())
-            .spawn(move || reader.run())
-            .expect("a thread starts");
+        let threads = vec![
+            reader,
+            std::thread::Builder::new()
+                .name("standby-beats".into())
+                .spawn(move || beat_reader.run())
+                .expect("a thread starts"),
+        ];
         metrics.standby_active.set(0);
         Ok(Follower {
             rx,
+            beats,
             stop,
-            thread: Some(thread),
+            reader_stop,
+            threads,
+            at_end: Default::default(),
+            ineligible,
             store,
             topic,
             metrics,
@@ -137,6 +170,7 @@ impl Follower {
             heartbeat_topic: heartbeat_topic.to_owned(),
             sdkappid,
             every,
+            transactional_id: settings.transactional_id_for(sdkappid),
         })
     }
 
@@ -152,9 +186,23 @@ impl Follower {
         let step = takeover_after / 2;
         let mut next_announce = Instant::now();
         loop {
+            // Heartbeats that already arrived count before any decision.
+            while let Ok(beat) = self.beats.try_recv() {
+                self.take(Some(beat)).await?;
+            }
             if Instant::now() >= next_announce {
                 self.announce();
                 next_announce = Instant::now() + self.every;
+            }
+            if self.ineligible.is_some() {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(FollowEnd::Stopped),
+                    _ = tokio::time::sleep_until(next_announce.into()) => {}
+                    read = self.rx.recv() => self.take(read).await?,
+                    beat = self.beats.recv() => self.take(beat).await?,
+                }
+                self.report(state);
+                continue;
             }
             // Followers that time out together claim one after another, in name order.
             let rank = self.rank(takeover_after);
@@ -187,7 +235,9 @@ impl Follower {
             }
             let wait = tokio::time::sleep_until(due.min(next_announce).into());
             tokio::select! {
+                biased;
                 _ = shutdown.cancelled() => return Ok(FollowEnd::Stopped),
+                beat = self.beats.recv() => self.take(beat).await?,
                 _ = wait => {}
                 read = self.rx.recv() => self.take(read).await?,
             }
@@ -222,6 +272,7 @@ impl Follower {
             beat: Beat::Following,
             sent_at: crate::model::now_millis(),
             pid: std::process::id(),
+            transactional_id: self.transactional_id.clone(),
         })
         .expect("heartbeats serialize");
         let key = self.sdkappid.to_string();
@@ -248,16 +299,20 @@ impl Follower {
             if heard {
                 return Ok(true);
             }
-            match tokio::time::timeout_at(until, self.rx.recv()).await {
-                Ok(read) => self.take(read).await?,
-                Err(_) => return Ok(false),
+            tokio::select! {
+                biased;
+                beat = self.beats.recv() => self.take(beat).await?,
+                read = self.rx.recv() => self.take(read).await?,
+                _ = tokio::time::sleep_until(until) => return Ok(false),
             }
             self.report(state);
         }
     }
 
     /// After the old active was fenced: applies everything committed on the topic up to its
-    /// end now. Gives up (an error) after `bound`.
+    /// end now. The events' reader starts again from what was applied, so that each partition's
+    /// end it reports comes after the fencing (an idle partition reports none otherwise). Gives
+    /// up (an error) after `bound`.
     pub async fn catch_up(
         &mut self,
         bound: Duration,
@@ -269,18 +324,23 @@ impl Follower {
             .await
             .expect("reading offsets does not panic")
             .map_err(StandbyError::Kafka)?;
+        self.restart_reader().await?;
         let deadline = tokio::time::Instant::now() + bound;
         loop {
             let behind: Vec<_> = ends
                 .iter()
-                .filter(|(p, end)| self.applied.get(p).copied().unwrap_or(0) < *end)
+                .filter(|(p, end)| {
+                    self.applied.get(p).copied().unwrap_or(0) < *end && !self.at_end.contains(p)
+                })
                 .collect();
             if behind.is_empty() {
                 return Ok(());
             }
-            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                Ok(read) => self.take(read).await?,
-                Err(_) => {
+            tokio::select! {
+                biased;
+                beat = self.beats.recv() => self.take(beat).await?,
+                read = self.rx.recv() => self.take(read).await?,
+                _ = tokio::time::sleep_until(deadline) => {
                     return Err(StandbyError::Kafka(format!(
                         "could not read the events topic to its end within {} s (partitions behind: {behind:?})",
                         bound.as_secs()
@@ -291,20 +351,74 @@ impl Follower {
         }
     }
 
+    /// Stops the events' reader and starts another from the positions applied.
+    async fn restart_reader(&mut self) -> Result<(), StandbyError> {
+        self.reader_stop.store(true, Ordering::Relaxed);
+        self.rx.close();
+        let old = self.threads.remove(0);
+        let _ = tokio::task::spawn_blocking(move || old.join()).await;
+        let topic = self.topic.clone();
+        let positions = self
+            .store
+            .call(move |db| db.replica_positions(&topic))
+            .await?;
+        self.reader_stop = Arc::new(AtomicBool::new(false));
+        self.at_end.clear();
+        self.applied = positions.clone();
+        let (rx, thread) = spawn_reader(
+            &self.settings,
+            self.sdkappid,
+            positions,
+            self.stop.clone(),
+            self.reader_stop.clone(),
+        );
+        self.rx = rx;
+        self.threads.insert(0, thread);
+        Ok(())
+    }
+
     /// Stops the reading thread.
-    pub fn stop(mut self) {
+    pub async fn stop(mut self) {
         self.stop.store(true, Ordering::Relaxed);
         self.rx.close();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.beats.close();
+        let threads = std::mem::take(&mut self.threads);
+        // A thread may be inside a metadata request for a few seconds: not on the runtime.
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
+    }
+
+    /// Why this replica may not become the active, if it may not.
+    pub fn ineligible(&self) -> Option<&str> {
+        self.ineligible.as_deref()
     }
 
     async fn take(&mut self, read: Option<Read>) -> Result<(), StandbyError> {
         match read {
             None => Err(StandbyError::Kafka("the reading thread stopped".into())),
             Some(Read::Failed(e)) => Err(StandbyError::Kafka(e)),
+            Some(Read::Unreadable(what)) => {
+                let what = format!("an event it could not read ({what})");
+                let record = what.clone();
+                self.store
+                    .call(move |db| db.mark_replica_incomplete(&record))
+                    .await?;
+                self.set_ineligible(what);
+                Ok(())
+            }
             Some(Read::Heartbeat(beat, at)) => {
+                if !beat.transactional_id.is_empty()
+                    && beat.transactional_id != self.transactional_id
+                {
+                    self.set_ineligible(format!(
+                        "the active {} publishes with kafka.transactional_id {:?}, this instance with {:?}: they would not fence each other; give every instance the same",
+                        beat.instance, beat.transactional_id, self.transactional_id
+                    ));
+                }
                 self.last_beat = Some((beat, at));
                 Ok(())
             }
@@ -319,7 +433,9 @@ impl Follower {
                 positions,
                 ends,
                 newest,
+                at_end,
             }) => {
+                self.at_end = at_end.into_iter().collect();
                 if !events.is_empty()
                     || positions
                         .iter()
@@ -334,6 +450,11 @@ impl Follower {
                     self.metrics
                         .standby_replicated_events
                         .inc_by(done.applied as u64);
+                    if let Some((user, seq)) = done.missing_start.first() {
+                        self.set_ineligible(format!(
+                            "account {user} starts at seq {seq} here: its earlier events were gone from the topic"
+                        ));
+                    }
                     for (user, expected, got) in &done.seq_gaps {
                         self.metrics.standby_seq_gaps.inc();
                         tracing::warn!(account = %user, expected, got, "a replicated event's seq does not follow on from the one before (the topic lost events, or they expired before this follower read them)");
@@ -346,6 +467,13 @@ impl Follower {
                 }
                 Ok(())
             }
+        }
+    }
+
+    fn set_ineligible(&mut self, why: String) {
+        if self.ineligible.is_none() {
+            tracing::error!(reason = %why, "this instance goes on following but will not become the active (docs/OPERATIONS.md, \"Two hosts\")");
+            self.ineligible = Some(why);
         }
     }
 
@@ -374,6 +502,7 @@ impl Follower {
             lag_seconds,
             active: self.last_beat.as_ref().map(|(b, _)| b.instance.clone()),
             heartbeat_age,
+            ineligible: self.ineligible.clone(),
         };
     }
 }
@@ -382,6 +511,32 @@ impl Drop for Follower {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
     }
+}
+
+/// Starts the events' reading thread from `positions`; it stops when `stop` or `reader_stop`
+/// is set.
+fn spawn_reader(
+    settings: &KafkaConfig,
+    sdkappid: u64,
+    positions: HashMap<i32, i64>,
+    stop: Arc<AtomicBool>,
+    reader_stop: Arc<AtomicBool>,
+) -> (mpsc::Receiver<Read>, std::thread::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(4);
+    let reader = Reader {
+        settings: settings.clone(),
+        topic: settings.topic.clone(),
+        source: crate::publish::event::cloudevents_source(sdkappid),
+        positions,
+        tx,
+        stop,
+        reader_stop,
+    };
+    let thread = std::thread::Builder::new()
+        .name("standby-follow".into())
+        .spawn(move || reader.run())
+        .expect("a thread starts");
+    (rx, thread)
 }
 
 /// The follower's own plain producer for its `Following` beats; none when it cannot be made
@@ -404,13 +559,18 @@ fn announcer(
 
 /// A `read_committed` consumer with no group offsets: positions live in the database.
 fn consumer(settings: &KafkaConfig) -> Result<BaseConsumer, String> {
+    consumer_reading(settings, "read_committed")
+}
+
+fn consumer_reading(settings: &KafkaConfig, isolation: &str) -> Result<BaseConsumer, String> {
     client_config(settings)
         .set("group.id", "presenced-standby")
-        .set("isolation.level", "read_committed")
+        .set("isolation.level", isolation)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("fetch.wait.max.ms", "50")
+        .set("enable.partition.eof", "true")
         .create()
         .map_err(|e| format!("creating the standby consumer: {e}"))
 }
@@ -450,12 +610,76 @@ fn partitions_of(c: &BaseConsumer, topic: &str) -> Result<Vec<i32>, String> {
 struct Reader {
     settings: KafkaConfig,
     topic: String,
-    heartbeat_topic: String,
     source: String,
-    sdkappid: u64,
     positions: HashMap<i32, i64>,
     tx: mpsc::Sender<Read>,
     stop: Arc<AtomicBool>,
+    reader_stop: Arc<AtomicBool>,
+}
+
+/// The heartbeat topic's reading thread, apart from the events' so that a follower reading a
+/// backlog still sees each heartbeat as it comes (else it would take over from a live active).
+struct BeatReader {
+    settings: KafkaConfig,
+    topic: String,
+    sdkappid: u64,
+    tx: mpsc::UnboundedSender<Read>,
+    stop: Arc<AtomicBool>,
+}
+
+impl BeatReader {
+    fn run(self) {
+        if let Err(e) = self.read() {
+            let _ = self.tx.send(Read::Failed(e));
+        }
+    }
+
+    fn read(&self) -> Result<(), String> {
+        // Uncommitted: a dead active's heartbeat transaction stays open until the next claimant
+        // aborts it, and read_committed would hide everything after it (the followers'
+        // announcements, other claims) until then. A beat that is later aborted can only delay
+        // a takeover by one takeover time, never cause one.
+        let c = consumer_reading(&self.settings, "read_uncommitted")?;
+        let partitions = loop {
+            match partitions_of(&c, &self.topic) {
+                Ok(p) => break p,
+                Err(e) => {
+                    tracing::warn!(error = %e, "following: the heartbeat topic cannot be described yet; retrying");
+                    if self.stop.load(Ordering::Relaxed) {
+                        return Ok(());
+                    }
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+        };
+        let mut assignment = TopicPartitionList::new();
+        for p in &partitions {
+            assignment
+                .add_partition_offset(&self.topic, *p, Offset::End)
+                .map_err(|e| e.to_string())?;
+        }
+        c.assign(&assignment)
+            .map_err(|e| format!("assigning the heartbeat topic: {e}"))?;
+        while !self.stop.load(Ordering::Relaxed) {
+            let Some(Ok(m)) = c.poll(Duration::from_millis(50)) else {
+                continue;
+            };
+            let beat = m
+                .payload()
+                .and_then(|v| serde_json::from_slice::<HeartbeatV1>(v).ok())
+                .filter(|b| b.sdkappid == self.sdkappid);
+            if let Some(beat) = beat {
+                let read = match beat.beat {
+                    Beat::Following => Read::Peer(beat.instance, Instant::now()),
+                    _ => Read::Heartbeat(beat, Instant::now()),
+                };
+                if self.tx.send(read).is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// How many events at most go into one SQLite transaction.
@@ -472,14 +696,11 @@ impl Reader {
 
     fn read(&self) -> Result<(), String> {
         let c = consumer(&self.settings)?;
-        let (partitions, heartbeat_partitions) = loop {
-            match (
-                partitions_of(&c, &self.topic),
-                partitions_of(&c, &self.heartbeat_topic),
-            ) {
-                (Ok(p), Ok(h)) => break (p, h),
-                (Err(e), _) | (_, Err(e)) => {
-                    tracing::warn!(error = %e, "following: the topics cannot be described yet; retrying");
+        let partitions = loop {
+            match partitions_of(&c, &self.topic) {
+                Ok(p) => break p,
+                Err(e) => {
+                    tracing::warn!(error = %e, "following: the events topic cannot be described yet; retrying");
                     if self.stop.load(Ordering::Relaxed) {
                         return Ok(());
                     }
@@ -497,15 +718,12 @@ impl Reader {
                 .add_partition_offset(&self.topic, *p, offset)
                 .map_err(|e| e.to_string())?;
         }
-        for p in &heartbeat_partitions {
-            assignment
-                .add_partition_offset(&self.heartbeat_topic, *p, Offset::End)
-                .map_err(|e| e.to_string())?;
-        }
         c.assign(&assignment)
             .map_err(|e| format!("assigning the topics: {e}"))?;
         let mut last_ends = Instant::now() - Duration::from_secs(2);
-        while !self.stop.load(Ordering::Relaxed) {
+        // Partitions read to their end with nothing after (librdkafka says so once per end).
+        let mut at_end = std::collections::HashSet::new();
+        while !self.stop.load(Ordering::Relaxed) && !self.reader_stop.load(Ordering::Relaxed) {
             let mut events = Vec::new();
             let mut newest = None;
             let window = Instant::now() + BATCH_WINDOW;
@@ -516,33 +734,30 @@ impl Reader {
                 };
                 let m = match polled {
                     Ok(m) => m,
+                    Err(rdkafka::error::KafkaError::PartitionEOF(p)) => {
+                        at_end.insert(p);
+                        continue;
+                    }
                     Err(e) => {
                         tracing::debug!(error = %e, "following: consumer");
                         continue;
                     }
                 };
-                if m.topic() == self.heartbeat_topic {
-                    let beat = m
-                        .payload()
-                        .and_then(|v| serde_json::from_slice::<HeartbeatV1>(v).ok())
-                        .filter(|b| b.sdkappid == self.sdkappid);
-                    if let Some(beat) = beat {
-                        let read = match beat.beat {
-                            Beat::Following => Read::Peer(beat.instance, Instant::now()),
-                            _ => Read::Heartbeat(beat, Instant::now()),
-                        };
-                        if self.tx.blocking_send(read).is_err() {
-                            return Ok(());
-                        }
-                    }
-                    continue;
-                }
+                at_end.remove(&m.partition());
                 newest = m.timestamp().to_millis().or(newest);
                 match decode(&m, &self.source) {
                     Ok(Record::Event(e)) => events.push(e),
                     Ok(Record::Foreign) => {}
                     Err(e) => {
-                        tracing::error!(error = %e, "following: an event of this app on the topic cannot be read; it is skipped (the replica lacks it)")
+                        // The replica lacks it from here on: it may not become the active.
+                        tracing::error!(error = %e, "following: an event of this app on the topic cannot be read; it is skipped");
+                        if self
+                            .tx
+                            .blocking_send(Read::Unreadable(e.to_string()))
+                            .is_err()
+                        {
+                            return Ok(());
+                        }
                     }
                 }
                 if Instant::now() >= window {
@@ -578,6 +793,7 @@ impl Reader {
                 positions,
                 ends,
                 newest,
+                at_end: at_end.iter().copied().collect(),
             };
             if self.tx.blocking_send(read).is_err() {
                 return Ok(());

@@ -46,6 +46,10 @@ pub struct HeartbeatV1 {
     pub sent_at: i64,
     /// The sender's process id (for `presenced standby handover` on its host).
     pub pid: u32,
+    /// The sender's `kafka.transactional_id` (as its publisher uses it): instances that differ
+    /// would not fence each other, so a follower that sees another one refuses to take over.
+    #[serde(default)]
+    pub transactional_id: String,
 }
 
 /// Why a heartbeat did not commit.
@@ -62,6 +66,7 @@ pub enum HeartbeatError {
 /// The active's heartbeat producer.
 pub struct Heartbeats {
     producer: ThreadedProducer<DefaultProducerContext>,
+    transactional_id: String,
     topic: String,
     sdkappid: u64,
     instance: String,
@@ -70,6 +75,8 @@ pub struct Heartbeats {
     timeout: Duration,
     /// One transaction at a time: a beat abandoned at a stop may still be running.
     turn: std::sync::Mutex<()>,
+    /// Whether a committed beat renews the call lease.
+    calls: std::sync::atomic::AtomicBool,
 }
 
 /// The `transactional.id` of the heartbeat producer.
@@ -99,6 +106,7 @@ impl Heartbeats {
         sdkappid: u64,
         instance: &str,
         lease: Arc<CallLease>,
+        bound: Duration,
     ) -> Result<Heartbeats, HeartbeatError> {
         let id = heartbeat_transactional_id(base_transactional_id);
         // Retries of `init_transactions` (the coordinator aborting a dead active's open beat)
@@ -113,25 +121,30 @@ impl Heartbeats {
                 .map_err(|e| {
                     HeartbeatError::Failed(format!("creating the heartbeat producer: {e}"))
                 })?;
-        let timeout = Duration::from_millis(settings.transaction_timeout_ms.max(1_000));
+        // Bounded well below the transaction timeout: a beat that takes longer proves nothing
+        // (the lease is shorter), and a claim waiting on a moving coordinator is tried again.
+        let timeout = bound;
         producer
             .init_transactions(timeout)
             .map_err(fenced_or_failed)?;
         let heartbeats = Heartbeats {
             producer,
+            transactional_id: base_transactional_id.to_owned(),
             topic: topic.to_owned(),
             sdkappid,
             instance: instance.to_owned(),
             lease,
             timeout,
             turn: std::sync::Mutex::new(()),
+            calls: std::sync::atomic::AtomicBool::new(true),
         };
         heartbeats.beat(Beat::Claim)?;
         Ok(heartbeats)
     }
 
-    /// Commits one heartbeat (blocking) and renews the lease from when it began.
-    pub fn beat(&self, beat: Beat) -> Result<(), HeartbeatError> {
+    /// Commits one heartbeat (blocking) and renews the call lease from when it began (unless
+    /// calls were stopped); returns that moment.
+    pub fn beat(&self, beat: Beat) -> Result<Instant, HeartbeatError> {
         let _turn = self.turn.lock().unwrap_or_else(|e| e.into_inner());
         let began = Instant::now();
         let value = serde_json::to_vec(&HeartbeatV1 {
@@ -141,6 +154,7 @@ impl Heartbeats {
             beat,
             sent_at: crate::model::now_millis(),
             pid: std::process::id(),
+            transactional_id: self.transactional_id.clone(),
         })
         .expect("heartbeats serialize");
         let key = self.sdkappid.to_string();
@@ -156,8 +170,10 @@ impl Heartbeats {
         }
         match self.producer.commit_transaction(self.timeout) {
             Ok(()) => {
-                self.lease.renew(began);
-                Ok(())
+                if self.calls.load(std::sync::atomic::Ordering::Acquire) {
+                    self.lease.renew(began);
+                }
+                Ok(began)
             }
             Err(e) => {
                 let e = fenced_or_failed(e);
@@ -175,51 +191,66 @@ impl Heartbeats {
     pub fn lease(&self) -> &Arc<CallLease> {
         &self.lease
     }
+
+    /// No more IM calls: the lease is given up and no longer renewed (heartbeats go on, so
+    /// that followers wait while the active publishes what it has before handing over).
+    pub fn stop_calls(&self) {
+        self.calls
+            .store(false, std::sync::atomic::Ordering::Release);
+        self.lease.revoke();
+    }
 }
 
-/// Commits a heartbeat every `every` while the active runs. Cancels `stop` and says why when
-/// this instance must stand down: fenced (another took over), or the lease ran out (no
-/// heartbeat committed in time). `None` when `stop` was cancelled from outside.
+/// Commits a heartbeat every `every` until `until` is cancelled (after the active's run ended,
+/// so that a hand-over's last publishing is not mistaken for a death). Cancels `active` and
+/// says why when this instance must stand down: fenced (another took over: IM calls stop at
+/// once), or no heartbeat committed within `lease` of the last one's start (the call lease ran
+/// out at the same moment). `None` when `until` was cancelled.
 pub async fn keep_alive(
     heartbeats: Arc<Heartbeats>,
     every: Duration,
-    stop: CancellationToken,
+    lease: Duration,
+    until: CancellationToken,
+    active: CancellationToken,
 ) -> Option<(&'static str, String)> {
-    let lease = heartbeats.lease().clone();
+    let mut last_began = Instant::now();
     let mut failing = false;
     loop {
         let next = tokio::time::Instant::now() + every;
         let h = heartbeats.clone();
         let beat = tokio::task::spawn_blocking(move || h.beat(Beat::Alive));
-        let lease_end = tokio::time::Instant::now() + lease.left();
+        let lease_end = tokio::time::Instant::from_std(last_began + lease);
         tokio::select! {
-            _ = stop.cancelled() => return None,
+            _ = until.cancelled() => return None,
             _ = tokio::time::sleep_until(lease_end) => {
-                stop.cancel();
+                heartbeats.stop_calls();
+                active.cancel();
                 return Some(("lease", "no heartbeat committed within the lease (standby.takeover_after_ms - standby.heartbeat_ms): IM calls stopped before a follower can take over".into()));
             }
             beat = beat => match beat.expect("a heartbeat does not panic") {
-                Ok(()) => {
+                Ok(began) => {
+                    last_began = began;
                     if failing {
                         tracing::info!("heartbeats commit again");
                     }
                     failing = false;
                 }
                 Err(HeartbeatError::Fenced(e)) => {
-                    stop.cancel();
+                    heartbeats.stop_calls();
+                    active.cancel();
                     return Some(("fenced", format!("another instance took over ({e})")));
                 }
                 Err(HeartbeatError::Failed(e)) => {
                     if !failing {
-                        tracing::warn!(error = %e, lease_left_ms = lease.left().as_millis() as u64, "a heartbeat did not commit");
+                        tracing::warn!(error = %e, "a heartbeat did not commit");
                     }
                     failing = true;
                 }
             }
         }
-        let lease_end = tokio::time::Instant::now() + lease.left();
+        let lease_end = tokio::time::Instant::from_std(last_began + lease);
         tokio::select! {
-            _ = stop.cancelled() => return None,
+            _ = until.cancelled() => return None,
             _ = tokio::time::sleep_until(next.min(lease_end)) => {}
         }
     }
@@ -228,8 +259,11 @@ pub async fn keep_alive(
 /// Fences the publisher's producers of a previous active (blocking): `init_transactions` on
 /// each of their `transactional.id`s, at once, aborts what they left open, so that reading the
 /// topic to its end afterwards sees everything they will ever commit.
-pub fn fence_publishers(settings: &KafkaConfig, ids: &[String]) -> Result<(), HeartbeatError> {
-    let timeout = Duration::from_millis(settings.transaction_timeout_ms.max(1_000));
+pub fn fence_publishers(
+    settings: &KafkaConfig,
+    ids: &[String],
+    timeout: Duration,
+) -> Result<(), HeartbeatError> {
     std::thread::scope(|scope| {
         let fencing: Vec<_> = ids
             .iter()

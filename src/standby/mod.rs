@@ -27,6 +27,10 @@
 //! overlap: followers announce themselves on the heartbeat topic and claim in name order, half
 //! a takeover time apart, so a later one sees the first one's claim and stands by.
 //!
+//! Followers read the heartbeat topic uncommitted (a killed active's open beat would otherwise
+//! hide everything after it until a claimant aborts it): a beat that is later aborted can only
+//! delay a takeover, never cause one, and takeovers rest on fencing, not on what was read.
+//!
 //! # What it assumes about clocks
 //!
 //! No clock is compared across hosts. The active's lease (how long it may call IM without a
@@ -35,9 +39,11 @@
 //! from the moment that heartbeat *arrived*, which is later. The lease is one heartbeat
 //! shorter than the takeover time, so the active stops calling IM before any follower starts,
 //! as long as the two clocks run at nearly the same rate (a drift below
-//! `heartbeat_ms / takeover_after_ms`, 20% with the defaults). A paused process finds its
-//! lease gone when it resumes (the monotonic clock runs on while it is stopped), and no call
-//! goes out without a held lease. If that assumption failed, the worst is an IM call too many:
+//! `heartbeat_ms / takeover_after_ms`, 20% with the defaults). The lease runs on the boot-time
+//! clock, which runs on while the process is stopped and while the machine or VM is suspended,
+//! so a paused or frozen active finds its lease gone when it resumes, and no call goes out
+//! without a held lease (the follower's side uses `Instant`: a frozen follower only takes over
+//! later). If that assumption failed, the worst is an IM call too many:
 //! publishing still rests on fencing alone.
 
 pub mod config;
@@ -69,7 +75,8 @@ pub struct StandbyStatus {
     pub instance: String,
     /// Its process id.
     pub pid: u32,
-    /// `follower`, `claiming` or `active`.
+    /// `follower`, `claiming`, `active`, `stopping` (no longer calling IM, publishing what it
+    /// has before following) or `diverged`.
     pub role: String,
     /// Since when (Unix ms).
     pub since: i64,
@@ -87,4 +94,7 @@ pub struct StandbyStatus {
     pub last_takeover_ms: Option<u64>,
     /// Why this instance last stood down.
     pub last_stand_down: Option<String>,
+    /// Why this replica may not become the active (it lacks part of the log, or contradicts
+    /// it), if so.
+    pub ineligible: Option<String>,
 }

@@ -95,7 +95,8 @@ impl Claimant<'_> {
                 self.kafka.clone(),
                 lane_ids(&self.transactional_id).to_vec(),
             );
-            tokio::task::spawn_blocking(move || fence_publishers(&kafka, &ids))
+            let bound = self.takeover_after * 4;
+            tokio::task::spawn_blocking(move || fence_publishers(&kafka, &ids, bound))
                 .await
                 .expect("fencing does not panic")
         };
@@ -106,9 +107,25 @@ impl Claimant<'_> {
             Err(e) => Err(StandbyError::Kafka(e.to_string())),
         };
         if let Err(e) = caught_up {
-            heartbeats.lease().revoke();
+            heartbeats.stop_calls();
             tracing::warn!(error = %e, "taking over failed; following again");
             return self.lost(&format!("taking over failed: {e}"), self.takeover_after);
+        }
+        // Fencing and catching up may have taken most of the lease: renewed (and still ours?)
+        // before the first call.
+        let beat = heartbeats.clone();
+        match tokio::task::spawn_blocking(move || beat.beat(Beat::Alive))
+            .await
+            .expect("a heartbeat does not panic")
+        {
+            Ok(_) => {}
+            Err(e) => {
+                heartbeats.stop_calls();
+                return self.lost(
+                    &format!("lost the role while taking over: {e}"),
+                    self.takeover_after,
+                );
+            }
         }
         Outcome::Won {
             heartbeats,
@@ -128,9 +145,9 @@ impl Claimant<'_> {
             self.instance.to_owned(),
             self.lease.clone(),
         );
-        let sdkappid = self.sdkappid;
+        let (sdkappid, bound) = (self.sdkappid, self.takeover_after * 2);
         let claimed = tokio::task::spawn_blocking(move || {
-            Heartbeats::claim(&kafka, &id, &topic, sdkappid, &instance, lease)
+            Heartbeats::claim(&kafka, &id, &topic, sdkappid, &instance, lease, bound)
         })
         .await
         .expect("claiming does not panic")?;

@@ -92,7 +92,9 @@ impl Db {
                 "SELECT history_id, user_id, seq FROM presence_history
                  WHERE history_id > ?1 AND history_id <= ?2 ORDER BY history_id LIMIT ?3",
             )?
-            .query_map(params![cursor, folded, chunk as i64], |r| {
+            // Only rows that reached the sink: a row that may still be dropped (a deposed
+            // standby active's) never deletes the published row before it.
+            .query_map(params![cursor, folded.min(published), chunk as i64], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?))
             })?
             .collect::<Result<_, _>>()?;

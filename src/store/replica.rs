@@ -26,6 +26,10 @@ pub struct Replicated {
     pub already_held: usize,
     /// Accounts whose `seq` did not follow on from the one before: (account, expected, got).
     pub seq_gaps: Vec<(String, u64, u64)>,
+    /// Accounts this history did not know whose first event here is not seq 1: the events
+    /// before it are gone from the topic (retention), so this replica lacks their history and
+    /// must not become the active (it would number their events from 1 again).
+    pub missing_start: Vec<(String, u64)>,
 }
 
 /// One change of this instance's role.
@@ -128,6 +132,9 @@ impl Db {
                         done.seq_gaps
                             .push((t.user_id.clone(), (b + 1) as u64, t.seq))
                     }
+                    Some(0) | None if seq != 1 => {
+                        done.missing_start.push((t.user_id.clone(), t.seq))
+                    }
                     _ => {}
                 }
                 sweep.execute(params![t.sweep_id, t.observed_at])?;
@@ -163,6 +170,15 @@ impl Db {
             )?;
             for (partition, next) in positions {
                 position.execute(params![topic, partition, next])?;
+            }
+        }
+        if !done.missing_start.is_empty() {
+            let mut incomplete = tx.prepare_cached(
+                "INSERT OR IGNORE INTO replica_incomplete (what, found_at) VALUES (?1, ?2)",
+            )?;
+            for (user, seq) in &done.missing_start {
+                let what = format!("account {user} starts at seq {seq} here: its earlier events were gone from the topic");
+                incomplete.execute(params![what, committed_at])?;
             }
         }
         if newest > 0 {
@@ -224,9 +240,35 @@ impl Db {
             "UPDATE store_marks SET history_id = ?1 WHERE mark = 'folded'",
             [published],
         )?;
+        // The ids of the dropped rows are given again: retention walks them then.
+        tx.execute(
+            "UPDATE prune_cursor SET history_id = MIN(history_id, ?1)",
+            [published],
+        )?;
         tx.commit()?;
         self.written();
         Ok(dropped)
+    }
+
+    /// Why this replica lacks part of the log, if it does (then it must not become the active).
+    pub fn replica_incomplete(&self) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT what FROM replica_incomplete ORDER BY found_at LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Records that this replica lacks part of the log: `what`.
+    pub fn mark_replica_incomplete(&mut self, what: &str) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT OR IGNORE INTO replica_incomplete (what, found_at) VALUES (?1, ?2)",
+            params![what, crate::model::now_millis()],
+        )?;
+        Ok(())
     }
 
     /// Logs a change of this instance's role.

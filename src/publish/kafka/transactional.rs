@@ -102,6 +102,9 @@ pub struct TransactionalSink {
     fencing_unclear: Option<i64>,
     /// The newest history id known committed on the topic: by this sink, or found by a read-back.
     committed_through: Option<i64>,
+    /// Standby: producers are initialised only while this instance holds the active's lease,
+    /// so that a deposed active never fences the new one's producers.
+    lease: Option<Arc<crate::im::CallLease>>,
 }
 
 impl std::fmt::Debug for TransactionalSink {
@@ -169,6 +172,7 @@ impl TransactionalSink {
             fenced: None,
             fencing_unclear: None,
             committed_through: None,
+            lease: None,
         };
         Ok((sink, reachable))
     }
@@ -177,6 +181,12 @@ impl TransactionalSink {
     /// [`KafkaSink::partition_counts`]).
     pub async fn partition_counts(&self) -> Vec<(String, i32)> {
         self.lanes[0].sink.partition_counts().await
+    }
+
+    /// Initialises producers (which fences any other holder of the ids) only while `lease` is
+    /// held: a standby active's.
+    pub fn require_lease(&mut self, lease: Arc<crate::im::CallLease>) {
+        self.lease = Some(lease);
     }
 
     /// What the producers learnt about the brokers.
@@ -313,6 +323,11 @@ impl TransactionalSink {
                 }
             }
             if self.lanes[lane].needs_init {
+                if self.lease.as_ref().is_some_and(|l| !l.held()) {
+                    return Err(DeliveryError::Broker(
+                        "not initialising producers: this instance no longer holds the standby active's lease".into(),
+                    ));
+                }
                 match self
                     .blocking(lane, move |p| p.init_transactions(timeout))
                     .await
