@@ -4,7 +4,7 @@
 //! active drops the rows that never reached the topic.
 
 use super::outbox::mark;
-use super::write::{fold_by_account_sql, fold_current_sql};
+use super::write::{fold_by_account_sql, fold_current_sql, insert_history, INSERT_HISTORY_SQL};
 use super::*;
 use std::collections::{BTreeSet, HashMap};
 
@@ -83,12 +83,7 @@ impl Db {
                 "INSERT OR IGNORE INTO sweeps (sweep_id, started_at, finished_at, outcome)
                  VALUES (?1, ?2, ?2, 'completed')",
             )?;
-            let mut history = tx.prepare_cached(
-                "INSERT INTO presence_history (history_id, event_id, user_id, seq, kind, from_state, to_state,
-                     from_platforms, to_platforms, observed_at, previous_observed_at, sweep_id, committed_at,
-                     cause, callback_event_time, callback_action, callback_reason, kicked_devices)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
-            )?;
+            let mut history = tx.prepare_cached(INSERT_HISTORY_SQL)?;
             let mut by_account =
                 tx.prepare_cached(fold_by_account_sql!("history_id > ?1 AND history_id <= ?2"))?;
             let mut fold =
@@ -138,27 +133,7 @@ impl Db {
                     _ => {}
                 }
                 sweep.execute(params![t.sweep_id, t.observed_at])?;
-                let hint = t.cause.callback();
-                history.execute(params![
-                    e.history_id,
-                    event_id,
-                    t.user_id,
-                    seq,
-                    t.kind(),
-                    t.from.map(State::as_str),
-                    t.to.as_str(),
-                    t.from_platforms.as_deref().map(platforms_to_json),
-                    platforms_to_json(&t.to_platforms),
-                    t.observed_at,
-                    t.previous_observed_at,
-                    t.sweep_id,
-                    committed_at,
-                    t.cause.as_str(),
-                    hint.map(|h| h.event_time),
-                    hint.map(|h| h.action.as_str()),
-                    hint.and_then(|h| h.reason.as_deref()),
-                    hint.and_then(|h| h.kicked_devices_json()),
-                ])?;
+                insert_history(&mut history, Some(e.history_id), &event_id, t, committed_at)?;
                 by_account.execute([e.history_id - 1, e.history_id])?;
                 fold.execute([e.history_id - 1, e.history_id])?;
                 newest = newest.max(e.history_id);

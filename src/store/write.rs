@@ -40,6 +40,44 @@ macro_rules! fold_current_sql {
 }
 pub(super) use {fold_by_account_sql, fold_current_sql};
 
+/// Appends one history row; a `None` history id takes the next one.
+pub(super) const INSERT_HISTORY_SQL: &str =
+    "INSERT INTO presence_history (history_id, event_id, user_id, seq, kind, from_state, to_state,
+         from_platforms, to_platforms, observed_at, previous_observed_at, sweep_id, committed_at,
+         cause, callback_event_time, callback_action, callback_reason, kicked_devices)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)";
+
+/// Runs [`INSERT_HISTORY_SQL`] for transition `t`.
+pub(super) fn insert_history(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    history_id: Option<i64>,
+    event_id: &str,
+    t: &TransitionRecord,
+    committed_at: i64,
+) -> rusqlite::Result<usize> {
+    let hint = t.cause.callback();
+    stmt.execute(params![
+        history_id,
+        event_id,
+        t.user_id,
+        t.seq as i64,
+        t.kind(),
+        t.from.map(State::as_str),
+        t.to.as_str(),
+        t.from_platforms.as_deref().map(platforms_to_json),
+        platforms_to_json(&t.to_platforms),
+        t.observed_at,
+        t.previous_observed_at,
+        t.sweep_id,
+        committed_at,
+        t.cause.as_str(),
+        hint.map(|h| h.event_time),
+        hint.map(|h| h.action.as_str()),
+        hint.and_then(|h| h.reason.as_deref()),
+        hint.and_then(|h| h.kicked_devices_json()),
+    ])
+}
+
 impl Db {
     /// Makes a group of batches durable in one transaction: appends their history rows (the
     /// outbox is the history after the sink's mark) and records not-found marks. Current state
@@ -48,34 +86,11 @@ impl Db {
         let committed_at = crate::model::now_millis();
         let tx = self.conn.transaction()?;
         {
-            let mut history = tx.prepare_cached(
-                "INSERT INTO presence_history (event_id, user_id, seq, kind, from_state, to_state,
-                     from_platforms, to_platforms, observed_at, previous_observed_at, sweep_id, committed_at,
-                     cause, callback_event_time, callback_action, callback_reason, kicked_devices)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
-            )?;
+            let mut history = tx.prepare_cached(INSERT_HISTORY_SQL)?;
             let mut event_id_text = uuid::Uuid::encode_buffer();
             for t in &set.transitions {
-                let hint = t.cause.callback();
-                history.execute(params![
-                    &*t.event_id.hyphenated().encode_lower(&mut event_id_text),
-                    t.user_id,
-                    t.seq as i64,
-                    t.kind(),
-                    t.from.map(State::as_str),
-                    t.to.as_str(),
-                    t.from_platforms.as_deref().map(platforms_to_json),
-                    platforms_to_json(&t.to_platforms),
-                    t.observed_at,
-                    t.previous_observed_at,
-                    t.sweep_id,
-                    committed_at,
-                    t.cause.as_str(),
-                    hint.map(|h| h.event_time),
-                    hint.map(|h| h.action.as_str()),
-                    hint.and_then(|h| h.reason.as_deref()),
-                    hint.and_then(|h| h.kicked_devices_json()),
-                ])?;
+                let event_id = &*t.event_id.hyphenated().encode_lower(&mut event_id_text);
+                insert_history(&mut history, None, event_id, t, committed_at)?;
             }
             let mut not_found = tx.prepare_cached(
                 "INSERT INTO presence_current_folded (user_id, not_found_since) VALUES (?1, ?2)
