@@ -534,6 +534,17 @@ async fn a_clean_handover_goes_to_a_follower_at_once() {
     );
     rig.settle().await;
     rig.assert_histories_equal_the_topic().await;
+    // The database's own view: the latest role change and takeover.
+    let stats = std::process::Command::new(env!("CARGO_BIN_EXE_presenced"))
+        .args(["stats", "--db"])
+        .arg(&rig.instances[0].db)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&stats.stdout);
+    assert!(
+        text.contains("standby role") && text.contains("last takeover"),
+        "{text}"
+    );
 }
 
 #[test]

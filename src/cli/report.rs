@@ -97,5 +97,19 @@ pub fn stats(args: &DbArgs, json: bool) -> Result<(), CliError> {
         }
         None => println!("last sweep        none yet"),
     }
+    if let Some(role) = &s.standby_role {
+        println!(
+            "standby role      {} since {} ({}; live role and lag: presenced standby status)",
+            role.role,
+            format_millis(role.changed_at),
+            role.reason
+        );
+        if let Some(at) = s.standby_last_takeover {
+            println!("last takeover     {}", format_millis(at));
+        }
+        if let Some(why) = &s.standby_incomplete {
+            println!("NOT ELIGIBLE      {why}");
+        }
+    }
     Ok(())
 }

@@ -104,11 +104,29 @@ async fn metrics_text(
     }
 }
 
-async fn ready(State(s): State<AppState>) -> (StatusCode, &'static str) {
+async fn ready(State(s): State<AppState>) -> (StatusCode, String) {
+    // With `[standby]`, the role and the lag say which instance this is.
+    let role = s
+        .health
+        .standby
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .map(|st| match st.role.as_str() {
+            "active" => " (standby: active)".to_owned(),
+            role => format!(
+                " (standby: {role}, lag {} events, {:.1} s)",
+                st.lag_events, st.lag_seconds
+            ),
+        })
+        .unwrap_or_default();
     if s.health.is_ready() {
-        (StatusCode::OK, "ready\n")
+        (StatusCode::OK, format!("ready{role}\n"))
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready{role}\n"),
+        )
     }
 }
 

@@ -184,6 +184,15 @@ pub struct Stats {
     pub outbox_oldest_ms: Option<i64>,
     /// The latest sweep.
     pub last_sweep: Option<SweepRow>,
+    /// `[standby]`: this database's latest role change, if it ever had one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub standby_role: Option<RoleChange>,
+    /// `[standby]`: when it last became the active (ms).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub standby_last_takeover: Option<i64>,
+    /// `[standby]`: why this replica may not become the active, if so.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub standby_incomplete: Option<String>,
 }
 
 /// A row of the `sweeps` table.

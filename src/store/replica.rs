@@ -33,7 +33,7 @@ pub struct Replicated {
 }
 
 /// One change of this instance's role.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct RoleChange {
     /// When (Unix ms).
     pub changed_at: i64,
@@ -244,6 +244,15 @@ impl Db {
             params![what, crate::model::now_millis()],
         )?;
         Ok(())
+    }
+
+    /// When this database's instance last became the active (ms).
+    pub fn last_takeover(&self) -> Result<Option<i64>, StoreError> {
+        Ok(self.conn.query_row(
+            "SELECT MAX(changed_at) FROM standby_roles WHERE role = 'active'",
+            [],
+            |r| r.get(0),
+        )?)
     }
 
     /// Logs a change of this instance's role.

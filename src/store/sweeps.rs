@@ -76,6 +76,9 @@ impl Db {
             outbox_backlog,
             outbox_oldest_ms,
             last_sweep: self.last_sweep()?,
+            standby_role: self.role_changes(1)?.pop(),
+            standby_last_takeover: self.last_takeover()?,
+            standby_incomplete: self.replica_incomplete()?,
         })
     }
 
