@@ -149,10 +149,10 @@ impl<S: Sink> Publisher<S> {
             Ok(()) => {
                 self.inflight.clear();
                 self.prefetch = None;
-                tracing::info!("sink settings reloaded; unacknowledged events are sent again")
+                tracing::info!("Kafka settings reloaded; unacknowledged events are sent again")
             }
             Err(e) => {
-                tracing::error!(error = %e, "sink settings not reloaded; keeping the running sink")
+                tracing::error!(error = %e, "Kafka settings not reloaded; keeping the running producer")
             }
         }
     }
