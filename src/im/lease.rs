@@ -62,12 +62,6 @@ impl CallLease {
     pub fn held(&self) -> bool {
         boot_micros() < self.until_micros.load(Ordering::Acquire)
     }
-
-    /// How long it is still held.
-    pub fn left(&self) -> Duration {
-        let until = self.until_micros.load(Ordering::Acquire);
-        Duration::from_micros(until.saturating_sub(boot_micros()))
-    }
 }
 
 #[cfg(test)]

@@ -380,6 +380,7 @@ impl Follower {
     /// Stops the reading thread.
     pub async fn stop(mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        self.reader_stop.store(true, Ordering::Relaxed);
         self.rx.close();
         self.beats.close();
         let threads = std::mem::take(&mut self.threads);
@@ -390,11 +391,6 @@ impl Follower {
             }
         })
         .await;
-    }
-
-    /// Why this replica may not become the active, if it may not.
-    pub fn ineligible(&self) -> Option<&str> {
-        self.ineligible.as_deref()
     }
 
     async fn take(&mut self, read: Option<Read>) -> Result<(), StandbyError> {
@@ -606,6 +602,23 @@ fn partitions_of(c: &BaseConsumer, topic: &str) -> Result<Vec<i32>, String> {
     }
 }
 
+/// The partitions of `topic`, asked again every second until the brokers describe it; `None`
+/// once `stop` is set.
+fn partitions_until(c: &BaseConsumer, topic: &str, stop: &AtomicBool) -> Option<Vec<i32>> {
+    loop {
+        match partitions_of(c, topic) {
+            Ok(p) => return Some(p),
+            Err(e) => {
+                tracing::warn!(error = %e, "following: {topic} cannot be described yet; retrying")
+            }
+        }
+        if stop.load(Ordering::Relaxed) {
+            return None;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
 /// The reading thread.
 struct Reader {
     settings: KafkaConfig,
@@ -640,17 +653,8 @@ impl BeatReader {
         // announcements, other claims) until then. A beat that is later aborted can only delay
         // a takeover by one takeover time, never cause one.
         let c = consumer_reading(&self.settings, "read_uncommitted")?;
-        let partitions = loop {
-            match partitions_of(&c, &self.topic) {
-                Ok(p) => break p,
-                Err(e) => {
-                    tracing::warn!(error = %e, "following: the heartbeat topic cannot be described yet; retrying");
-                    if self.stop.load(Ordering::Relaxed) {
-                        return Ok(());
-                    }
-                    std::thread::sleep(Duration::from_secs(1));
-                }
-            }
+        let Some(partitions) = partitions_until(&c, &self.topic, &self.stop) else {
+            return Ok(());
         };
         let mut assignment = TopicPartitionList::new();
         for p in &partitions {
@@ -696,17 +700,8 @@ impl Reader {
 
     fn read(&self) -> Result<(), String> {
         let c = consumer(&self.settings)?;
-        let partitions = loop {
-            match partitions_of(&c, &self.topic) {
-                Ok(p) => break p,
-                Err(e) => {
-                    tracing::warn!(error = %e, "following: the events topic cannot be described yet; retrying");
-                    if self.stop.load(Ordering::Relaxed) {
-                        return Ok(());
-                    }
-                    std::thread::sleep(Duration::from_secs(1));
-                }
-            }
+        let Some(partitions) = partitions_until(&c, &self.topic, &self.reader_stop) else {
+            return Ok(());
         };
         let mut assignment = TopicPartitionList::new();
         for p in &partitions {

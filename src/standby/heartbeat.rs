@@ -187,11 +187,6 @@ impl Heartbeats {
         }
     }
 
-    /// The lease this producer renews.
-    pub fn lease(&self) -> &Arc<CallLease> {
-        &self.lease
-    }
-
     /// No more IM calls: the lease is given up and no longer renewed (heartbeats go on, so
     /// that followers wait while the active publishes what it has before handing over).
     pub fn stop_calls(&self) {
