@@ -11,6 +11,10 @@
 //! - replication: at `STANDBY_EVENTS_PER_SEC` (default 5,000) changes a second, each event's
 //!   lag from the active's commit to a follower's (p50, p99), and the events a second the
 //!   active publishes with two followers against alone, in one run.
+//!
+//! `STANDBY_LOG_FILTER` sets the daemons' log filter (default `warn`); `STANDBY_KEEP` keeps
+//! the working directory (databases, `host*.log`) to read afterwards. `takeover` or
+//! `replication` as an argument runs that part alone.
 
 #[allow(dead_code)]
 mod support;
@@ -57,7 +61,11 @@ struct Set {
 
 impl Set {
     fn new(brokers: &str, accounts: usize, churn: f64, instances: usize, interval: f64) -> Set {
-        let dir = tempfile::tempdir().unwrap();
+        // STANDBY_KEEP keeps the directory (databases, daemons' logs) for a look afterwards.
+        let dir = tempfile::Builder::new()
+            .disable_cleanup(std::env::var_os("STANDBY_KEEP").is_some())
+            .tempdir()
+            .unwrap();
         let sim_port = free_port();
         let change_log = dir.path().join("changes.jsonl");
         let sim_config = dir.path().join("sim.toml");
@@ -100,10 +108,11 @@ impl Set {
                      [watch]\nfile = \"{}\"\n[store]\npath = \"{}\"\n[sweep]\ninterval_secs = {interval}\njitter_secs = 0.0\n\
                      [sink]\nkind = \"kafka\"\n[kafka]\nbrokers = \"{brokers}\"\ntopic = \"{topic}\"\ndelivery = \"exactly-once\"\n\
                      create_topic = true\ntopic_partitions = 6\ntopic_replication_factor = 3\ntopic_min_insync_replicas = 2\n\
-                     [service]\nmetrics_listen = \"127.0.0.1:{port}\"\nlog_filter = \"warn\"\n\
+                     [service]\nmetrics_listen = \"127.0.0.1:{port}\"\nlog_filter = \"{log_filter}\"\n\
                      [standby]\nenabled = true\ninstance = \"host{i}\"\n",
                     watch.display(),
                     home.join("presence.db").display(),
+                    log_filter = env_or("STANDBY_LOG_FILTER", "warn".to_owned()),
                 ),
             )
             .unwrap();

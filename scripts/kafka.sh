@@ -12,13 +12,18 @@
 #                                          node waits for a quorum, so a cluster restarts together)
 #   scripts/kafka.sh stop DIR              stop every node (SIGTERM, then SIGKILL) and keep DIR
 #
-# Each node has three listeners: PLAINTEXT (clients and brokers), SASL_SSL with SCRAM-SHA-512
+# Each node has four listeners: PLAINTEXT (clients and brokers), SASL_SSL with SCRAM-SHA-512
 # (a CA and a broker certificate made with openssl at start, a user made with Kafka's own storage
-# tool) and CONTROLLER. DIR/env holds what clients need, as shell assignments:
+# tool), CONTROLLER, and PROXIED: plaintext on a port of its own but advertised at another port
+# that nobody listens on, where a test runs a TCP forwarder that it can cut (one client cut off
+# from the cluster while the others are not). DIR/env holds what clients need, as shell
+# assignments:
 #   KAFKA_BOOTSTRAP       PLAINTEXT addresses, comma-separated
 #   KAFKA_SASL_BOOTSTRAP  SASL_SSL addresses
 #   KAFKA_CA              the CA certificate (PEM) that signed the brokers' certificates
 #   KAFKA_SCRAM_USER, KAFKA_SCRAM_PASSWORD
+#   KAFKA_PROXIED_BOOTSTRAP  PROXIED's advertised addresses (the forwarder's)
+#   KAFKA_PROXIED         what the forwarder joins: ADVERTISED_PORT=LISTENING_PORT, comma-separated
 #   KAFKA_NODES           the node ids
 #   KAFKA_VERSION
 # Environment: KAFKA_HEAP (default -Xmx400m), PRESENCED_KAFKA_CACHE (default ~/.cache/presenced).
@@ -87,8 +92,9 @@ write_node_config() {
   local dir=$1 id=$2 voters=$3 nodes=$4
   local node="$dir/node$id"
   mkdir -p "$node/data"
-  local plain sasl ctrl
+  local plain sasl ctrl proxied proxy
   plain=$(cat "$node/port.plain") sasl=$(cat "$node/port.sasl") ctrl=$(cat "$node/port.controller")
+  proxied=$(cat "$node/port.proxied") proxy=$(cat "$node/port.proxy")
   local replicas=$nodes min_isr=1
   [ "$nodes" -ge 3 ] && { replicas=3; min_isr=2; }
   cat >"$node/server.properties" <<EOF
@@ -100,9 +106,9 @@ inter.broker.listener.name=PLAINTEXT
 # A node gives up and exits when the quorum has not registered it within this (60 s by default);
 # on two cores busy building the tests, a three-node quorum can take longer to form.
 initial.broker.registration.timeout.ms=600000
-listeners=PLAINTEXT://127.0.0.1:$plain,SASL_SSL://127.0.0.1:$sasl,CONTROLLER://127.0.0.1:$ctrl
-advertised.listeners=PLAINTEXT://127.0.0.1:$plain,SASL_SSL://127.0.0.1:$sasl
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT
+listeners=PLAINTEXT://127.0.0.1:$plain,SASL_SSL://127.0.0.1:$sasl,CONTROLLER://127.0.0.1:$ctrl,PROXIED://127.0.0.1:$proxied
+advertised.listeners=PLAINTEXT://127.0.0.1:$plain,SASL_SSL://127.0.0.1:$sasl,PROXIED://127.0.0.1:$proxy
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT,PROXIED:PLAINTEXT
 log.dirs=$node/data
 sasl.enabled.mechanisms=SCRAM-SHA-512
 listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
@@ -192,12 +198,14 @@ log_lines() { [ -f "$1/broker.log" ] && wc -l <"$1/broker.log" || echo 0; }
 launch_nodes() {
   local dir=$1 ids=$2 nodes=$3 password=$4
   local voters="" id ports cluster_id
-  read -r -a ports <<<"$(free_ports $((3 * nodes)) | tr '\n' ' ')"
+  read -r -a ports <<<"$(free_ports $((5 * nodes)) | tr '\n' ' ')"
   for id in $ids; do
     mkdir -p "$dir/node$id"
-    echo "${ports[3 * (id - 1)]}" >"$dir/node$id/port.plain"
-    echo "${ports[3 * (id - 1) + 1]}" >"$dir/node$id/port.sasl"
-    echo "${ports[3 * (id - 1) + 2]}" >"$dir/node$id/port.controller"
+    echo "${ports[5 * (id - 1)]}" >"$dir/node$id/port.plain"
+    echo "${ports[5 * (id - 1) + 1]}" >"$dir/node$id/port.sasl"
+    echo "${ports[5 * (id - 1) + 2]}" >"$dir/node$id/port.controller"
+    echo "${ports[5 * (id - 1) + 3]}" >"$dir/node$id/port.proxied"
+    echo "${ports[5 * (id - 1) + 4]}" >"$dir/node$id/port.proxy"
     voters="${voters:+$voters,}$id@127.0.0.1:$(cat "$dir/node$id/port.controller")"
   done
   cluster_id=$(java -cp "$(classpath)" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n 1)
@@ -233,15 +241,19 @@ start_cluster() {
     mkdir -p "$dir/attempt$attempt"
     for id in $ids; do mv "$dir/node$id" "$dir/attempt$attempt/"; done
   done
-  local plain="" sasl=""
+  local plain="" sasl="" proxy="" proxied=""
   for id in $ids; do
     plain="${plain:+$plain,}127.0.0.1:$(cat "$dir/node$id/port.plain")"
     sasl="${sasl:+$sasl,}127.0.0.1:$(cat "$dir/node$id/port.sasl")"
+    proxy="${proxy:+$proxy,}127.0.0.1:$(cat "$dir/node$id/port.proxy")"
+    proxied="${proxied:+$proxied,}$(cat "$dir/node$id/port.proxy")=$(cat "$dir/node$id/port.proxied")"
   done
   cat >"$dir/env" <<EOF
 KAFKA_BOOTSTRAP=$plain
 KAFKA_SASL_BOOTSTRAP=$sasl
 KAFKA_CA=$dir/ca.pem
+KAFKA_PROXIED_BOOTSTRAP=$proxy
+KAFKA_PROXIED=$proxied
 KAFKA_SCRAM_USER=presenced
 KAFKA_SCRAM_PASSWORD=$password
 KAFKA_NODES="$ids"
@@ -288,5 +300,5 @@ case "$cmd" in
     for id in "$@"; do wait_node "$dir" "$id" "${before[$id]}" || die "node $id did not start"; done
     ;;
   stop) [ $# -eq 2 ] || die "usage: stop DIR"; stop_cluster "$2" ;;
-  *) sed -n '2,24p' "$0" >&2; exit 2 ;;
+  *) sed -n '2,29p' "$0" >&2; exit 2 ;;
 esac

@@ -1,6 +1,7 @@
 //! Standby (`[standby]`) with the daemon binary on the three-node cluster and the simulator
 //! churning: the active SIGKILLed fifty times (two instances, then three, partition leaders
-//! killed among them), a paused active, followers started at once, and a clean hand-over. A
+//! killed among them), a paused active, an active cut off from Kafka (a TCP proxy in front of
+//! the brokers) but not from IM, followers started at once, and a clean hand-over. A
 //! `read_committed` consumer must see every event once, each account's seq contiguous across
 //! takeovers, and every instance's history must equal the topic.
 
@@ -87,6 +88,12 @@ impl Rig {
     }
 
     fn add_instance(&mut self) -> usize {
+        let brokers = self.brokers.clone();
+        self.add_instance_via(&brokers)
+    }
+
+    /// An instance that reaches the cluster through `brokers` (the PROXIED listeners, say).
+    fn add_instance_via(&mut self, brokers: &str) -> usize {
         let i = self.instances.len();
         let name = format!("host{}", (b'a' + i as u8) as char);
         let home = self.dir.path().join(&name);
@@ -102,7 +109,6 @@ impl Rig {
                  [kafka.properties]\n\"reconnect.backoff.max.ms\" = \"1000\"\n\
                  [standby]\nenabled = true\ninstance = \"{name}\"\n",
                 watch = self.dir.path().join("watch.txt").display(),
-                brokers = self.brokers,
                 topic = self.topic,
             ),
         );
@@ -177,6 +183,31 @@ impl Rig {
             .build()
             .unwrap();
         client.get(url).send().await.ok()?.json().await.ok()
+    }
+
+    /// The instance's `presenced_api_calls_total` (calls withheld for want of the lease are
+    /// not calls).
+    async fn api_calls(&self, i: usize) -> f64 {
+        let url = format!("http://127.0.0.1:{}/metrics", self.instances[i].port);
+        let text = reqwest::get(url).await.unwrap().text().await.unwrap();
+        text.lines()
+            .filter(|l| l.starts_with("presenced_api_calls_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Waits until instance `i` says it has `role`.
+    async fn wait_role(&self, i: usize, role: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        while self.status(i).await.is_none_or(|s| s["role"] != role) {
+            assert!(
+                Instant::now() < deadline,
+                "{} not {role} within {within:?}; logs:\n{}",
+                self.instances[i].name,
+                self.log_tails()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// The running instances that say they are the active.
@@ -465,6 +496,53 @@ async fn a_paused_active_stops_calling_im_stands_down_and_converges() {
     assert!(log.contains("IM calls stopped"), "{log}");
     rig.settle().await;
     rig.assert_histories_equal_the_topic().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_active_cut_off_from_kafka_but_not_im_stops_calling_stands_down_and_converges() {
+    let _serial = cluster_lock().await;
+    let mut rig = Rig::new("standby-cut", 500, "0.02", 0);
+    let proxy = cluster().proxy().await;
+    let cut_off = rig.add_instance_via(&cluster().proxied_bootstrap());
+    let other = rig.add_instance();
+    rig.start(cut_off);
+    assert_eq!(rig.one_active(Duration::from_secs(60)).await, cut_off);
+    rig.start(other);
+    rig.wait_role(other, "follower", Duration::from_secs(60))
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    proxy.cut();
+    let cut_at = Instant::now();
+    rig.wait_role(other, "active", Duration::from_secs(30))
+        .await;
+    let took_over = cut_at.elapsed();
+    // Its lease (a heartbeat shorter than the takeover time) ran out before the other could
+    // take over: from then on, however long the cut lasts, it does not call IM.
+    let calls = rig.api_calls(cut_off).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        rig.api_calls(cut_off).await,
+        calls,
+        "the instance cut off from Kafka called IM after the other took over; logs:\n{}",
+        rig.log_tails()
+    );
+    assert_ne!(
+        rig.status(cut_off).await.map(|s| s["role"].clone()),
+        Some(serde_json::json!("active")),
+        "the instance cut off from Kafka still says it is the active"
+    );
+    proxy.restore();
+    rig.wait_role(cut_off, "follower", Duration::from_secs(60))
+        .await;
+    let log = rig.log(cut_off);
+    assert!(log.contains("IM calls stopped"), "{log}");
+    assert!(log.contains("standing down"), "{log}");
+    assert_eq!(rig.actives().await, vec![other]);
+    rig.settle().await;
+    let events = rig.assert_histories_equal_the_topic().await;
+    eprintln!(
+        "cut off: the other took over {took_over:?} after the cut; {events} events each once"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

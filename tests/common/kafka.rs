@@ -2,6 +2,7 @@
 //! creation, and a consumer that reads a topic back.
 #![allow(dead_code)]
 
+pub use super::cut_proxy::CutProxy;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -62,6 +63,25 @@ impl Cluster {
 
     pub fn scram_password(&self) -> String {
         self.get("KAFKA_SCRAM_PASSWORD").to_owned()
+    }
+
+    /// PROXIED bootstrap addresses: a client given these reaches the cluster only through a
+    /// [`CutProxy`] started with [`Cluster::proxy`].
+    pub fn proxied_bootstrap(&self) -> String {
+        self.get("KAFKA_PROXIED_BOOTSTRAP").to_owned()
+    }
+
+    /// Starts the forwarder in front of the PROXIED listeners (one at a time per cluster).
+    pub async fn proxy(&self) -> CutProxy {
+        let pairs = self
+            .get("KAFKA_PROXIED")
+            .split(',')
+            .map(|pair| {
+                let (from, to) = pair.split_once('=').expect("ADVERTISED=LISTENING");
+                (from.parse().unwrap(), to.parse().unwrap())
+            })
+            .collect::<Vec<(u16, u16)>>();
+        CutProxy::start(&pairs).await
     }
 
     pub fn node_ids(&self) -> Vec<i32> {

@@ -356,6 +356,7 @@ pub fn signal(child: &std::process::Child, name: &str) {
     assert!(status.success());
 }
 
+pub mod cut_proxy;
 pub mod kafka;
 pub mod pipeline;
 
