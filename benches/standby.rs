@@ -335,13 +335,15 @@ fn takeovers(brokers: &str) {
     // A change that lasted longer than the bound is missed when, the bound after it, the
     // history still does not show the account in the changed-to state (a change back to a state
     // the log already shows, after a short one that died with an unpublished row, is not a miss:
-    // the history is right from then on).
+    // the history is right from then on). The next change in the whole log ends a state (one
+    // made after `ended` too); changes whose bound had not passed at `ended` are not judged.
     let history = history_by_user(&set.instances[newest].1, 0);
+    let all_changes = read_changes(&set.change_log, began, i64::MAX);
     let mut lasting_missed = 0;
-    for (user, list) in &changes {
+    for (user, list) in &all_changes {
         for (i, (at, state, platforms)) in list.iter().enumerate() {
-            let next = list.get(i + 1).map_or(ended, |c| c.0);
-            if next - at <= bound {
+            let next = list.get(i + 1).map_or(i64::MAX, |c| c.0);
+            if next - at <= bound || *at + bound > ended {
                 continue;
             }
             let shown = history.get(user).and_then(|rows| {

@@ -456,7 +456,7 @@ async fn a_paused_active_stops_calling_im_stands_down_and_converges() {
         assert!(status.success());
     };
     stop("-STOP");
-    // Longer than the takeover time (2.5 s).
+    // Longer than the takeover time (2 s).
     let deadline = Instant::now() + Duration::from_secs(30);
     while rig
         .status(follower)

@@ -290,7 +290,9 @@ async fn take_turns(
                 return Ok(());
             }
         };
-        follower.stop().await;
+        // Its readers feed nothing from here on: they close on their own time, not the
+        // takeover's.
+        tokio::spawn(follower.stop());
         let (heartbeats, claim_ms, fence_ms, catch_up_ms) = match outcome {
             Outcome::Won {
                 heartbeats,

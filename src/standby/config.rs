@@ -27,7 +27,7 @@ impl Default for StandbyConfig {
             enabled: false,
             instance: String::new(),
             heartbeat_ms: 500,
-            takeover_after_ms: 2_500,
+            takeover_after_ms: 2_000,
             heartbeat_topic: String::new(),
         }
     }

@@ -245,6 +245,11 @@ impl Follower {
         }
     }
 
+    /// How long this follower has been following.
+    pub fn following_for(&self) -> Duration {
+        self.started.elapsed()
+    }
+
     /// Whether other live followers are known (then claims go in name order).
     pub fn knows_peers(&self, alive_within: Duration) -> bool {
         self.peers.values().any(|at| at.elapsed() < alive_within)
@@ -320,11 +325,13 @@ impl Follower {
     ) -> Result<(), StandbyError> {
         let settings = self.settings.clone();
         let topic = self.topic.clone();
-        let ends = tokio::task::spawn_blocking(move || last_stable_offsets(&settings, &topic))
+        // Both ask the cluster after the fencing: side by side.
+        let ends = tokio::task::spawn_blocking(move || last_stable_offsets(&settings, &topic));
+        self.restart_reader().await?;
+        let ends = ends
             .await
             .expect("reading offsets does not panic")
             .map_err(StandbyError::Kafka)?;
-        self.restart_reader().await?;
         let deadline = tokio::time::Instant::now() + bound;
         loop {
             let behind: Vec<_> = ends
@@ -355,8 +362,10 @@ impl Follower {
     async fn restart_reader(&mut self) -> Result<(), StandbyError> {
         self.reader_stop.store(true, Ordering::Relaxed);
         self.rx.close();
+        // The old reader can only send into the closed channel now: it closes its consumer
+        // on its own time, not the takeover's.
         let old = self.threads.remove(0);
-        let _ = tokio::task::spawn_blocking(move || old.join()).await;
+        drop(tokio::task::spawn_blocking(move || old.join()));
         let topic = self.topic.clone();
         let positions = self
             .store

@@ -59,10 +59,13 @@ impl Claimant<'_> {
     /// Takes over from `follower` (which goes on reading until the topic's end); the caller
     /// stops it either way.
     pub async fn take_over(&self, follower: &mut Follower, state: &Mutex<FollowState>) -> Outcome {
-        // Followers that know each other claim in name order (see `Follower::until_takeover`);
-        // one that knows no other pauses at random first, listening, so that followers timing
-        // out together rarely claim together.
-        let spread = match follower.knows_peers(self.takeover_after) {
+        // Followers that know each other claim in name order (see `Follower::until_takeover`).
+        // One that knows no other after following for a takeover time would have heard any
+        // (followers announce themselves every heartbeat): it claims at once. One that just
+        // started pauses at random first, listening, so that followers timing out together
+        // rarely claim together.
+        let alone = follower.following_for() >= self.takeover_after;
+        let spread = match follower.knows_peers(self.takeover_after) || alone {
             true => Duration::ZERO,
             false => Duration::from_millis(rand::rng().random_range(0..=self.heartbeat_ms / 2)),
         };
