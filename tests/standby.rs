@@ -276,6 +276,19 @@ impl Rig {
                 assert!(p.0.wait().unwrap().success(), "{} stops cleanly", inst.name);
             }
         }
+        // A partition's end is how a follower knows it caught up, not an error to log.
+        for i in 0..self.instances.len() {
+            let log = self.log(i);
+            let eof = log
+                .lines()
+                .find(|l| l.contains("ERROR") && l.contains("PartitionEOF"));
+            assert!(
+                eof.is_none(),
+                "{}: {}",
+                self.instances[i].name,
+                eof.unwrap()
+            );
+        }
     }
 
     /// The topic (read_committed) holds each event once, each account's seq contiguous, and

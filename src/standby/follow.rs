@@ -6,7 +6,7 @@ use super::decode::{decode, Record};
 use super::heartbeat::{Beat, HeartbeatV1};
 use super::StandbyError;
 use crate::metrics::Metrics;
-use crate::publish::kafka::{client_config, KafkaConfig};
+use crate::publish::kafka::{client_config, EndAwareContext, KafkaConfig};
 use crate::store::{ReplicatedEvent, Store};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -563,11 +563,14 @@ fn announcer(
 }
 
 /// A `read_committed` consumer with no group offsets: positions live in the database.
-fn consumer(settings: &KafkaConfig) -> Result<BaseConsumer, String> {
+fn consumer(settings: &KafkaConfig) -> Result<BaseConsumer<EndAwareContext>, String> {
     consumer_reading(settings, "read_committed")
 }
 
-fn consumer_reading(settings: &KafkaConfig, isolation: &str) -> Result<BaseConsumer, String> {
+fn consumer_reading(
+    settings: &KafkaConfig,
+    isolation: &str,
+) -> Result<BaseConsumer<EndAwareContext>, String> {
     client_config(settings)
         .set("group.id", "presenced-standby")
         .set("isolation.level", isolation)
@@ -576,7 +579,7 @@ fn consumer_reading(settings: &KafkaConfig, isolation: &str) -> Result<BaseConsu
         .set("auto.offset.reset", "earliest")
         .set("fetch.wait.max.ms", "50")
         .set("enable.partition.eof", "true")
-        .create()
+        .create_with_context(EndAwareContext("standby"))
         .map_err(|e| format!("creating the standby consumer: {e}"))
 }
 
@@ -595,7 +598,7 @@ fn last_stable_offsets(settings: &KafkaConfig, topic: &str) -> Result<Vec<(i32, 
         .collect()
 }
 
-fn partitions_of(c: &BaseConsumer, topic: &str) -> Result<Vec<i32>, String> {
+fn partitions_of(c: &BaseConsumer<EndAwareContext>, topic: &str) -> Result<Vec<i32>, String> {
     let metadata = c
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .map_err(|e| format!("the partitions of {topic}: {e}"))?;
@@ -613,7 +616,11 @@ fn partitions_of(c: &BaseConsumer, topic: &str) -> Result<Vec<i32>, String> {
 
 /// The partitions of `topic`, asked again every second until the brokers describe it; `None`
 /// once `stop` is set.
-fn partitions_until(c: &BaseConsumer, topic: &str, stop: &AtomicBool) -> Option<Vec<i32>> {
+fn partitions_until(
+    c: &BaseConsumer<EndAwareContext>,
+    topic: &str,
+    stop: &AtomicBool,
+) -> Option<Vec<i32>> {
     loop {
         match partitions_of(c, topic) {
             Ok(p) => return Some(p),

@@ -19,7 +19,7 @@ mod transactional;
 pub use adopt::{high_watermarks, own_event_ids_after};
 pub use config::{is_secret_property, Delivery, KafkaConfig};
 pub use encode::{KafkaEncoder, Records, HISTORY_ID_HEADER};
-pub use read_back::TopicPosition;
+pub use read_back::{EndAwareContext, TopicPosition};
 pub use transactional::{lane_ids, TransactionalSink};
 
 use super::sink::Sink;

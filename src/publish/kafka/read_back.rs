@@ -28,26 +28,28 @@ pub struct TopicPosition {
     pub offset: i64,
 }
 
-/// The read-back consumer's context: librdkafka reports a partition's end through its error
-/// callback too, which rust-rdkafka's default context logs at ERROR on every healthy start.
-pub(super) struct ReadBackContext;
+/// The context of a consumer that asks for partition ends (`enable.partition.eof`): librdkafka
+/// reports each end through the error callback too, which rust-rdkafka's default context logs
+/// at ERROR (rust-rdkafka issue 820), on every healthy start and, for a follower, after every
+/// batch. Ends go to DEBUG; real errors are warnings naming the reader (`.0`).
+pub struct EndAwareContext(pub &'static str);
 
-impl ClientContext for ReadBackContext {
+impl ClientContext for EndAwareContext {
     fn error(&self, error: KafkaError, reason: &str) {
         match error.rdkafka_error_code() {
             Some(RDKafkaErrorCode::PartitionEOF) | None => {
-                tracing::debug!(%error, reason, "read-back consumer")
+                tracing::debug!(%error, reason, reader = self.0, "a partition's end")
             }
-            _ => tracing::warn!(%error, reason, "reading back the events topic"),
+            _ => tracing::warn!(%error, reason, reader = self.0, "reading the events topic"),
         }
     }
 
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
-        tracing::debug!(?level, fac, log_message, "librdkafka (read-back)");
+        tracing::debug!(?level, fac, log_message, reader = self.0, "librdkafka");
     }
 }
 
-impl ConsumerContext for ReadBackContext {}
+impl ConsumerContext for EndAwareContext {}
 
 /// Which records are this database's: `ce_source` of its app, at or above the floor.
 pub struct Ownership<'a> {
@@ -61,7 +63,7 @@ pub struct Ownership<'a> {
 pub(super) fn committed_reader(
     settings: &KafkaConfig,
     group: &str,
-) -> Result<BaseConsumer<ReadBackContext>, KafkaError> {
+) -> Result<BaseConsumer<EndAwareContext>, KafkaError> {
     client_config(settings)
         .set("group.id", group)
         .set("isolation.level", "read_committed")
@@ -69,13 +71,13 @@ pub(super) fn committed_reader(
         .set("enable.partition.eof", "true")
         // The end of a partition shows as an empty fetch, which the broker holds this long.
         .set("fetch.wait.max.ms", "20")
-        .create_with_context(ReadBackContext)
+        .create_with_context(EndAwareContext("read-back"))
 }
 
 /// Each partition of the events topic with its low and high watermarks; with
 /// `read_committed`, the high watermark is the last stable offset.
 pub(super) fn watermarks(
-    consumer: &BaseConsumer<ReadBackContext>,
+    consumer: &BaseConsumer<EndAwareContext>,
     topic: &str,
 ) -> Result<Vec<(i32, i64, i64)>, KafkaError> {
     let wait = Duration::from_secs(10);
@@ -222,7 +224,7 @@ pub(super) fn own_record(
 /// its end); for each partition whose range holds a record of ours, the newest one. Gives up
 /// when nothing arrives for `stall`: a long range is fine as long as records keep coming.
 fn read_ranges(
-    consumer: &BaseConsumer<ReadBackContext>,
+    consumer: &BaseConsumer<EndAwareContext>,
     own: &Ownership<'_>,
     searches: &[Search],
     stall: Duration,
@@ -268,7 +270,7 @@ fn read_ranges(
 
 /// The assigned topic-partition `partition`, to pause it.
 fn partition_list(
-    consumer: &BaseConsumer<ReadBackContext>,
+    consumer: &BaseConsumer<EndAwareContext>,
     partition: i32,
 ) -> Result<TopicPartitionList, KafkaError> {
     let mut list = TopicPartitionList::new();
