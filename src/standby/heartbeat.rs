@@ -1,12 +1,8 @@
 //! The active's proof of life, and how an instance becomes the active: a transactional
 //! producer of its own (`<transactional_id>-standby`) commits a heartbeat record every
-//! `heartbeat_ms`. Claiming the role is `init_transactions` on a claim id of its own
-//! (`<transactional_id>-standby-claim`) followed by committed claim records: of several
-//! claimants, only the one whose producer was initialised last can commit, so exactly one
-//! wins. The winner then initialises the heartbeat id, which fences the old active's beats.
-//! The two ids are apart so that a claim never waits for the coordinator to abort a dead
-//! active's open beat (librdkafka retries that every 500 ms): that wait overlaps the fencing of
-//! the publisher's ids instead.
+//! `heartbeat_ms`. Claiming the role is `init_transactions` on that id (which fences the
+//! previous holder) followed by a committed claim record: of several claimants, only the one
+//! whose producer was initialised last can commit, so exactly one wins.
 
 use crate::im::CallLease;
 use crate::publish::kafka::{producer_config, KafkaConfig};
@@ -88,11 +84,6 @@ pub fn heartbeat_transactional_id(base: &str) -> String {
     format!("{base}-standby")
 }
 
-/// The `transactional.id` claimants race on.
-pub fn claim_transactional_id(base: &str) -> String {
-    format!("{base}-standby-claim")
-}
-
 fn fenced_or_failed(e: KafkaError) -> HeartbeatError {
     let fenced = matches!(
         e.rdkafka_error_code(),
@@ -106,9 +97,8 @@ fn fenced_or_failed(e: KafkaError) -> HeartbeatError {
 }
 
 impl Heartbeats {
-    /// Claims the active role (blocking): fences other claimants, then commits a claim record.
-    /// `Fenced` means another claimant won the race. Its beats never renew the call lease:
-    /// only the heartbeat producer's do (see [`Heartbeats::hold`]).
+    /// Claims the active role (blocking): fences whoever held the heartbeat producer, then
+    /// commits a claim record. `Fenced` means another claimant won the race.
     pub fn claim(
         settings: &KafkaConfig,
         base_transactional_id: &str,
@@ -118,64 +108,12 @@ impl Heartbeats {
         lease: Arc<CallLease>,
         bound: Duration,
     ) -> Result<Heartbeats, HeartbeatError> {
-        let id = claim_transactional_id(base_transactional_id);
-        let claim = Heartbeats::open(
-            settings,
-            &id,
-            base_transactional_id,
-            topic,
-            sdkappid,
-            instance,
-            lease,
-            bound,
-        )?;
-        claim
-            .calls
-            .store(false, std::sync::atomic::Ordering::Release);
-        claim.beat(Beat::Claim)?;
-        Ok(claim)
-    }
-
-    /// The heartbeat producer of a claimant that won (blocking): initialising it fences the
-    /// old active's, whose next beat fails, and aborts a beat it left open.
-    #[allow(clippy::too_many_arguments)]
-    pub fn hold(
-        settings: &KafkaConfig,
-        base_transactional_id: &str,
-        topic: &str,
-        sdkappid: u64,
-        instance: &str,
-        lease: Arc<CallLease>,
-        bound: Duration,
-    ) -> Result<Heartbeats, HeartbeatError> {
         let id = heartbeat_transactional_id(base_transactional_id);
-        Heartbeats::open(
-            settings,
-            &id,
-            base_transactional_id,
-            topic,
-            sdkappid,
-            instance,
-            lease,
-            bound,
-        )
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn open(
-        settings: &KafkaConfig,
-        id: &str,
-        base_transactional_id: &str,
-        topic: &str,
-        sdkappid: u64,
-        instance: &str,
-        lease: Arc<CallLease>,
-        bound: Duration,
-    ) -> Result<Heartbeats, HeartbeatError> {
-        // Retries of `init_transactions` every 50-100 ms where librdkafka allows (a moving
-        // coordinator), not backing off to a second.
+        // Retries of `init_transactions` (the coordinator aborting a dead active's open beat)
+        // every 50-100 ms, not backing off to a second: a claimant that decided before another
+        // claim was visible is initialised soon after it, within the confirmation's wait.
         let producer: ThreadedProducer<DefaultProducerContext> =
-            producer_config(settings, Some(id))
+            producer_config(settings, Some(&id))
                 .set("linger.ms", "0")
                 .set("retry.backoff.ms", "50")
                 .set("retry.backoff.max.ms", "100")
@@ -186,16 +124,10 @@ impl Heartbeats {
         // Bounded well below the transaction timeout: a beat that takes longer proves nothing
         // (the lease is shorter), and a claim waiting on a moving coordinator is tried again.
         let timeout = bound;
-        let initialising = Instant::now();
         producer
             .init_transactions(timeout)
             .map_err(fenced_or_failed)?;
-        tracing::debug!(
-            transactional_id = id,
-            init_ms = initialising.elapsed().as_millis() as u64,
-            "heartbeat producer initialised"
-        );
-        Ok(Heartbeats {
+        let heartbeats = Heartbeats {
             producer,
             transactional_id: base_transactional_id.to_owned(),
             topic: topic.to_owned(),
@@ -205,7 +137,9 @@ impl Heartbeats {
             timeout,
             turn: std::sync::Mutex::new(()),
             calls: std::sync::atomic::AtomicBool::new(true),
-        })
+        };
+        heartbeats.beat(Beat::Claim)?;
+        Ok(heartbeats)
     }
 
     /// Commits one heartbeat (blocking) and renews the call lease from when it began (unless
@@ -236,7 +170,6 @@ impl Heartbeats {
         }
         match self.producer.commit_transaction(self.timeout) {
             Ok(()) => {
-                tracing::trace!(?beat, took_ms = began.elapsed().as_millis() as u64, "beat");
                 if self.calls.load(std::sync::atomic::Ordering::Acquire) {
                     self.lease.renew(began);
                 }

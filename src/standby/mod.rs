@@ -20,12 +20,10 @@
 //! aborted, and nothing it sends afterwards can commit (`PRODUCER_FENCED`). So at any moment
 //! at most one instance can commit, and the new active's read of the topic sees everything
 //! the old one ever committed. Several followers racing for the role each `init_transactions`
-//! a claim producer (`ID-standby-claim`), commit a claim record, and half a heartbeat later
+//! the heartbeat producer (`ID-standby`), commit a claim record, and half a heartbeat later
 //! commit a second one: only the producer initialised last can commit, so of claimants that
 //! overlapped, exactly one gets both through; the others are fenced at their claim or its
-//! confirmation and go back to following before they touch the publisher's ids or the
-//! heartbeat producer (`ID-standby`), which the winner initialises while it fences the
-//! publisher's, so that the old active's next beat fails. Claims rarely
+//! confirmation and go back to following before they touch the publisher's ids. Claims rarely
 //! overlap: followers announce themselves on the heartbeat topic and claim in name order, half
 //! a takeover time apart, so a later one sees the first one's claim and stands by.
 //!
@@ -41,7 +39,7 @@
 //! from the moment that heartbeat *arrived*, which is later. The lease is one heartbeat
 //! shorter than the takeover time, so the active stops calling IM before any follower starts,
 //! as long as the two clocks run at nearly the same rate (a drift below
-//! `heartbeat_ms / takeover_after_ms`, 25% with the defaults). The lease runs on the boot-time
+//! `heartbeat_ms / takeover_after_ms`, 20% with the defaults). The lease runs on the boot-time
 //! clock, which runs on while the process is stopped and while the machine or VM is suspended,
 //! so a paused or frozen active finds its lease gone when it resumes, and no call goes out
 //! without a held lease (the follower's side uses `Instant`: a frozen follower only takes over

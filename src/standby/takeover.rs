@@ -1,6 +1,5 @@
 //! Taking over, once a follower decided to: claim the role (of overlapping claimants exactly
-//! one confirms), fence the old active's heartbeats and publisher at once, and read the topic
-//! to its end.
+//! one confirms), fence the old active's publisher, and read the topic to its end.
 
 use super::follow::{FollowState, Follower};
 use super::heartbeat::{fence_publishers, Beat, HeartbeatError, Heartbeats};
@@ -13,17 +12,6 @@ use std::time::{Duration, Instant};
 
 /// How long a new active may take to read the topic to its end before it gives the role up.
 const CATCH_UP_BOUND: Duration = Duration::from_secs(60);
-
-/// `Heartbeats::claim` or `Heartbeats::hold`.
-type OpenHeartbeats = fn(
-    &KafkaConfig,
-    &str,
-    &str,
-    u64,
-    &str,
-    Arc<CallLease>,
-    Duration,
-) -> Result<Heartbeats, HeartbeatError>;
 
 /// Who is taking over, and where.
 pub struct Claimant<'a> {
@@ -87,8 +75,8 @@ impl Claimant<'_> {
             Err(e) => return self.lost(&format!("following failed: {e}"), Duration::ZERO),
         }
         let claiming = Instant::now();
-        match self.claim().await {
-            Ok(()) => {}
+        let heartbeats = match self.claim().await {
+            Ok(h) => h,
             Err(HeartbeatError::Fenced(e)) => {
                 tracing::info!(error = %e, "another instance claimed the role first; following it");
                 return self.lost(
@@ -103,31 +91,19 @@ impl Claimant<'_> {
             }
         };
         let claim_ms = claiming.elapsed().as_millis() as u64;
-        // Fencing the old active's heartbeats (taking its heartbeat producer over) and its
-        // publisher side by side, then reading all it ever committed.
+        // Fencing the old active's publisher, then reading all it ever committed.
         let fencing = Instant::now();
-        let (held, fenced) = {
+        let fenced = {
             let (kafka, ids) = (
                 self.kafka.clone(),
                 lane_ids(&self.transactional_id).to_vec(),
             );
             let bound = self.takeover_after * 4;
-            let fence = tokio::task::spawn_blocking(move || fence_publishers(&kafka, &ids, bound));
-            let hold = self.blocking_heartbeats(Heartbeats::hold);
-            let (held, fenced) = tokio::join!(hold, fence);
-            (held, fenced.expect("fencing does not panic"))
+            tokio::task::spawn_blocking(move || fence_publishers(&kafka, &ids, bound))
+                .await
+                .expect("fencing does not panic")
         };
         let fence_ms = fencing.elapsed().as_millis() as u64;
-        let heartbeats = match held {
-            Ok(h) => Arc::new(h),
-            Err(e) => {
-                tracing::warn!(error = %e, "could not take the heartbeat producer over; following again");
-                return self.lost(
-                    &format!("taking the heartbeats over failed: {e}"),
-                    self.takeover_after,
-                );
-            }
-        };
         let catching_up = Instant::now();
         let caught_up = match fenced {
             Ok(()) => follower.catch_up(CATCH_UP_BOUND, state).await,
@@ -164,21 +140,7 @@ impl Claimant<'_> {
 
     /// Claims the role, then confirms the claim half a heartbeat later: of claimants that
     /// overlapped only the one initialised last can commit both, before it touches anything.
-    async fn claim(&self) -> Result<(), HeartbeatError> {
-        let claim = Arc::new(self.blocking_heartbeats(Heartbeats::claim).await?);
-        tokio::time::sleep(Duration::from_millis(self.heartbeat_ms / 2)).await;
-        tokio::task::spawn_blocking(move || claim.beat(Beat::Alive))
-            .await
-            .expect("a heartbeat does not panic")?;
-        Ok(())
-    }
-
-    /// `open` (`Heartbeats::claim` or `Heartbeats::hold`) off the runtime, bounded by two
-    /// takeover times.
-    async fn blocking_heartbeats(
-        &self,
-        open: OpenHeartbeats,
-    ) -> Result<Heartbeats, HeartbeatError> {
+    async fn claim(&self) -> Result<Arc<Heartbeats>, HeartbeatError> {
         let (kafka, id, topic, instance, lease) = (
             self.kafka.clone(),
             self.transactional_id.clone(),
@@ -187,11 +149,18 @@ impl Claimant<'_> {
             self.lease.clone(),
         );
         let (sdkappid, bound) = (self.sdkappid, self.takeover_after * 2);
-        tokio::task::spawn_blocking(move || {
-            open(&kafka, &id, &topic, sdkappid, &instance, lease, bound)
+        let claimed = tokio::task::spawn_blocking(move || {
+            Heartbeats::claim(&kafka, &id, &topic, sdkappid, &instance, lease, bound)
         })
         .await
-        .expect("opening a heartbeat producer does not panic")
+        .expect("claiming does not panic")?;
+        tokio::time::sleep(Duration::from_millis(self.heartbeat_ms / 2)).await;
+        let heartbeats = Arc::new(claimed);
+        let confirm = heartbeats.clone();
+        tokio::task::spawn_blocking(move || confirm.beat(Beat::Alive))
+            .await
+            .expect("a heartbeat does not panic")?;
+        Ok(heartbeats)
     }
 
     fn lost(&self, why: &str, wait: Duration) -> Outcome {
