@@ -551,11 +551,72 @@ async fn an_active_cut_off_from_kafka_but_not_im_stops_calling_stands_down_and_c
     assert!(log.contains("IM calls stopped"), "{log}");
     assert!(log.contains("standing down"), "{log}");
     assert_eq!(rig.actives().await, vec![other]);
+    // Cut off again, now a follower: it hears nothing, not even its own announcements, and
+    // cannot tell that from a silent active, so it does not claim the role, then or when the
+    // cut heals.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    proxy.cut();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    proxy.restore();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let log = rig.log(cut_off);
+    assert!(
+        log.contains("hears nothing on the heartbeat topic"),
+        "{log}"
+    );
+    assert_eq!(
+        log.matches("this instance is the active").count(),
+        1,
+        "the cut-off follower claimed the role: {log}"
+    );
+    assert_eq!(rig.actives().await, vec![other]);
     rig.settle().await;
     let events = rig.assert_histories_equal_the_topic().await;
     eprintln!(
         "cut off: the other took over {took_over:?} after the cut; {events} events each once"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_active_whose_publisher_is_fenced_stands_down() {
+    // What a claimant that lost the heartbeat id could still do with a late fencing: the
+    // active's heartbeats commit, its publisher cannot. It must not stay the active.
+    let _serial = cluster_lock().await;
+    let mut rig = Rig::new("standby-fenced", 500, "0.02", 2);
+    rig.start(0);
+    rig.start(1);
+    let active = rig.one_active(Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let base = format!("presenced-1400000000-{}", rig.topic);
+    let brokers = rig.brokers.clone();
+    tokio::task::spawn_blocking(move || {
+        use rdkafka::producer::{BaseProducer, Producer};
+        for id in presenced::publish::kafka::lane_ids(&base) {
+            let p: BaseProducer = rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", &brokers)
+                .set("transactional.id", &id)
+                .create()
+                .unwrap();
+            p.init_transactions(Duration::from_secs(30)).unwrap();
+        }
+    })
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !rig.log(active).contains("standing down") {
+        assert!(
+            Instant::now() < deadline,
+            "the active whose publisher was fenced did not stand down; logs:\n{}",
+            rig.log_tails()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = rig.log(active);
+    assert!(log.contains("its publisher was fenced"), "{log}");
+    // Then an active (either: the first in name order claims first) publishes again: the
+    // outbox empties and every history equals the topic.
+    rig.settle().await;
+    rig.assert_histories_equal_the_topic().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

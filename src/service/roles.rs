@@ -342,12 +342,32 @@ async fn take_turns(
         );
         let mut handover = false;
         let mut stopping = false;
+        // A publisher fenced while the heartbeats still commit (a claimant that lost the
+        // heartbeat id but fenced the publisher's late) must not leave an active that calls IM
+        // and publishes nothing: it stands down, and whoever holds the ids goes on.
+        let mut publisher_fenced = false;
+        *roles.health.kafka.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        let mut fence_check = tokio::time::interval(Duration::from_millis(s.heartbeat_ms));
         let ran = {
             let run = run_alone(active_config.clone(), options, &active_stop);
             tokio::pin!(run);
             loop {
                 tokio::select! {
                     ran = &mut run => break ran,
+                    _ = fence_check.tick(), if !stopping && !publisher_fenced => {
+                        let fenced = roles
+                            .health
+                            .kafka
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .as_ref()
+                            .is_some_and(|k| k.is_fenced());
+                        if fenced {
+                            publisher_fenced = true;
+                            heartbeats.stop_calls();
+                            active_stop.cancel();
+                        }
+                    }
                     _ = active_stop.cancelled(), if !stopping => {
                         // Publishing what it has; no longer the active for anyone asking.
                         stopping = true;
@@ -373,6 +393,11 @@ async fn take_turns(
         heartbeats.stop_calls();
         let ended = match (stood_down, &ran) {
             (Some((kind, why)), _) => Ended::StoodDown(kind, why),
+            (None, _) if publisher_fenced => Ended::StoodDown(
+                "fenced",
+                "its publisher was fenced by another instance while its heartbeats still committed"
+                    .into(),
+            ),
             (None, Err(e)) if e.is_configuration() => return ran,
             (None, Err(e)) => Ended::StoodDown("error", e.to_string()),
             (None, Ok(())) if shutdown.is_cancelled() => Ended::Shutdown,

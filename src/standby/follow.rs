@@ -90,6 +90,12 @@ pub struct Follower {
     last_beat: Option<(HeartbeatV1, Instant)>,
     /// The other followers, when each last said so.
     peers: HashMap<String, Instant>,
+    /// When the heartbeat topic last gave anything (this follower's own announcements
+    /// included): a follower that hears nothing, not even itself, cannot tell a silent active
+    /// from a cut-off reader, and does not take over.
+    last_heard: Option<Instant>,
+    /// Whether being unable to hear the heartbeat topic was said (once per episode).
+    said_deaf: bool,
     started: Instant,
     settings: KafkaConfig,
     /// Says every `every` that this follower is alive.
@@ -164,6 +170,8 @@ impl Follower {
             newest: None,
             last_beat: None,
             peers: HashMap::new(),
+            last_heard: None,
+            said_deaf: false,
             started: Instant::now(),
             settings: settings.clone(),
             announcer: announcer(settings, every),
@@ -220,6 +228,13 @@ impl Follower {
                     due = due.min(turn);
                 }
             }
+            // Its own announcements come back every heartbeat: two without one, and not even
+            // half the silence it would act on, is this follower's deafness.
+            let hearing = (self.every * 2).min(takeover_after / 2);
+            if Instant::now() >= due && self.deaf(hearing) {
+                // Not the active's silence but this follower's: look again in a heartbeat.
+                due = Instant::now() + self.every;
+            }
             if Instant::now() >= due {
                 return Ok(FollowEnd::TakeOver(match &self.last_beat {
                     Some((beat, at)) => format!(
@@ -243,6 +258,28 @@ impl Follower {
             }
             self.report(state);
         }
+    }
+
+    fn heard(&mut self, at: Instant) {
+        self.last_heard = Some(at);
+        if std::mem::take(&mut self.said_deaf) {
+            tracing::info!("the heartbeat topic is heard again");
+        }
+    }
+
+    /// Whether nothing came from the heartbeat topic for `within`, not even this follower's
+    /// own announcements (without an announcer there is nothing to tell by: never deaf).
+    fn deaf(&mut self, within: Duration) -> bool {
+        let deaf =
+            self.announcer.is_some() && self.last_heard.is_none_or(|at| at.elapsed() > within);
+        if deaf && !self.said_deaf {
+            self.said_deaf = true;
+            tracing::warn!(
+                topic = %self.heartbeat_topic,
+                "this follower hears nothing on the heartbeat topic, not even its own announcements: not taking over until it does (a silent active cannot be told from a cut-off reader)"
+            );
+        }
+        deaf
     }
 
     /// How long this follower has been following.
@@ -424,10 +461,12 @@ impl Follower {
                         beat.instance, beat.transactional_id, self.transactional_id
                     ));
                 }
+                self.heard(at);
                 self.last_beat = Some((beat, at));
                 Ok(())
             }
             Some(Read::Peer(name, at)) => {
+                self.heard(at);
                 if name != self.instance {
                     self.peers.insert(name, at);
                 }

@@ -60,10 +60,12 @@ impl Claimant<'_> {
     /// stops it either way.
     pub async fn take_over(&self, follower: &mut Follower, state: &Mutex<FollowState>) -> Outcome {
         // Followers that know each other claim in name order (see `Follower::until_takeover`).
-        // One that knows no other after following for a takeover time would have heard any
-        // (followers announce themselves every heartbeat): it claims at once. One that just
-        // started pauses at random first, listening, so that followers timing out together
-        // rarely claim together.
+        // One that has followed for a takeover time and knows no other would have heard any
+        // (followers announce themselves every heartbeat, and one that does not hear even its
+        // own announcements does not take over): it is the only one and claims at once, which
+        // is always so after a silence. Only a hand-over can come sooner after a start than
+        // peers are heard: then it pauses at random first, listening, so that followers
+        // answering it together rarely claim together.
         let alone = follower.following_for() >= self.takeover_after;
         let spread = match follower.knows_peers(self.takeover_after) || alone {
             true => Duration::ZERO,

@@ -100,6 +100,11 @@ impl BrokerHealth {
         self.fenced.store(true, Ordering::Relaxed);
     }
 
+    /// Whether another producer with our `transactional.id` took over.
+    pub fn is_fenced(&self) -> bool {
+        self.fenced.load(Ordering::Relaxed)
+    }
+
     /// Records a final rejection; returns whether it is news (not already reported).
     pub fn rejected(&self, error: &crate::publish::DeliveryError) -> bool {
         debug_assert!(error.is_final());
