@@ -555,18 +555,18 @@ async fn an_active_cut_off_from_kafka_but_not_im_stops_calling_stands_down_and_c
     // cannot tell that from a silent active, so it does not claim the role, then or when the
     // cut heals.
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = rig.log(cut_off).len();
     proxy.cut();
     tokio::time::sleep(Duration::from_secs(6)).await;
     proxy.restore();
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let log = rig.log(cut_off);
+    let log = rig.log(cut_off)[before..].to_owned();
     assert!(
         log.contains("hears nothing on the heartbeat topic"),
         "{log}"
     );
-    assert_eq!(
-        log.matches("this instance is the active").count(),
-        1,
+    assert!(
+        !log.contains("taking over reason="),
         "the cut-off follower claimed the role: {log}"
     );
     assert_eq!(rig.actives().await, vec![other]);

@@ -389,6 +389,9 @@ async fn take_turns(
         };
         active_stop.cancel();
         beating.cancel();
+        // This run's publisher health says nothing about the next role (a fenced one would
+        // keep a follower unready).
+        *roles.health.kafka.lock().unwrap_or_else(|e| e.into_inner()) = None;
         let stood_down = keeper.await.unwrap_or(None);
         heartbeats.stop_calls();
         let ended = match (stood_down, &ran) {

@@ -94,6 +94,9 @@ pub struct Follower {
     /// included): a follower that hears nothing, not even itself, cannot tell a silent active
     /// from a cut-off reader, and does not take over.
     last_heard: Option<Instant>,
+    /// Since when it hears the heartbeat topic without a gap of two heartbeats: silence before
+    /// that proves nothing about the active.
+    hearing_since: Option<Instant>,
     /// Whether being unable to hear the heartbeat topic was said (once per episode).
     said_deaf: bool,
     started: Instant,
@@ -171,6 +174,7 @@ impl Follower {
             last_beat: None,
             peers: HashMap::new(),
             last_heard: None,
+            hearing_since: None,
             said_deaf: false,
             started: Instant::now(),
             settings: settings.clone(),
@@ -214,7 +218,12 @@ impl Follower {
             }
             // Followers that time out together claim one after another, in name order.
             let rank = self.rank(takeover_after);
-            let silent_since = self.last_beat.as_ref().map_or(self.started, |(_, at)| *at);
+            // Silence counts from the last beat, and only over time this follower could hear.
+            let silent_since = self
+                .last_beat
+                .as_ref()
+                .map_or(self.started, |(_, at)| *at)
+                .max(self.hearing_since.unwrap_or(self.started));
             let mut due = (silent_since + takeover_after + step * rank).max(eligible_at);
             if let Some((beat, at)) = &self.last_beat {
                 if beat.beat == Beat::Handover && beat.instance != self.instance {
@@ -261,6 +270,12 @@ impl Follower {
     }
 
     fn heard(&mut self, at: Instant) {
+        let gap = self
+            .last_heard
+            .is_none_or(|before| at.saturating_duration_since(before) > self.every * 2);
+        if gap {
+            self.hearing_since = Some(at);
+        }
         self.last_heard = Some(at);
         if std::mem::take(&mut self.said_deaf) {
             tracing::info!("the heartbeat topic is heard again");
