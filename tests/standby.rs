@@ -87,6 +87,17 @@ impl Rig {
         rig
     }
 
+    /// Two instances on 500 accounts, started, with an active elected and settled in for two
+    /// seconds; and which one it is.
+    async fn pair(prefix: &str) -> (Rig, usize) {
+        let mut rig = Rig::new(prefix, 500, "0.02", 2);
+        rig.start(0);
+        rig.start(1);
+        let active = rig.one_active(Duration::from_secs(60)).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        (rig, active)
+    }
+
     fn add_instance(&mut self) -> usize {
         let brokers = self.brokers.clone();
         self.add_instance_via(&brokers)
@@ -439,28 +450,9 @@ async fn fifty_kills_of_the_active_lose_and_duplicate_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_active_stops_calling_im_stands_down_and_converges() {
     let _serial = cluster_lock().await;
-    let mut rig = Rig::new("standby-pause", 500, "0.02", 2);
-    rig.start(0);
-    rig.start(1);
-    let active = rig.one_active(Duration::from_secs(60)).await;
+    let (mut rig, active) = Rig::pair("standby-pause").await;
     let follower = 1 - active;
-    tokio::time::sleep(Duration::from_secs(2)).await;
     let pid = rig.instances[active].process.as_ref().unwrap().id();
-    let calls = |rig: &Rig| {
-        let port = rig.instances[active].port;
-        async move {
-            let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
-            text.lines()
-                .filter(|l| l.starts_with("presenced_api_calls_total"))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum::<f64>()
-        }
-    };
     let stop = |sig: &str| {
         let status = std::process::Command::new("kill")
             .args([sig, &pid.to_string()])
@@ -485,7 +477,7 @@ async fn a_paused_active_stops_calling_im_stands_down_and_converges() {
     let mut before = None;
     loop {
         if let Some(s) = rig.status(active).await {
-            before.get_or_insert(calls(&rig).await);
+            before.get_or_insert(rig.api_calls(active).await);
             if s["role"] == "follower" {
                 break;
             }
@@ -496,7 +488,7 @@ async fn a_paused_active_stops_calling_im_stands_down_and_converges() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let after = calls(&rig).await;
+    let after = rig.api_calls(active).await;
     // Calls already sent before the pause may complete after it; no new one goes out.
     let in_flight = 4.0;
     assert!(
@@ -582,11 +574,7 @@ async fn an_active_whose_publisher_is_fenced_stands_down() {
     // What a claimant that lost the heartbeat id could still do with a late fencing: the
     // active's heartbeats commit, its publisher cannot. It must not stay the active.
     let _serial = cluster_lock().await;
-    let mut rig = Rig::new("standby-fenced", 500, "0.02", 2);
-    rig.start(0);
-    rig.start(1);
-    let active = rig.one_active(Duration::from_secs(60)).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (mut rig, active) = Rig::pair("standby-fenced").await;
     let base = format!("presenced-1400000000-{}", rig.topic);
     let brokers = rig.brokers.clone();
     tokio::task::spawn_blocking(move || {

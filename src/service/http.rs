@@ -34,12 +34,22 @@ impl Health {
         self.ready.load(Ordering::Relaxed)
             && !self.sweeps_failing.load(Ordering::Relaxed)
             && !self.store_full.load(Ordering::Relaxed)
-            && !self
-                .kafka
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .as_ref()
-                .is_some_and(|k| k.blocks_readiness())
+            && !self.publisher().is_some_and(|k| k.blocks_readiness())
+    }
+
+    /// The running publisher's view of its brokers, if one runs.
+    fn publisher(&self) -> Option<Arc<BrokerHealth>> {
+        self.kafka.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Says which publisher's health counts (`None` once it stopped).
+    pub fn set_publisher(&self, health: Option<Arc<BrokerHealth>>) {
+        *self.kafka.lock().unwrap_or_else(|e| e.into_inner()) = health;
+    }
+
+    /// Whether the running publisher was fenced by another producer with its ids.
+    pub fn publisher_fenced(&self) -> bool {
+        self.publisher().is_some_and(|k| k.is_fenced())
     }
 }
 

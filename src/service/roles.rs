@@ -346,7 +346,6 @@ async fn take_turns(
         // heartbeat id but fenced the publisher's late) must not leave an active that calls IM
         // and publishes nothing: it stands down, and whoever holds the ids goes on.
         let mut publisher_fenced = false;
-        *roles.health.kafka.lock().unwrap_or_else(|e| e.into_inner()) = None;
         let mut fence_check = tokio::time::interval(Duration::from_millis(s.heartbeat_ms));
         let ran = {
             let run = run_alone(active_config.clone(), options, &active_stop);
@@ -355,14 +354,7 @@ async fn take_turns(
                 tokio::select! {
                     ran = &mut run => break ran,
                     _ = fence_check.tick(), if !stopping && !publisher_fenced => {
-                        let fenced = roles
-                            .health
-                            .kafka
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .as_ref()
-                            .is_some_and(|k| k.is_fenced());
-                        if fenced {
+                        if roles.health.publisher_fenced() {
                             publisher_fenced = true;
                             heartbeats.stop_calls();
                             active_stop.cancel();
@@ -390,8 +382,8 @@ async fn take_turns(
         active_stop.cancel();
         beating.cancel();
         // This run's publisher health says nothing about the next role (a fenced one would
-        // keep a follower unready).
-        *roles.health.kafka.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        // keep a follower unready, or stand the next active down at once).
+        roles.health.set_publisher(None);
         let stood_down = keeper.await.unwrap_or(None);
         heartbeats.stop_calls();
         let ended = match (stood_down, &ran) {

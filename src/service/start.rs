@@ -140,7 +140,7 @@ pub(super) async fn start(
             Delivery::AtLeastOnce => {
                 let (sink, _) = KafkaSink::connect(&config.kafka, config.im.sdkappid).await?;
                 check_partitions(&store, sink.partition_counts().await).await?;
-                *health.kafka.lock().unwrap_or_else(|e| e.into_inner()) = Some(sink.health());
+                health.set_publisher(Some(sink.health()));
                 Some(publishing.spawn(sink, Some(kafka_reloads)))
             }
             Delivery::ExactlyOnce => {
@@ -150,7 +150,7 @@ pub(super) async fn start(
                     sink.require_lease(shared.lease.clone());
                 }
                 check_partitions(&store, sink.partition_counts().await).await?;
-                *health.kafka.lock().unwrap_or_else(|e| e.into_inner()) = Some(sink.health());
+                health.set_publisher(Some(sink.health()));
                 Some(publishing.spawn(sink, Some(kafka_reloads)))
             }
         },
