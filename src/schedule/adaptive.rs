@@ -7,10 +7,11 @@
 //! entries outnumber the accounts.
 
 use super::allocation::{Allocation, Histogram};
-use super::estimate::Estimate;
+use super::estimate::{Estimate, Prior};
 use super::Settings;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashSet};
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 
 /// Times are tenths of a second since `base_ms`, which lies this far before the schedule was
@@ -48,9 +49,9 @@ pub struct Adaptive {
     base_ms: i64,
     settings: Settings,
     allocation: Allocation,
-    /// What an account with few polls is assumed to change at (changes/s): the configured prior
-    /// until the population's mean is known.
-    prior: f64,
+    /// What an account with few polls is assumed to change at: the configured prior until the
+    /// watch list's polls fit one.
+    prior: Prior,
     /// Seconds from one sweep's start to the next, smoothed.
     period: f64,
     last_sweep_start: Option<i64>,
@@ -59,7 +60,15 @@ pub struct Adaptive {
     saved_up_to: u32,
     /// When the schedule was made.
     created: u32,
+    /// Where the accounts put in calls lie in the watch list, by their ids' hash, so that their
+    /// answers are noted without searching the list (a search of a million ids costs twenty
+    /// string comparisons, each a cache miss). Checked against the list before it is trusted.
+    picked: HashMap<u64, u32>,
+    hasher: RandomState,
 }
+
+/// Picks remembered at most; past it the map starts afresh (answers then fall back to a search).
+const MAX_PICKED: usize = 1 << 16;
 
 impl Adaptive {
     /// A schedule for `watch` (sorted), starting from what was `saved` of it.
@@ -90,12 +99,17 @@ impl Adaptive {
                 boost: 1.0,
             },
             period: settings.interval_secs,
-            prior: 1.0 / settings.prior_change_interval_secs,
+            prior: Prior::new(
+                1.0 / settings.prior_change_interval_secs,
+                settings.max_staleness_secs,
+            ),
             settings,
             last_sweep_start: None,
             sweep_start: 0,
             saved_up_to: 0,
             created: 0,
+            picked: HashMap::new(),
+            hasher: RandomState::new(),
         };
         for row in saved {
             if let Ok(i) = s.watch.binary_search(&row.user_id) {
@@ -144,7 +158,7 @@ impl Adaptive {
     fn interval_ticks(&self, estimate: &Estimate) -> u32 {
         let secs = self
             .allocation
-            .interval(estimate.rate(self.prior))
+            .interval(estimate.rate(&self.prior))
             .min(self.staleness_room());
         (secs * 10.0).round().clamp(1.0, f64::from(u32::MAX / 2)) as u32
     }
@@ -167,18 +181,14 @@ impl Adaptive {
     /// Solves the allocation for the current estimates: the budget is the watch list once per
     /// sweep period.
     fn reallocate(&mut self) {
-        // The prior follows the population's mean once some of it has been polled.
-        let (mut sum, mut polled) = (0.0, 0usize);
-        for a in self.accounts.iter().filter(|a| a.estimate.polls > 0.0) {
-            sum += a.estimate.own_rate();
-            polled += 1;
-        }
-        if polled * 10 >= self.accounts.len() && polled > 0 {
-            self.prior = sum / polled as f64;
+        // The prior is fitted to the list once a tenth of it has been polled.
+        let estimates = self.accounts.iter().map(|a| &a.estimate);
+        if let Some(prior) = Prior::fit(estimates, self.accounts.len() / 10) {
+            self.prior = prior;
         }
         let mut histogram = Histogram::default();
         for a in &self.accounts {
-            histogram.add(a.estimate.rate(self.prior));
+            histogram.add(a.estimate.rate(&self.prior));
         }
         let n = self.accounts.len().max(1) as f64;
         let budget = n / self.period.max(1e-3);
@@ -217,6 +227,10 @@ impl Adaptive {
                 continue;
             }
             let id = &self.watch[i as usize];
+            if self.picked.len() >= MAX_PICKED {
+                self.picked.clear();
+            }
+            self.picked.insert(self.hasher.hash_one(id.as_str()), i);
             if a.issued >= self.sweep_start && a.issued > 0 {
                 repeats.push(id.clone());
             }
@@ -254,10 +268,7 @@ impl Adaptive {
         at_ms: i64,
         counts: bool,
     ) -> Option<f64> {
-        let i = self
-            .watch
-            .binary_search_by(|w| w.as_str().cmp(user_id))
-            .ok()?;
+        let i = self.index_of(user_id)?;
         let at = self.tick(at_ms);
         let a = self.accounts[i];
         let interval = (a.observed > 0).then(|| f64::from(at.saturating_sub(a.observed)) / 10.0);
@@ -267,7 +278,8 @@ impl Adaptive {
         // swamp the mean interval for a hundred polls.
         let planned = 2.0 * self.staleness_room() + self.period;
         if let Some(interval) = interval.filter(|i| counts && *i <= planned) {
-            self.accounts[i].estimate.observe(interval, changed);
+            let memory = self.settings.memory_secs();
+            self.accounts[i].estimate.observe(interval, changed, memory);
         }
         // An account found livelier than thought is due sooner: by as much as its interval
         // shrank.
@@ -289,7 +301,7 @@ impl Adaptive {
     /// next poll. Not at once: the calls are filled with the soonest due, so an account failing
     /// every time would be in every call; this way it costs at most its own share again.
     pub fn failed(&mut self, user_id: &str, _now_ms: i64) {
-        if let Ok(i) = self.watch.binary_search_by(|w| w.as_str().cmp(user_id)) {
+        if let Some(i) = self.index_of(user_id) {
             let half = self.interval_ticks(&self.accounts[i].estimate) / 2;
             let retry = self.accounts[i].due.saturating_sub(half).max(1);
             if retry < self.accounts[i].due {
@@ -297,6 +309,20 @@ impl Adaptive {
                 self.heap.push(Reverse((retry, i as u32)));
             }
         }
+    }
+
+    /// Where `user_id` lies in the watch list: from the picks when it was put in a call, by a
+    /// search otherwise (a hinted call's accounts, a stale or colliding entry).
+    fn index_of(&self, user_id: &str) -> Option<usize> {
+        let hash = self.hasher.hash_one(user_id);
+        if let Some(&i) = self.picked.get(&hash) {
+            if self.watch[i as usize] == user_id {
+                return Some(i as usize);
+            }
+        }
+        self.watch
+            .binary_search_by(|w| w.as_str().cmp(user_id))
+            .ok()
     }
 
     /// Seconds since the account observed longest ago was observed (one never observed counts
@@ -347,7 +373,7 @@ impl Adaptive {
             .watch
             .binary_search_by(|w| w.as_str().cmp(user_id))
             .ok()?;
-        Some(self.accounts[i].estimate.rate(self.prior))
+        Some(self.accounts[i].estimate.rate(&self.prior))
     }
 
     /// The settings it runs with.
@@ -366,6 +392,6 @@ impl Adaptive {
 
     /// What an account never polled is assumed to change at (changes/s).
     pub fn prior(&self) -> f64 {
-        self.prior
+        self.prior.mean()
     }
 }

@@ -30,6 +30,15 @@ pub struct Settings {
     pub prior_change_interval_secs: f64,
 }
 
+impl Settings {
+    /// How long an account's polls are remembered: the counts of polls `Δ` ago weigh
+    /// `e^(-Δ / memory)`. Ten staleness bounds, so that the quietest account's estimate rests on
+    /// about ten polls, and ten minutes at least, so that a busy account's on hundreds.
+    pub fn memory_secs(&self) -> f64 {
+        (10.0 * self.max_staleness_secs).max(600.0)
+    }
+}
+
 /// The schedule in force.
 #[derive(Debug)]
 pub enum Schedule {

@@ -11,6 +11,9 @@ const BATCH: usize = 100;
 struct Outcome {
     /// Mean delay from a change to the poll that finds it (s).
     mean_delay: f64,
+    /// The same over only the changes a poll can show: the last before each poll (an earlier
+    /// one is overwritten), as the benchmark measures against the simulator's change log.
+    last_change_delay: f64,
     /// The longest any account went between two observations, after the first sweep (s).
     longest_gap: f64,
     /// Estimated over true rate, per account.
@@ -20,17 +23,37 @@ struct Outcome {
 /// Runs `schedule` over `rates` (changes/s per account; `switch` swaps them for the second
 /// half) for `seconds` at `calls_per_second`.
 fn run(
+    schedule: Schedule,
+    rates: &[f64],
+    switched: Option<&[f64]>,
+    calls_per_second: f64,
+    seconds: f64,
+) -> Outcome {
+    run_measured(
+        schedule,
+        rates,
+        switched,
+        calls_per_second,
+        seconds,
+        seconds / 5.0,
+    )
+}
+
+/// [`run`], measuring from `measure_from` seconds on.
+fn run_measured(
     mut schedule: Schedule,
     rates: &[f64],
     switched: Option<&[f64]>,
     calls_per_second: f64,
     seconds: f64,
+    measure_from: f64,
 ) -> Outcome {
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
     let n = rates.len();
     let start_ms = 1_800_000_000_000i64;
     let mut last = vec![f64::NAN; n];
     let (mut delay, mut changes, mut longest) = (0.0, 0.0, 0.0f64);
+    let (mut last_delay, mut last_changes) = (0.0, 0.0);
     let calls_per_sweep = n.div_ceil(BATCH);
     let mut t = 0.0;
     let mut call = 0usize;
@@ -52,10 +75,17 @@ fn run(
                 true
             } else {
                 let gap = t - last[i];
-                if t > seconds / 5.0 {
+                let rate = current[i];
+                if t > measure_from && rate > 0.0 {
                     longest = longest.max(gap);
-                    delay += current[i] * gap * gap / 2.0;
-                    changes += current[i] * gap;
+                    delay += rate * gap * gap / 2.0;
+                    changes += rate * gap;
+                    // The last change before the poll is Exp(rate) old, cut at the gap.
+                    let none = (-rate * gap).exp();
+                    last_delay += (1.0 - none) / rate - gap * none;
+                    last_changes += 1.0 - none;
+                } else if t > measure_from {
+                    longest = longest.max(gap);
                 }
                 rng.random_bool(1.0 - (-current[i] * gap).exp())
             };
@@ -73,6 +103,7 @@ fn run(
     };
     Outcome {
         mean_delay: delay / changes.max(1e-12),
+        last_change_delay: last_delay / last_changes.max(1e-12),
         longest_gap: longest,
         estimates,
     }
@@ -111,9 +142,9 @@ fn skewed(n: usize, hot_share: f64, hot_changes: f64, total: f64) -> Vec<f64> {
 fn skewed_populations_are_found_much_sooner_for_the_same_calls() {
     // 2,000 accounts, 200 polls a second: a sweep every 10 s, round-robin finds a change 5 s
     // after it on average. 20 changes a second; the square-root rule promises 2.8x (10% make
-    // 90%) and 5.7x (1% make 90%, where the half-second floor on intervals binds) before
-    // estimation error.
-    for (hot_share, target) in [(0.1, 2.2), (0.01, 3.5)] {
+    // 90%) and 5.7x (1% make 90%, where the half-second floor on intervals binds) with the true
+    // rates.
+    for (hot_share, target) in [(0.1, 2.5), (0.01, 5.0)] {
         let rates = skewed(2_000, hot_share, 0.9, 20.0);
         let rr = run(
             Schedule::round_robin(watch(2_000)),
@@ -154,7 +185,7 @@ fn uniform_populations_lose_little() {
         rr.mean_delay, ad.mean_delay
     );
     assert!(
-        ad.mean_delay <= rr.mean_delay * 1.15,
+        ad.mean_delay <= rr.mean_delay * 1.02,
         "round-robin {:.2} s, adaptive {:.2} s",
         rr.mean_delay,
         ad.mean_delay
@@ -283,9 +314,10 @@ fn accounts_that_keep_failing_do_not_take_the_calls() {
             }
         }
     }
-    // Twice their share at most (30 sweeps of polls for 2,000), against every call (600) if due
-    // at once.
-    assert!(polls_of_failing <= 2 * 100 * 31, "{polls_of_failing}");
+    // Never answered, they stay at the prior while the others are learned to be quiet, so they
+    // are polled more than their share (30 sweeps of polls for 2,000), but three times it at
+    // most, against every call (600) if due at once.
+    assert!(polls_of_failing <= 3 * 100 * 31, "{polls_of_failing}");
 }
 
 #[test]
@@ -306,4 +338,34 @@ fn hinted_answers_and_unplanned_gaps_leave_the_estimate_alone() {
     // Polls again as planned count again.
     a.observed("u00001", false, t + 7 * 86_400_000 + 10_000, true);
     assert_ne!(a.estimate("u00001"), Some(learned));
+}
+
+/// The benchmark's set-up in small: 2,000 accounts swept every 10 s, 10 changes a second,
+/// 300 s of learning from nothing and 100 s measured. Delay over every change is what the
+/// square-root rule is about; over only the last change before each poll (what the benchmark's
+/// change log can match) skewed lists gain less, since round-robin's misses of overwritten
+/// changes are not counted against it.
+#[test]
+fn as_the_benchmark_runs_it() {
+    for (name, rates, every_target, last_target) in [
+        ("10% make 90%", skewed(2_000, 0.1, 0.9, 10.0), 2.2, 2.0),
+        ("1% make 90%", skewed(2_000, 0.01, 0.9, 10.0), 4.5, 2.6),
+        ("uniform", vec![0.005; 2_000], 0.97, 0.97),
+    ] {
+        let schedules = [
+            Schedule::round_robin(watch(2_000)),
+            adaptive(2_000, 10.0, 60.0),
+        ];
+        let [rr, ad] = schedules.map(|s| run_measured(s, &rates, None, 2.0, 400.0, 300.0));
+        let every = rr.mean_delay / ad.mean_delay;
+        let last = rr.last_change_delay / ad.last_change_delay;
+        eprintln!(
+            "{name}: every change {:.2} s against {:.2} s ({every:.2}x); last changes {:.2} s against {:.2} s ({last:.2}x)",
+            ad.mean_delay, rr.mean_delay, ad.last_change_delay, rr.last_change_delay,
+        );
+        assert!(
+            every >= every_target && last >= last_target,
+            "{name}: {every:.2}x, {last:.2}x"
+        );
+    }
 }

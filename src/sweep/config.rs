@@ -21,7 +21,7 @@ pub struct SweepConfig {
     /// Adaptive: every account is observed at least this often.
     pub max_staleness_secs: f64,
     /// Adaptive: what an account is assumed to change every before it has been polled, until
-    /// the population's mean is known.
+    /// the prior is fitted to the watch list.
     pub prior_change_interval_secs: f64,
 }
 
