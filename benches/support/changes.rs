@@ -23,7 +23,9 @@ pub fn read_changes(path: &std::path::Path, from: i64, until: i64) -> Changes {
     let mut out: Changes = HashMap::new();
     for line in std::fs::read_to_string(path).unwrap().lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
-        let at = v["at"].as_i64().unwrap();
+        let Some(at) = v["at"].as_i64() else {
+            continue; // a `shown_at` line
+        };
         if at < from || at > until {
             continue;
         }
@@ -35,6 +37,43 @@ pub fn read_changes(path: &std::path::Path, from: i64, until: i64) -> Changes {
                 normalize(&v["platforms"]),
             ));
     }
+    out
+}
+
+/// Per account, when queries answered for it first after a change (Unix ms, in order), from
+/// `from` on.
+pub fn read_shown(path: &std::path::Path, from: i64) -> HashMap<String, Vec<i64>> {
+    let mut out: HashMap<String, Vec<i64>> = HashMap::new();
+    for line in std::fs::read_to_string(path).unwrap().lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        if let Some(at) = v["shown_at"].as_i64().filter(|at| *at >= from) {
+            let user = v["user_id"].as_str().unwrap().to_owned();
+            out.entry(user).or_default().push(at);
+        }
+    }
+    for times in out.values_mut() {
+        times.sort_unstable();
+    }
+    out
+}
+
+/// For every change, how long until a query first answered for its account (ms): when a poll
+/// could first see it, or a later change that overwrote it. The delay the refresh-scheduling
+/// literature minimises; changes no query answered for are left out.
+pub fn shown_delays(changes: &Changes, shown: &HashMap<String, Vec<i64>>) -> Vec<i64> {
+    let mut out = Vec::new();
+    for (user, list) in changes {
+        let Some(times) = shown.get(user) else {
+            continue;
+        };
+        for (at, _, _) in list {
+            let next = times.partition_point(|t| t < at);
+            if let Some(t) = times.get(next) {
+                out.push(t - at);
+            }
+        }
+    }
+    out.sort_unstable();
     out
 }
 

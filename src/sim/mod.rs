@@ -110,7 +110,9 @@ pub struct SimConfig {
     pub callback: SimCallbacks,
     /// A file the churn appends each visible change to, one JSON line each (`at` in ms since
     /// the epoch, the account, its state and platforms after): the ground truth benchmarks
-    /// measure detection latency against.
+    /// measure detection latency against. The first query to answer for an account after it
+    /// changed is logged too (`shown_at`, the account): when a poll could first see the change,
+    /// or a later one that overwrote it.
     pub change_log: Option<std::path::PathBuf>,
 }
 
@@ -167,6 +169,9 @@ struct SimState {
     population: Mutex<Population>,
     stats: Mutex<SimStats>,
     pacer: Mutex<Pacer>,
+    /// Accounts a query answered for first since they changed, and when (ms since the epoch),
+    /// for the change log; None without one.
+    shown: Mutex<Option<Vec<(String, i64)>>>,
     started: std::time::Instant,
     callback_settings: Arc<Mutex<SimCallbacks>>,
     callbacks: CallbackSender,
@@ -233,6 +238,7 @@ pub async fn start(config: SimConfig, addr: SocketAddr) -> Result<SimHandle, Sim
         config: Mutex::new(config),
         stats: Mutex::new(SimStats::default()),
         pacer: Mutex::new(Pacer { tat: 0.0 }),
+        shown: Mutex::new(None),
         started: std::time::Instant::now(),
     });
     let listener = tokio::net::TcpListener::bind(addr)
@@ -272,6 +278,9 @@ pub async fn start(config: SimConfig, addr: SocketAddr) -> Result<SimHandle, Sim
         ),
         None => None,
     };
+    if change_log.is_some() {
+        *state.shown.lock().expect("shown") = Some(Vec::new());
+    }
     tokio::spawn(churn_loop(state.clone(), change_log, churn_stop));
     let stop = shutdown.clone();
     let task = tokio::spawn(async move {
@@ -320,6 +329,16 @@ async fn churn_loop(
             for view in changes.iter().filter_map(|c| c.visible.as_ref()) {
                 let line = serde_json::json!({"at": at, "user_id": view.user_id,
                     "state": view.status, "platforms": view.platforms});
+                let _ = writeln!(log, "{line}");
+            }
+            let shown = state
+                .shown
+                .lock()
+                .expect("shown")
+                .as_mut()
+                .map(std::mem::take);
+            for (user_id, at) in shown.into_iter().flatten() {
+                let line = serde_json::json!({"shown_at": at, "user_id": user_id});
                 let _ = writeln!(log, "{line}");
             }
             let _ = log.flush();

@@ -27,6 +27,8 @@ struct Device {
 #[derive(Debug, Clone, Default)]
 struct Account {
     devices: Vec<Device>,
+    /// It changed visibly since a query last answered for it.
+    unshown: bool,
 }
 
 /// A change the churn made, as a `State.StateChange` callback would announce it. Platforms are
@@ -148,6 +150,16 @@ impl Population {
         Some(view_of(id, account))
     }
 
+    /// A query answered for the account: whether it had changed since the last one did.
+    pub fn shown(&mut self, id: &str) -> bool {
+        let Some(&i) = self.index.get(id) else {
+            return false;
+        };
+        self.accounts[i]
+            .as_mut()
+            .is_some_and(|a| std::mem::take(&mut a.unshown))
+    }
+
     /// Every account's view at `now`.
     pub fn all(&mut self, now: i64) -> Vec<AccountView> {
         let ids = self.ids.clone();
@@ -165,7 +177,13 @@ impl Population {
                 since: now,
             })
             .collect();
-        self.insert(id.to_owned(), Account { devices });
+        self.insert(
+            id.to_owned(),
+            Account {
+                devices,
+                unshown: false,
+            },
+        );
     }
 
     /// The account stops existing (IM answers 70107 for it).
@@ -213,6 +231,7 @@ impl Population {
             let before = view_of(&self.ids[i], account);
             if let Some((action, reason, platform, kicked)) = step(account, rng, now) {
                 let after = view_of(&self.ids[i], account);
+                account.unshown |= after != before;
                 changes.push(Change {
                     user_id: self.ids[i].clone(),
                     action,
@@ -361,6 +380,29 @@ mod tests {
         p.set("u5", &[], 3);
         p.set("new", &[], 3);
         assert_eq!(p.len(), 1_001);
+    }
+
+    #[test]
+    fn an_account_is_shown_once_after_each_visible_change() {
+        let mut rng = rand::rng();
+        let mut p = Population::new("u", 100, 0.3, i64::MAX, Activity::default(), &mut rng, 0);
+        assert!(
+            (0..100).all(|i| !p.shown(&format!("u{i}"))),
+            "nothing changed yet"
+        );
+        let changes = p.churn(50, &mut rng, 1);
+        let changed: std::collections::HashSet<&str> = changes
+            .iter()
+            .filter(|c| c.visible.is_some())
+            .map(|c| c.user_id.as_str())
+            .collect();
+        assert!(!changed.is_empty());
+        for i in 0..100 {
+            let id = format!("u{i}");
+            assert_eq!(p.shown(&id), changed.contains(id.as_str()), "{id}");
+            assert!(!p.shown(&id), "{id} shown twice");
+        }
+        assert!(!p.shown("nobody"));
     }
 
     #[test]

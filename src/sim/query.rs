@@ -121,6 +121,8 @@ pub(super) async fn query(
     };
     {
         let mut population = state.population.lock().expect("population");
+        let mut shown_log = state.shown.lock().expect("shown");
+        let at = crate::model::now_millis();
         let mut rng = rand::rng();
         for id in &ids {
             if let Some((code, p)) = faults.account_error {
@@ -132,7 +134,13 @@ pub(super) async fn query(
                     continue;
                 }
             }
-            match population.view(id, now) {
+            let view = population.view(id, now);
+            if view.is_some() && population.shown(id) {
+                if let Some(log) = shown_log.as_mut() {
+                    log.push((id.clone(), at));
+                }
+            }
+            match view {
                 Some(view) => response.query_result.push(AccountResult {
                     to_account: id.clone(),
                     status: view.status.as_str().to_owned(),
