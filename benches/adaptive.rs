@@ -45,6 +45,8 @@ struct Run {
     cold_p99: f64,
     /// Every change to the first query answering for its account: mean, p50, p99.
     shown: (f64, f64, f64),
+    /// Changes no query answered for before the end.
+    unshown: usize,
     /// Changes found by sweeps when callbacks are on (the silent ones): mean, p99.
     silent: Option<(f64, f64)>,
     changes: usize,
@@ -139,7 +141,7 @@ fn main() {
 
 fn report(mode: &str, r: &Run) {
     println!(
-        "{mode}: {} changes ({} not matched), mean {:.2} s, p50 {:.2} s, p99 {:.2} s; hot p99 {:.2} s, cold p99 {:.2} s; every change to a query: mean {:.2} s, p50 {:.2} s, p99 {:.2} s{}; calls {}; longest unobserved {:.1} s; RSS {:.0} B/account; CPU {:.2} ms/call",
+        "{mode}: {} changes ({} not matched), mean {:.2} s, p50 {:.2} s, p99 {:.2} s; hot p99 {:.2} s, cold p99 {:.2} s; every change to a query: mean {:.2} s, p50 {:.2} s, p99 {:.2} s ({} never queried){}; calls {}; longest unobserved {:.1} s; RSS {:.0} B/account; CPU {:.2} ms/call",
         r.changes,
         r.missed,
         r.mean,
@@ -150,6 +152,7 @@ fn report(mode: &str, r: &Run) {
         r.shown.0,
         r.shown.1,
         r.shown.2,
+        r.unshown,
         r.silent
             .map(|(m, p)| format!("; found by sweeps: mean {m:.2} s, p99 {p:.2} s"))
             .unwrap_or_default(),
@@ -262,7 +265,7 @@ fn run(
     let change_log = rig.change_log.clone();
     drop(rig.daemon.take());
     let changes = read_changes(&change_log, started, stopped);
-    let shown = shown_delays(&changes, &read_shown(&change_log, started));
+    let (shown, unshown) = shown_delays(&changes, &read_shown(&change_log, started));
     let found = detections(&db, &changes, started);
     let sorted = |keep: &dyn Fn(&support::changes::Found) -> bool| {
         let mut v: Vec<i64> = found
@@ -287,6 +290,7 @@ fn run(
         hot_p99: quantile(&hot_delays, 0.99),
         cold_p99: quantile(&cold_delays, 0.99),
         shown: (mean(&shown), quantile(&shown, 0.5), quantile(&shown, 0.99)),
+        unshown,
         silent,
         changes: found.len(),
         missed: found.iter().filter(|f| f.observed.is_none()).count(),

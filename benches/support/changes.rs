@@ -59,22 +59,22 @@ pub fn read_shown(path: &std::path::Path, from: i64) -> HashMap<String, Vec<i64>
 
 /// For every change, how long until a query first answered for its account (ms): when a poll
 /// could first see it, or a later change that overwrote it. The delay the refresh-scheduling
-/// literature minimises; changes no query answered for are left out.
-pub fn shown_delays(changes: &Changes, shown: &HashMap<String, Vec<i64>>) -> Vec<i64> {
-    let mut out = Vec::new();
+/// literature minimises. Also how many changes no query answered for.
+pub fn shown_delays(changes: &Changes, shown: &HashMap<String, Vec<i64>>) -> (Vec<i64>, usize) {
+    let none = Vec::new();
+    let (mut out, mut unshown) = (Vec::new(), 0);
     for (user, list) in changes {
-        let Some(times) = shown.get(user) else {
-            continue;
-        };
+        let times = shown.get(user).unwrap_or(&none);
         for (at, _, _) in list {
             let next = times.partition_point(|t| t < at);
-            if let Some(t) = times.get(next) {
-                out.push(t - at);
+            match times.get(next) {
+                Some(t) => out.push(t - at),
+                None => unshown += 1,
             }
         }
     }
     out.sort_unstable();
-    out
+    (out, unshown)
 }
 
 /// One change and the history row that recorded it, if any.

@@ -183,7 +183,8 @@ impl Adaptive {
     fn reallocate(&mut self) {
         // The prior is fitted to the list once a tenth of it has been polled.
         let estimates = self.accounts.iter().map(|a| &a.estimate);
-        if let Some(prior) = Prior::fit(estimates, self.accounts.len() / 10) {
+        let memory = self.settings.memory_secs();
+        if let Some(prior) = Prior::fit(estimates, self.accounts.len() / 10, memory) {
             self.prior = prior;
         }
         let mut histogram = Histogram::default();
@@ -275,11 +276,16 @@ impl Adaptive {
         self.accounts[i].observed = at;
         // A first observation says nothing of the rate, and neither does a gap this schedule
         // did not plan (the daemon down, or round-robin polling): one huge interval would
-        // swamp the mean interval for a hundred polls.
+        // swamp the mean interval for a hundred polls. Such a gap, and a hinted re-query, only
+        // age what was seen.
         let planned = 2.0 * self.staleness_room() + self.period;
-        if let Some(interval) = interval.filter(|i| counts && *i <= planned) {
-            let memory = self.settings.memory_secs();
-            self.accounts[i].estimate.observe(interval, changed, memory);
+        let memory = self.settings.memory_secs();
+        match interval {
+            Some(interval) if counts && interval <= planned => {
+                self.accounts[i].estimate.observe(interval, changed, memory);
+            }
+            Some(interval) => self.accounts[i].estimate.fade(interval, memory),
+            None => {}
         }
         // An account found livelier than thought is due sooner: by as much as its interval
         // shrank.

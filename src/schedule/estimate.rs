@@ -7,13 +7,15 @@
 //!   `X / (n I)` it does not underestimate accounts that change more than once between polls,
 //!   and it stays finite when every poll found a change. `n r` is then the number of changes the
 //!   polls stand for, over `n I` seconds.
-//! - **Across accounts**: a Gamma prior on the rates, fitted to the watch list by the method of
-//!   moments (Clayton and Kaldor, "Empirical Bayes estimates of age-standardized relative
-//!   risks", Biometrics 43(3), 1987): an account that stands for `x` changes over `t` seconds is
-//!   estimated at `(x + α) / (t + β)`. On a list whose accounts differ little, the spread of the
-//!   estimates is all sampling noise, `β` is large and every account is the list's mean (polled
-//!   equally, as round-robin does); on a skewed list `β` is a few seconds and each account's own
-//!   polls decide.
+//! - **Across accounts**: the Gamma–Poisson empirical Bayes model (Clayton and Kaldor,
+//!   "Empirical Bayes estimates of age-standardized relative risks", Biometrics 43(3), 1987),
+//!   its prior fitted to the watch list by the global method of moments (Marshall, "Mapping
+//!   disease and mortality rates using empirical Bayes estimators", Applied Statistics 40(2),
+//!   1991, in DerSimonian and Laird's unbiased weighting): an account that stands for `x`
+//!   changes over `t` seconds is estimated at `(x + α) / (t + β)`. On a list whose accounts
+//!   differ little, the spread of the estimates is all sampling noise, `β` is large and every
+//!   account is the list's mean (polled equally, as round-robin does); on a skewed list `β` is
+//!   as small as [`MIN_SHAPE`] allows and each account's own polls decide.
 //!
 //! Two simplifications, each measured in the tests below and in `schedule::tests`: polls are
 //! irregular here, so `I` is their mean interval (the paper's exact estimator for irregular
@@ -34,6 +36,15 @@ pub struct Estimate {
 }
 
 impl Estimate {
+    /// `secs` pass without a poll that counts (a hinted re-query, the daemon down): what was
+    /// seen counts for less, as it would have had a poll come.
+    pub fn fade(&mut self, secs: f64, memory_secs: f64) {
+        let decay = (-secs.max(0.0) / memory_secs).exp() as f32;
+        self.polls *= decay;
+        self.changes *= decay;
+        self.span *= decay;
+    }
+
     /// Notes a poll `interval` seconds after the previous one, which found a change or not;
     /// what came before counts for `e^(-interval / memory_secs)` of what it did.
     pub fn observe(&mut self, interval: f64, changed: bool, memory_secs: f64) {
@@ -106,20 +117,28 @@ impl Prior {
         self.shape / self.weight_secs
     }
 
-    /// The prior fitted to `estimates` by the method of moments: the pooled mean rate `μ`, and
-    /// the spread of the accounts' rates beyond what sampling noise (Poisson: `μ / t`) explains.
-    /// `None` when too little has been polled to say (fewer than `min_accounts` accounts with
-    /// any span, or fewer than ten changes seen in all).
+    /// The prior fitted to `estimates` (decayed with `memory_secs`) by the method of moments:
+    /// the pooled mean rate `μ`, and the spread of the accounts' rates beyond what sampling
+    /// noise explains. `None` when too little has been polled to say (fewer than
+    /// `min_accounts` accounts polled twice, or fewer than ten changes seen in all).
+    ///
+    /// The noise: an account's decayed count `x = Σ wⱼ Xⱼ` over `t = Σ wⱼ Δⱼ` has Poisson
+    /// variance `μ Σ wⱼ² Δⱼ = μ c t`; with polls spread evenly over a span `t` of memory `M`,
+    /// `c = 1 - t / 2M` (1 undecayed, 1/2 once the span has reached its limit `M`).
     pub fn fit<'a>(
         estimates: impl Iterator<Item = &'a Estimate> + Clone,
         min_accounts: usize,
+        memory_secs: f64,
     ) -> Option<Prior> {
-        let (mut x, mut t, mut t2, mut k) = (0.0, 0.0, 0.0, 0usize);
+        let noise_share = |span: f64| (1.0 - span / (2.0 * memory_secs)).clamp(0.5, 1.0);
+        let (mut x, mut t, mut t2, mut c, mut ct, mut k) = (0.0, 0.0, 0.0, 0.0, 0.0, 0usize);
         for e in estimates.clone().filter(|e| e.span > 0.0) {
             let span = f64::from(e.span);
             x += e.changes_seen();
             t += span;
             t2 += span * span;
+            c += noise_share(span);
+            ct += noise_share(span) * span;
             k += 1;
         }
         if k < min_accounts.max(2) || x < 10.0 {
@@ -133,7 +152,9 @@ impl Prior {
                 (e.changes_seen() - mean * span).powi(2) / span
             })
             .sum();
-        let variance = (spread - (k - 1) as f64 * mean) / (t - t2 / t);
+        // The expected spread is noise `μ (Σc - Σct / T)` (the mean is estimated from the same
+        // counts) plus `σ² (T - Σt² / T)`.
+        let variance = (spread - mean * (c - ct / t)) / (t - t2 / t);
         let min_weight = (MIN_SHAPE / mean).min(0.5 * t / k as f64);
         let weight_secs = match variance > 0.0 {
             true => (mean / variance).clamp(min_weight.max(MIN_WEIGHT_SECS), MAX_WEIGHT_SECS),
@@ -159,11 +180,21 @@ mod tests {
     /// Polls at irregular intervals (uniform between 0.5 and 1.5 of a mean) of a Poisson
     /// account.
     fn polled(rng: &mut impl Rng, rate: f64, mean_interval: f64, polls: usize) -> Estimate {
+        polled_remembering(rng, rate, mean_interval, polls, FOREVER)
+    }
+
+    fn polled_remembering(
+        rng: &mut impl Rng,
+        rate: f64,
+        mean_interval: f64,
+        polls: usize,
+        memory: f64,
+    ) -> Estimate {
         let mut e = Estimate::default();
         for _ in 0..polls {
             let interval = mean_interval * rng.random_range(0.5..1.5);
             let p_changed = 1.0 - (-rate * interval).exp();
-            e.observe(interval, rng.random_bool(p_changed), FOREVER);
+            e.observe(interval, rng.random_bool(p_changed), memory);
         }
         e
     }
@@ -258,7 +289,7 @@ mod tests {
         // Each account changed about once in the 200 s seen: its own count is mostly noise.
         let rates = vec![0.005; 20_000];
         let estimates = population(&rates, 200.0);
-        let prior = Prior::fit(estimates.iter(), 1).unwrap();
+        let prior = Prior::fit(estimates.iter(), 1, FOREVER).unwrap();
         assert!((prior.mean() / 0.005 - 1.0).abs() < 0.1, "{prior:?}");
         let spread: Vec<f64> = estimates.iter().map(|e| e.rate(&prior) / 0.005).collect();
         let (lo, hi) = spread
@@ -277,7 +308,7 @@ mod tests {
             .map(|i| if i % 10 == 0 { 0.045 } else { 0.000_556 })
             .collect();
         let estimates = population(&rates, 200.0);
-        let prior = Prior::fit(estimates.iter(), 1).unwrap();
+        let prior = Prior::fit(estimates.iter(), 1, FOREVER).unwrap();
         // The prior is worth less than the 200 s each account was polled for.
         assert!(prior.weight_secs < 200.0, "{prior:?}");
         let mean = |hot: bool| {
@@ -294,8 +325,30 @@ mod tests {
 
     #[test]
     fn too_little_polling_fits_no_prior() {
-        assert_eq!(Prior::fit([Estimate::default()].iter(), 1), None);
+        assert_eq!(Prior::fit([Estimate::default()].iter(), 1, FOREVER), None);
         let quiet = population(&[1e-6; 100], 50.0);
-        assert_eq!(Prior::fit(quiet.iter(), 1), None, "no change seen");
+        assert_eq!(Prior::fit(quiet.iter(), 1, FOREVER), None, "no change seen");
+    }
+
+    #[test]
+    fn decayed_counts_are_fitted_with_their_own_noise() {
+        // Rates spread evenly from 0.0025 to 0.0075 a second (variance 2.1e-6: a prior worth
+        // 2,400 s), polled every 10 s for 3,000 s, remembered for 600 s. Counting the noise of
+        // undecayed counts (twice what is left after decay) found no spread at all.
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let rates: Vec<f64> = (0..20_000)
+            .map(|_| rng.random_range(0.0025..0.0075))
+            .collect();
+        let estimates: Vec<Estimate> = rates
+            .iter()
+            .map(|&r| polled_remembering(&mut rng, r, 10.0, 300, 600.0))
+            .collect();
+        let prior = Prior::fit(estimates.iter(), 1, 600.0).unwrap();
+        let truth = 0.005 / (0.005f64 * 0.005 / 12.0);
+        assert!(
+            (0.5..2.0).contains(&(prior.weight_secs / truth)),
+            "weight {} s against {truth} s",
+            prior.weight_secs
+        );
     }
 }

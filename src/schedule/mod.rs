@@ -33,9 +33,11 @@ pub struct Settings {
 impl Settings {
     /// How long an account's polls are remembered: the counts of polls `Δ` ago weigh
     /// `e^(-Δ / memory)`. Ten staleness bounds, so that the quietest account's estimate rests on
-    /// about ten polls, and ten minutes at least, so that a busy account's on hundreds.
+    /// about ten polls; ten minutes at least, so that a busy account's rests on hundreds; a day
+    /// at most, so that a busy account's decayed count of polls (memory over its interval, at
+    /// most 172,800) stays exact in an `f32` and within what the store takes back.
     pub fn memory_secs(&self) -> f64 {
-        (10.0 * self.max_staleness_secs).max(600.0)
+        (10.0 * self.max_staleness_secs).clamp(600.0, 86_400.0)
     }
 }
 

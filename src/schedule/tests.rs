@@ -321,7 +321,7 @@ fn accounts_that_keep_failing_do_not_take_the_calls() {
 }
 
 #[test]
-fn hinted_answers_and_unplanned_gaps_leave_the_estimate_alone() {
+fn hinted_answers_and_unplanned_gaps_only_age_the_estimate() {
     let Schedule::Adaptive(mut a) = adaptive(10, 10.0, 120.0) else {
         unreachable!()
     };
@@ -329,15 +329,35 @@ fn hinted_answers_and_unplanned_gaps_leave_the_estimate_alone() {
     a.observed("u00001", false, t, true);
     a.observed("u00001", true, t + 10_000, true);
     let learned = a.estimate("u00001").unwrap();
-    // A hinted re-query right after a callback: only its time is kept.
-    a.observed("u00001", true, t + 10_100, false);
-    assert_eq!(a.estimate("u00001"), Some(learned));
-    // A week without polls (the daemon down, or round-robin in between).
+    // A hinted re-query a second after a callback: no poll, no change, counted; what was seen
+    // has aged by that second (memory 1,200 s).
+    a.observed("u00001", true, t + 11_000, false);
+    let hinted = a.estimate("u00001").unwrap();
+    let aged = (-1.0f64 / 1_200.0).exp() as f32;
+    assert!(
+        (hinted.polls - learned.polls * aged).abs() < 1e-5,
+        "{hinted:?}"
+    );
+    assert!(
+        (hinted.changes - learned.changes * aged).abs() < 1e-5,
+        "{hinted:?}"
+    );
+    assert!(
+        (hinted.span - learned.span * aged).abs() < 1e-3,
+        "{hinted:?}"
+    );
+    // A week without polls (the daemon down, or round-robin in between): the interval is not
+    // taken for one poll's, and what was seen a week ago is forgotten.
     a.observed("u00001", true, t + 7 * 86_400_000, true);
-    assert_eq!(a.estimate("u00001"), Some(learned));
+    let after_gap = a.estimate("u00001").unwrap();
+    assert!(
+        after_gap.polls < 1e-3 && after_gap.span < 1e-3,
+        "{after_gap:?}"
+    );
     // Polls again as planned count again.
     a.observed("u00001", false, t + 7 * 86_400_000 + 10_000, true);
-    assert_ne!(a.estimate("u00001"), Some(learned));
+    let counted = a.estimate("u00001").unwrap();
+    assert!((counted.polls - 1.0).abs() < 1e-2 && (counted.span - 10.0).abs() < 0.1);
 }
 
 /// The benchmark's set-up in small: 2,000 accounts swept every 10 s, 10 changes a second,

@@ -317,15 +317,16 @@ async fn churn_loop(
             )
         };
         let now = state.now_ms(compression);
-        let changes = {
+        // Stamped under the lock, as a query's answer is: no answer given after a change can
+        // carry an earlier time.
+        let (changes, at) = {
             let mut population = state.population.lock().expect("population");
             owed += rate * population.len() as f64 * tick.as_secs_f64();
             let count = owed.floor() as usize;
             owed -= count as f64;
-            population.churn(count, &mut rand::rng(), now)
+            (population.churn(count, &mut rand::rng(), now), now_millis())
         };
         if let Some(log) = &mut change_log {
-            let at = now_millis();
             for view in changes.iter().filter_map(|c| c.visible.as_ref()) {
                 let line = serde_json::json!({"at": at, "user_id": view.user_id,
                     "state": view.status, "platforms": view.platforms});

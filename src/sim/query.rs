@@ -135,7 +135,8 @@ pub(super) async fn query(
                 }
             }
             let view = population.view(id, now);
-            if view.is_some() && population.shown(id) {
+            // A truncated answer shows the poller nothing.
+            if view.is_some() && fault != Some(Fault::Truncated) && population.shown(id) {
                 if let Some(log) = shown_log.as_mut() {
                     log.push((id.clone(), at));
                 }
