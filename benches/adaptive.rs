@@ -12,7 +12,8 @@
 //! `ADAPTIVE_ACCOUNTS`, `ADAPTIVE_CHURN` (the share of accounts changing per second, default
 //! 0.005), `ADAPTIVE_LEARN_SECS` (the adaptive schedule's learning time from an empty
 //! database, default 300; round-robin has nothing to learn and starts measuring 30 s after its
-//! first sweep) and `ADAPTIVE_SECS` (the measured time, default 90) change it.
+//! first sweep) and `ADAPTIVE_SECS` (the measured time, default 90) change it;
+//! `ADAPTIVE_ONLY=0,0cb,1,2` runs only those (10%, 10% with callbacks, 1%, uniform).
 
 #[allow(dead_code)]
 mod support;
@@ -97,6 +98,8 @@ fn main() {
             hot_steps: 0.0,
         },
     ];
+    let only_var = std::env::var("ADAPTIVE_ONLY").unwrap_or_default();
+    let only: Vec<&str> = only_var.split(',').filter(|k| !k.is_empty()).collect();
     for (i, p) in populations.iter().enumerate() {
         let callbacks: &[bool] = if i == 0 { &[false, true] } else { &[false] };
         for &with_callbacks in callbacks {
@@ -104,6 +107,10 @@ fn main() {
                 true => format!("{}, callbacks on, 30% dropped", p.name),
                 false => p.name.to_owned(),
             };
+            let key = format!("{i}{}", if with_callbacks { "cb" } else { "" });
+            if !only.is_empty() && !only.contains(&key.as_str()) {
+                continue;
+            }
             println!("\n### {label}");
             let rr = run(p, "round-robin", with_callbacks, accounts, churn, 30, secs);
             report("round-robin", &rr);

@@ -10,7 +10,7 @@ use super::allocation::{Allocation, Histogram};
 use super::estimate::{Estimate, Prior};
 use super::Settings;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{BinaryHeap, HashMap};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 
@@ -212,9 +212,12 @@ impl Adaptive {
     pub fn next_call(&mut self, max: usize, now_ms: i64, repeats: &mut Vec<String>) -> Vec<String> {
         let now = self.tick(now_ms);
         let max = max.min(self.accounts.len());
-        let mut taken: HashSet<u32> = HashSet::with_capacity(max);
-        let mut deferred = Vec::new();
+        let room = (self.staleness_room() * 10.0) as u32;
         let mut ids = Vec::with_capacity(max);
+        let mut taken: Vec<u32> = Vec::with_capacity(max);
+        // The picked accounts' next entries go in after the call is filled, so that none is
+        // popped twice for one call.
+        let mut next_entries = Vec::with_capacity(max);
         while ids.len() < max {
             let Some(Reverse((due, i))) = self.heap.pop() else {
                 break;
@@ -223,10 +226,12 @@ impl Adaptive {
             if a.due != due {
                 continue;
             }
-            if !taken.insert(i) {
-                deferred.push(Reverse((due, i)));
+            // A second live entry with the same due (rare: an old one a later due happened to
+            // match) for an account already in this call.
+            if a.issued == now && taken.contains(&i) {
                 continue;
             }
+            taken.push(i);
             let id = &self.watch[i as usize];
             if self.picked.len() >= MAX_PICKED {
                 self.picked.clear();
@@ -240,7 +245,6 @@ impl Adaptive {
             // to the accounts with the shortest intervals (and to failed ones); this way spare
             // polls are shared in proportion, as the allocation meant.
             // Never further ahead than the staleness bound allows.
-            let room = (self.staleness_room() * 10.0) as u32;
             let next_due = due
                 .max(now)
                 .saturating_add(self.interval_ticks(&a.estimate))
@@ -248,10 +252,10 @@ impl Adaptive {
             let account = &mut self.accounts[i as usize];
             account.issued = now;
             account.due = next_due;
-            self.heap.push(Reverse((next_due, i)));
+            next_entries.push(Reverse((next_due, i)));
             ids.push(id.clone());
         }
-        self.heap.extend(deferred);
+        self.heap.extend(next_entries);
         if self.heap.len() > 2 * self.accounts.len() + 1024 {
             self.rebuild_heap();
         }
