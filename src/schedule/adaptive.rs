@@ -379,10 +379,7 @@ impl Adaptive {
 
     /// The current estimate of `user_id` (changes a second).
     pub fn rate(&self, user_id: &str) -> Option<f64> {
-        let i = self
-            .watch
-            .binary_search_by(|w| w.as_str().cmp(user_id))
-            .ok()?;
+        let i = self.index_of(user_id)?;
         Some(self.accounts[i].estimate.rate(&self.prior))
     }
 
@@ -393,10 +390,7 @@ impl Adaptive {
 
     /// The poll counts of `user_id`.
     pub fn estimate(&self, user_id: &str) -> Option<Estimate> {
-        let i = self
-            .watch
-            .binary_search_by(|w| w.as_str().cmp(user_id))
-            .ok()?;
+        let i = self.index_of(user_id)?;
         Some(self.accounts[i].estimate)
     }
 

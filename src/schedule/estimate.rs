@@ -131,8 +131,11 @@ impl Prior {
         memory_secs: f64,
     ) -> Option<Prior> {
         let noise_share = |span: f64| (1.0 - span / (2.0 * memory_secs)).clamp(0.5, 1.0);
+        // Counts faded below a poll's worth (an account back from a long outage) say next to
+        // nothing, and their noise share would be misjudged: left out until polled again.
+        let informative = |e: &&Estimate| e.span > 0.0 && e.polls >= 1.0;
         let (mut x, mut t, mut t2, mut c, mut ct, mut k) = (0.0, 0.0, 0.0, 0.0, 0.0, 0usize);
-        for e in estimates.clone().filter(|e| e.span > 0.0) {
+        for e in estimates.clone().filter(informative) {
             let span = f64::from(e.span);
             x += e.changes_seen();
             t += span;
@@ -146,7 +149,7 @@ impl Prior {
         }
         let mean = x / t;
         let spread: f64 = estimates
-            .filter(|e| e.span > 0.0)
+            .filter(informative)
             .map(|e| {
                 let span = f64::from(e.span);
                 (e.changes_seen() - mean * span).powi(2) / span
@@ -328,6 +331,27 @@ mod tests {
         assert_eq!(Prior::fit([Estimate::default()].iter(), 1, FOREVER), None);
         let quiet = population(&[1e-6; 100], 50.0);
         assert_eq!(Prior::fit(quiet.iter(), 1, FOREVER), None, "no change seen");
+    }
+
+    #[test]
+    fn accounts_back_from_a_long_outage_do_not_flatten_the_prior() {
+        // Rates from 0.0025 to 0.0075 a second, as below; half the list is back from 50 minutes
+        // away (five memories): its counts faded to under a poll's worth, but not to nothing.
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        let mut estimates: Vec<Estimate> = (0..20_000)
+            .map(|_| {
+                let rate = rng.random_range(0.0025..0.0075);
+                polled_remembering(&mut rng, rate, 10.0, 300, 600.0)
+            })
+            .collect();
+        let before = Prior::fit(estimates.iter(), 1, 600.0).unwrap();
+        for e in estimates.iter_mut().step_by(2) {
+            e.fade(3_000.0, 600.0);
+        }
+        assert!(estimates[0].span > 0.0 && estimates[0].polls < 1.0);
+        let after = Prior::fit(estimates.iter(), 1, 600.0).unwrap();
+        let ratio = after.weight_secs / before.weight_secs;
+        assert!((0.5..2.0).contains(&ratio), "{before:?} -> {after:?}");
     }
 
     #[test]

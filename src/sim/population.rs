@@ -141,6 +141,10 @@ impl Population {
     /// The account's state as IM would answer now, or None if it does not exist.
     pub fn view(&mut self, id: &str, now: i64) -> Option<AccountView> {
         let i = *self.index.get(id)?;
+        self.view_at(i, id, now)
+    }
+
+    fn view_at(&mut self, i: usize, id: &str, now: i64) -> Option<AccountView> {
         let ttl = self.push_online_ttl_ms;
         let account = self.accounts[i].as_mut()?;
         // PushOnline expires into Offline after the TTL (7 days in the real service).
@@ -150,14 +154,14 @@ impl Population {
         Some(view_of(id, account))
     }
 
-    /// A query answered for the account: whether it had changed since the last one did.
-    pub fn shown(&mut self, id: &str) -> bool {
-        let Some(&i) = self.index.get(id) else {
-            return false;
-        };
-        self.accounts[i]
-            .as_mut()
-            .is_some_and(|a| std::mem::take(&mut a.unshown))
+    /// The account's state as a query answers it (`view`), and whether it had changed since
+    /// the last answer for it; `shown` says whether this answer reaches the poller.
+    pub fn answer(&mut self, id: &str, now: i64, shown: bool) -> Option<(AccountView, bool)> {
+        let i = *self.index.get(id)?;
+        let view = self.view_at(i, id, now)?;
+        let account = self.accounts[i].as_mut()?;
+        let changed = shown && std::mem::take(&mut account.unshown);
+        Some((view, changed))
     }
 
     /// Every account's view at `now`.
@@ -387,7 +391,7 @@ mod tests {
         let mut rng = rand::rng();
         let mut p = Population::new("u", 100, 0.3, i64::MAX, Activity::default(), &mut rng, 0);
         assert!(
-            (0..100).all(|i| !p.shown(&format!("u{i}"))),
+            (0..100).all(|i| !p.answer(&format!("u{i}"), 1, true).unwrap().1),
             "nothing changed yet"
         );
         let changes = p.churn(50, &mut rng, 1);
@@ -399,10 +403,17 @@ mod tests {
         assert!(!changed.is_empty());
         for i in 0..100 {
             let id = format!("u{i}");
-            assert_eq!(p.shown(&id), changed.contains(id.as_str()), "{id}");
-            assert!(!p.shown(&id), "{id} shown twice");
+            let shown = |p: &mut Population| p.answer(&id, 2, true).unwrap().1;
+            assert_eq!(shown(&mut p), changed.contains(id.as_str()), "{id}");
+            assert!(!shown(&mut p), "{id} shown twice");
         }
-        assert!(!p.shown("nobody"));
+        assert!(p.answer("nobody", 2, true).is_none());
+        // An answer that does not reach the poller (a truncated body) leaves the change to be
+        // shown by the next one.
+        let later = p.churn(50, &mut rng, 3);
+        let id = &later.iter().find(|c| c.visible.is_some()).unwrap().user_id;
+        assert!(!p.answer(id, 3, false).unwrap().1);
+        assert!(p.answer(id, 3, true).unwrap().1);
     }
 
     #[test]

@@ -134,13 +134,13 @@ pub(super) async fn query(
                     continue;
                 }
             }
-            let view = population.view(id, now);
             // A truncated answer shows the poller nothing.
-            if view.is_some() && fault != Some(Fault::Truncated) && population.shown(id) {
-                if let Some(log) = shown_log.as_mut() {
-                    log.push((id.clone(), at));
-                }
+            let reaches = fault != Some(Fault::Truncated);
+            let answered = population.answer(id, now, reaches);
+            if let (Some((_, true)), Some(log)) = (&answered, shown_log.as_mut()) {
+                log.push((id.clone(), at));
             }
+            let view = answered.map(|(view, _)| view);
             match view {
                 Some(view) => response.query_result.push(AccountResult {
                     to_account: id.clone(),
