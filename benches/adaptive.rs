@@ -14,7 +14,8 @@
 //! `ADAPTIVE_ACCOUNTS`, `ADAPTIVE_CHURN` (the share of accounts changing per second, default
 //! 0.005), `ADAPTIVE_LEARN_SECS` (the adaptive schedule's learning time from an empty
 //! database, default 300; round-robin has nothing to learn and starts measuring 60 s after its
-//! first sweep and the daemon's settling, so that the one-time fold and prune are behind it) and `ADAPTIVE_SECS` (the measured time, default 90) change it;
+//! first sweep and the daemon's settling, so that the one-time fold and prune are behind it)
+//! and `ADAPTIVE_SECS` (the measured time, default 90) change it;
 //! `ADAPTIVE_ONLY=0,0cb,1,2` runs only those (10%, 10% with callbacks, 1%, uniform).
 
 #[allow(dead_code)]
@@ -88,8 +89,10 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.005);
     println!(
-        "{accounts} accounts, {} changes/s, sweeps start every {INTERVAL_SECS} s (2,000 calls of 500: round-robin's take 10 s at 200 calls/s, adaptive spreads them over nine tenths of the interval), max_staleness_secs {MAX_STALENESS_SECS}; {learn_secs} s of learning (adaptive), then {secs} s measured",
-        (accounts as f64 * churn) as u64
+        "{accounts} accounts, {} changes/s, sweeps start every {INTERVAL_SECS} s ({} calls of 500: round-robin's take {:.1} s at 200 calls/s, adaptive spreads them over nine tenths of the interval), max_staleness_secs {MAX_STALENESS_SECS}; {learn_secs} s of learning (adaptive), then {secs} s measured",
+        (accounts as f64 * churn) as u64,
+        accounts.div_ceil(500),
+        accounts.div_ceil(500) as f64 / 200.0
     );
     let populations = [
         Population {
